@@ -1,0 +1,146 @@
+//! The config as written: plain serde, loosely typed where users make mistakes (periods,
+//! strategies, kinds are strings), so validation can report every problem with its path.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub listen: Option<String>,
+    pub timezone: Option<String>,
+    #[serde(default)]
+    pub tier_order: Vec<String>,
+    pub resources_file: Option<String>,
+    pub max_body_bytes: Option<u64>,
+    pub request_timeout_secs: Option<u64>,
+    pub lease_ttl_secs: Option<u64>,
+    #[serde(default)]
+    pub store: RawStore,
+    #[serde(default)]
+    pub providers: BTreeMap<String, RawProvider>,
+    #[serde(default)]
+    pub models: BTreeMap<String, RawModel>,
+    #[serde(default)]
+    pub gateway_keys: Vec<RawGatewayKey>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStore {
+    pub kind: Option<String>,
+    pub path: Option<String>,
+    pub url: Option<String>,
+    pub prefix: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProvider {
+    pub kind: String,
+    pub base_url: Option<String>,
+    pub tiers: Option<Vec<String>>,
+    pub timezone: Option<String>,
+    #[serde(default)]
+    pub resources: Vec<RawResource>,
+    #[serde(default)]
+    pub keys: Vec<RawKey>,
+    pub timeout_secs: Option<u64>,
+    pub mock: Option<RawMock>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKey {
+    pub id: String,
+    pub secret: Option<String>,
+    pub weight: Option<u32>,
+    #[serde(default)]
+    pub resources: Vec<RawResource>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawResource {
+    pub name: String,
+    pub value: RawNumber,
+    pub period: String,
+    pub ttl: Option<u64>,
+    /// Older spelling of `ttl`.
+    pub initial_ttl: Option<u64>,
+    /// What one unit counts: requests | tokens | input_tokens | output_tokens | cost_usd.
+    pub unit: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(untagged)]
+pub enum RawNumber {
+    Int(i64),
+    Float(f64),
+}
+
+impl RawNumber {
+    pub fn as_f64(self) -> f64 {
+        match self {
+            RawNumber::Int(i) => i as f64,
+            RawNumber::Float(f) => f,
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMock {
+    pub latency_ms: Option<u64>,
+    pub prompt_tokens: Option<u64>,
+    pub completion_tokens: Option<u64>,
+    pub error_rate: Option<f64>,
+    pub rate_limit_after: Option<u64>,
+    pub retry_after_secs: Option<u64>,
+    pub content: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawModel {
+    pub strategy: Option<String>,
+    pub max_attempts: Option<u32>,
+    pub fallback_on: Option<Vec<RawFallbackOn>>,
+    #[serde(default)]
+    pub fallback_models: Vec<String>,
+    #[serde(default)]
+    pub targets: Vec<RawTarget>,
+    #[serde(default)]
+    pub resources: Vec<RawResource>,
+    pub max_concurrent: Option<u32>,
+    pub timeout_secs: Option<u64>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum RawFallbackOn {
+    Status(i64),
+    Word(String),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTarget {
+    pub provider: String,
+    pub model: String,
+    pub weight: Option<u32>,
+    pub priority: Option<i32>,
+    /// Restrict this target to some of the provider's keys (default: all).
+    pub keys: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGatewayKey {
+    pub id: String,
+    pub secret: String,
+    pub tier: Option<String>,
+    pub models: Option<Vec<String>>,
+    #[serde(default)]
+    pub resources: Vec<RawResource>,
+}

@@ -1,0 +1,113 @@
+//! Identifiers and secrets. IDs are cheap to clone (`Arc<str>`); a [`Secret`] never prints.
+
+use serde::{Serialize, Serializer};
+use std::fmt;
+use std::sync::Arc;
+
+macro_rules! id_type {
+    ($(#[$m:meta])* $name:ident) => {
+        $(#[$m])*
+        #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub struct $name(pub Arc<str>);
+        impl $name {
+            pub fn new(s: &str) -> Self { $name(Arc::from(s)) }
+            pub fn as_str(&self) -> &str { &self.0 }
+        }
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result { f.write_str(&self.0) }
+        }
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result { write!(f, "{:?}", &*self.0) }
+        }
+        impl Serialize for $name {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> { s.serialize_str(&self.0) }
+        }
+    };
+}
+
+id_type!(
+    /// A provider's name, the table name under `[providers]`.
+    ProviderId
+);
+id_type!(
+    /// A key's `id`, unique within its provider.
+    KeyId
+);
+id_type!(
+    /// What state is kept for: `provider`, `provider/key`, `model:NAME` or `gateway-key:ID`.
+    Subject
+);
+
+impl Subject {
+    pub fn provider(p: &ProviderId) -> Subject {
+        Subject::new(p.as_str())
+    }
+    pub fn key(p: &ProviderId, k: &KeyId) -> Subject {
+        Subject(Arc::from(format!("{p}/{k}")))
+    }
+    pub fn model(name: &str) -> Subject {
+        Subject(Arc::from(format!("model:{name}")))
+    }
+    pub fn gateway_key(id: &str) -> Subject {
+        Subject(Arc::from(format!("gateway-key:{id}")))
+    }
+}
+
+/// A credential. Debug, Display and Serialize print `*****`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(Arc<str>);
+
+impl Secret {
+    pub fn new(s: &str) -> Self {
+        Secret(Arc::from(s))
+    }
+    /// The secret itself, for the one place that sends it upstream.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("*****")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("*****")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("*****")
+    }
+}
+
+/// One selectable unit: provider + key + upstream model. Displays as `provider/key/model`.
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+pub struct TargetId {
+    pub provider: ProviderId,
+    pub key: KeyId,
+    pub model: Arc<str>,
+}
+
+impl fmt::Display for TargetId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}/{}", self.provider, self.key, self.model)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_never_prints() {
+        let s = Secret::new("sk-live-123");
+        assert_eq!(format!("{s:?} {s}"), "***** *****");
+        assert_eq!(serde_json::to_string(&s).unwrap(), "\"*****\"");
+        assert_eq!(s.expose(), "sk-live-123");
+    }
+}

@@ -1,0 +1,269 @@
+//! `MemoryStore`: the store in one process's memory (tests, demos). One mutex section per call
+//! makes check-and-write atomic; nothing survives a restart.
+
+use crate::ids::Subject;
+use crate::store::*;
+use crate::time::Timestamp;
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+type CounterKey = (Subject, Arc<str>);
+
+struct LeaseRecord {
+    expires_at: Timestamp,
+    lines: Vec<(CounterKey, u64)>,
+}
+
+#[derive(Default)]
+struct Inner {
+    counters: HashMap<CounterKey, Counter>,
+    leases: HashMap<u64, LeaseRecord>,
+    flags: HashMap<Subject, Flags>,
+    next_lease: u64,
+    next_sweep: Timestamp,
+}
+
+impl Inner {
+    fn release(&mut self, lease: u64) {
+        if let Some(rec) = self.leases.remove(&lease) {
+            for (key, amount) in rec.lines {
+                if let Some(c) = self.counters.get_mut(&key) {
+                    c.reserved = c.reserved.saturating_sub(amount);
+                }
+            }
+        }
+    }
+
+    fn sweep(&mut self, now: Timestamp) {
+        if now < self.next_sweep {
+            return;
+        }
+        self.next_sweep = now.plus_millis(1000);
+        let expired: Vec<u64> = self
+            .leases
+            .iter()
+            .filter(|(_, l)| l.expires_at <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            self.release(id);
+        }
+    }
+}
+
+/// A [`Store`] in memory. Cloning shares the state.
+#[derive(Clone, Default)]
+pub struct MemoryStore {
+    inner: Arc<Mutex<Inner>>,
+}
+
+impl MemoryStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn reserve_now(&self, r: &Reserve) -> Admission {
+        let mut g = self.inner.lock();
+        g.sweep(r.now);
+        let gates: Vec<Flags> = r
+            .gates
+            .iter()
+            .map(|s| g.flags.get(s).copied().unwrap_or_default())
+            .collect();
+        let mut counters: Vec<Counter> = r
+            .lines
+            .iter()
+            .map(|l| {
+                g.counters
+                    .get(&(l.subject.clone(), l.resource.clone()))
+                    .copied()
+                    .unwrap_or_else(|| Counter::fresh(l))
+            })
+            .collect();
+        if let Err(d) = decide(r, &mut counters, &gates) {
+            return Admission::Denied(d);
+        }
+        g.next_lease += 1;
+        let id = g.next_lease;
+        let mut lines = Vec::with_capacity(r.lines.len());
+        for (l, c) in r.lines.iter().zip(counters) {
+            let key = (l.subject.clone(), l.resource.clone());
+            g.counters.insert(key.clone(), c);
+            lines.push((key, l.amount));
+        }
+        g.leases.insert(
+            id,
+            LeaseRecord {
+                expires_at: r.now.plus_millis(r.lease_ttl_ms),
+                lines,
+            },
+        );
+        Admission::Granted(LeaseId(id))
+    }
+}
+
+impl Store for MemoryStore {
+    async fn reserve(&self, r: Reserve) -> Result<Admission, StoreError> {
+        Ok(self.reserve_now(&r))
+    }
+
+    async fn commit(
+        &self,
+        lease: LeaseId,
+        now: Timestamp,
+        used: Vec<Line>,
+    ) -> Result<(), StoreError> {
+        let mut g = self.inner.lock();
+        let reserved: HashMap<CounterKey, u64> = g
+            .leases
+            .remove(&lease.0)
+            .map(|r| r.lines.into_iter().collect())
+            .unwrap_or_default();
+        for l in &used {
+            let key = (l.subject.clone(), l.resource.clone());
+            let held = reserved.get(&key).copied().unwrap_or(0);
+            let c = g.counters.entry(key).or_insert_with(|| Counter::fresh(l));
+            c.settle(l, held, now);
+        }
+        // Lines reserved but absent from `used` are released.
+        for (key, amount) in reserved {
+            if !used
+                .iter()
+                .any(|l| l.subject == key.0 && l.resource == key.1)
+            {
+                if let Some(c) = g.counters.get_mut(&key) {
+                    c.reserved = c.reserved.saturating_sub(amount);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn release(&self, lease: LeaseId) -> Result<(), StoreError> {
+        self.inner.lock().release(lease.0);
+        Ok(())
+    }
+
+    async fn set_cooldown(&self, subject: Subject, until: Timestamp) -> Result<(), StoreError> {
+        let mut g = self.inner.lock();
+        let f = g.flags.entry(subject).or_default();
+        f.cooldown_until = Some(f.cooldown_until.map_or(until, |u| u.max(until)));
+        Ok(())
+    }
+
+    async fn set_disabled(&self, subject: Subject, disabled: bool) -> Result<(), StoreError> {
+        self.inner.lock().flags.entry(subject).or_default().disabled = disabled;
+        Ok(())
+    }
+}
+
+impl StoreAdmin for MemoryStore {
+    async fn snapshot(&self, subject: &str) -> Result<Vec<SubjectState>, StoreError> {
+        let g = self.inner.lock();
+        let matches = |s: &str| s == subject || s.starts_with(&format!("{subject}/"));
+        let mut out: std::collections::BTreeMap<String, SubjectState> = Default::default();
+        for ((s, r), c) in &g.counters {
+            if matches(s.as_str()) {
+                let e = out.entry(s.to_string()).or_insert_with(|| SubjectState {
+                    subject: s.to_string(),
+                    ..Default::default()
+                });
+                e.resources.push((r.to_string(), *c));
+            }
+        }
+        for (s, f) in &g.flags {
+            if matches(s.as_str()) {
+                out.entry(s.to_string())
+                    .or_insert_with(|| SubjectState {
+                        subject: s.to_string(),
+                        ..Default::default()
+                    })
+                    .flags = *f;
+            }
+        }
+        let mut v: Vec<SubjectState> = out.into_values().collect();
+        for s in &mut v {
+            s.resources.sort_by(|a, b| a.0.cmp(&b.0));
+        }
+        Ok(v)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::window::Window;
+
+    fn line(amount: u64) -> Line {
+        Line {
+            subject: Subject::new("p/k"),
+            resource: Arc::from("rpm"),
+            window: Window {
+                start: Timestamp(0),
+                end: Timestamp(60_000),
+            },
+            capacity: 5,
+            amount,
+        }
+    }
+
+    fn reserve(now: i64) -> Reserve {
+        Reserve {
+            now: Timestamp(now),
+            lease_ttl_ms: 1_000,
+            lines: vec![line(1)],
+            gates: vec![],
+        }
+    }
+
+    #[tokio::test]
+    async fn concurrent_reserves_admit_exactly_capacity() {
+        let s = MemoryStore::new();
+        let mut tasks = Vec::new();
+        for _ in 0..64 {
+            let s = s.clone();
+            tasks.push(tokio::spawn(
+                async move { s.reserve(reserve(0)).await.unwrap() },
+            ));
+        }
+        let mut granted = 0;
+        for t in tasks {
+            if matches!(t.await.unwrap(), Admission::Granted(_)) {
+                granted += 1;
+            }
+        }
+        assert_eq!(granted, 5);
+    }
+
+    #[tokio::test]
+    async fn expired_leases_give_capacity_back() {
+        let s = MemoryStore::new();
+        for _ in 0..5 {
+            assert!(matches!(
+                s.reserve(reserve(0)).await.unwrap(),
+                Admission::Granted(_)
+            ));
+        }
+        assert!(matches!(
+            s.reserve(reserve(500)).await.unwrap(),
+            Admission::Denied(_)
+        ));
+        assert!(matches!(
+            s.reserve(reserve(1_000)).await.unwrap(),
+            Admission::Granted(_)
+        ));
+    }
+
+    #[tokio::test]
+    async fn commit_swaps_reservation_for_usage() {
+        let s = MemoryStore::new();
+        let Admission::Granted(id) = s.reserve(reserve(0)).await.unwrap() else {
+            panic!()
+        };
+        s.commit(id, Timestamp(1), vec![line(3)]).await.unwrap();
+        let snap = s.snapshot("p").await.unwrap();
+        let c = snap[0].resources[0].1;
+        assert_eq!((c.used, c.reserved), (3, 0));
+    }
+}

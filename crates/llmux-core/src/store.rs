@@ -1,0 +1,357 @@
+//! The `Store`: accounting for resources, one atomic step per call.
+//!
+//! A reservation names every resource line that applies to a request (provider, key, model
+//! pool, gateway key) plus the subjects that must not be cooling down or disabled (gates). The
+//! store checks all of them and writes all of them, or writes nothing: that is what keeps
+//! admission exact with many callers, many processes or many replicas.
+//!
+//! The store does arithmetic only, at the `now` it is given, with the rules of [`decide`] and
+//! [`Counter::settle`], shared by every backend so they cannot disagree: a counter starts a new
+//! window when its stored one has ended (never moving a window back), and
+//! `used + reserved + amount <= capacity` must hold on every line.
+
+use crate::ids::Subject;
+use crate::time::Timestamp;
+use crate::window::Window;
+use serde::Serialize;
+use std::future::Future;
+use std::sync::Arc;
+
+/// Identifies one reservation until it is committed, released or expires.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct LeaseId(pub u64);
+
+/// One resource of one subject, with the window and capacity config gives it now.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Line {
+    pub subject: Subject,
+    pub resource: Arc<str>,
+    /// The window containing `now` (for `custom` periods: one starting now).
+    pub window: Window,
+    pub capacity: u64,
+    /// What to reserve (in `reserve`) or what was used (in `commit`).
+    pub amount: u64,
+}
+
+/// A request to reserve `amount` on every line, if every gate is open.
+#[derive(Clone, Debug)]
+pub struct Reserve {
+    pub now: Timestamp,
+    /// How long the reservation holds if never committed or released.
+    pub lease_ttl_ms: i64,
+    pub lines: Vec<Line>,
+    /// Subjects that must be neither cooling down nor disabled.
+    pub gates: Vec<Subject>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Admission {
+    Granted(LeaseId),
+    Denied(Denial),
+}
+
+/// Why a reservation was refused, and when it could succeed.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Denial {
+    pub subject: Subject,
+    pub reason: DenialReason,
+    /// The earliest instant at which this limit could admit the request; `None` = not by
+    /// waiting (a disabled key, or a request larger than the capacity).
+    pub retry_at: Option<Timestamp>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum DenialReason {
+    /// `used + reserved + amount > capacity` on this resource.
+    Exhausted {
+        resource: Arc<str>,
+        capacity: u64,
+        used: u64,
+        reserved: u64,
+        amount: u64,
+    },
+    /// The request alone is larger than the capacity: it never fits.
+    NeverFits {
+        resource: Arc<str>,
+        capacity: u64,
+        amount: u64,
+    },
+    /// Cooling down after an upstream 429.
+    Cooldown,
+    /// Disabled after a 401/403 or by an operator.
+    Disabled,
+    /// The model pool's `max_concurrent` requests are in flight.
+    Concurrency { max_concurrent: u32 },
+}
+
+impl Denial {
+    /// A short name of the limit hit, e.g. `openai/k1:rpm` or `openai/k1:cooldown`.
+    pub fn limit(&self) -> String {
+        match &self.reason {
+            DenialReason::Exhausted { resource, .. } | DenialReason::NeverFits { resource, .. } => {
+                format!("{}:{}", self.subject, resource)
+            }
+            DenialReason::Cooldown => format!("{}:cooldown", self.subject),
+            DenialReason::Disabled => format!("{}:disabled", self.subject),
+            DenialReason::Concurrency { .. } => format!("{}:max_concurrent", self.subject),
+        }
+    }
+}
+
+/// A resource counter as stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Counter {
+    pub capacity: u64,
+    pub used: u64,
+    pub reserved: u64,
+    pub window: Window,
+}
+
+impl Counter {
+    /// A counter seen for the first time, in `line`'s window.
+    pub fn fresh(line: &Line) -> Counter {
+        Counter {
+            capacity: line.capacity,
+            used: 0,
+            reserved: 0,
+            window: line.window,
+        }
+    }
+
+    /// Start `window` if the stored window has ended by `now`; `used` restarts at 0 and
+    /// reservations in flight stay reserved.
+    pub fn roll(&mut self, window: Window, now: Timestamp) {
+        if now >= self.window.end {
+            self.used = 0;
+            self.window = window;
+        }
+    }
+
+    /// Room left in this window.
+    pub fn available(&self) -> u64 {
+        self.capacity
+            .saturating_sub(self.used.saturating_add(self.reserved))
+    }
+
+    /// Apply a commit line: the reserved amount goes, the used amount comes.
+    pub fn settle(&mut self, line: &Line, reserved: u64, now: Timestamp) {
+        self.capacity = line.capacity;
+        self.roll(line.window, now);
+        self.reserved = self.reserved.saturating_sub(reserved);
+        self.used = self.used.saturating_add(line.amount);
+    }
+}
+
+/// Per-subject flags a reservation checks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct Flags {
+    /// Cooling down until this instant.
+    pub cooldown_until: Option<Timestamp>,
+    pub disabled: bool,
+    /// An operator's score override (see `set-score`).
+    pub score: Option<f64>,
+}
+
+/// Decide a reservation. `counters[i]` is the stored counter of `lines[i]` (or
+/// [`Counter::fresh`]), `gates[i]` the flags of `r.gates[i]`. On success every counter has been
+/// rolled and has `amount` added to `reserved`; on denial the caller must write nothing.
+/// When several lines refuse, the one that frees up last is reported.
+pub fn decide(r: &Reserve, counters: &mut [Counter], gates: &[Flags]) -> Result<(), Denial> {
+    for (subject, flags) in r.gates.iter().zip(gates) {
+        if flags.disabled {
+            return Err(Denial {
+                subject: subject.clone(),
+                reason: DenialReason::Disabled,
+                retry_at: None,
+            });
+        }
+        if let Some(until) = flags.cooldown_until {
+            if until > r.now {
+                return Err(Denial {
+                    subject: subject.clone(),
+                    reason: DenialReason::Cooldown,
+                    retry_at: Some(until),
+                });
+            }
+        }
+    }
+    let mut worst: Option<Denial> = None;
+    for (line, c) in r.lines.iter().zip(counters.iter_mut()) {
+        c.capacity = line.capacity;
+        c.roll(line.window, r.now);
+        if line.amount > c.available() {
+            let d = if line.amount > c.capacity {
+                Denial {
+                    subject: line.subject.clone(),
+                    reason: DenialReason::NeverFits {
+                        resource: line.resource.clone(),
+                        capacity: c.capacity,
+                        amount: line.amount,
+                    },
+                    retry_at: None,
+                }
+            } else {
+                Denial {
+                    subject: line.subject.clone(),
+                    reason: DenialReason::Exhausted {
+                        resource: line.resource.clone(),
+                        capacity: c.capacity,
+                        used: c.used,
+                        reserved: c.reserved,
+                        amount: line.amount,
+                    },
+                    retry_at: Some(c.window.end),
+                }
+            };
+            let replace = match &worst {
+                None => true,
+                Some(w) => match (w.retry_at, d.retry_at) {
+                    (_, None) => w.retry_at.is_some(),
+                    (Some(a), Some(b)) => b > a,
+                    (None, Some(_)) => false,
+                },
+            };
+            if replace {
+                worst = Some(d);
+            }
+        }
+    }
+    if let Some(d) = worst {
+        return Err(d);
+    }
+    for (line, c) in r.lines.iter().zip(counters.iter_mut()) {
+        c.reserved += line.amount;
+    }
+    Ok(())
+}
+
+/// A store failed to answer (I/O, lost connection, corrupt data). Never carries a secret.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    #[error("store error: {0}")]
+    Backend(String),
+}
+
+/// Accounting for resources. Each method is one round trip and one atomic step.
+pub trait Store: Send + Sync + 'static {
+    /// Reserve on every line or on none, if every gate is open. A denial is an answer.
+    fn reserve(&self, r: Reserve) -> impl Future<Output = Result<Admission, StoreError>> + Send;
+    /// Swap the lease's reservation for the usage in `used` (one line per resource, `amount` =
+    /// used; may exceed the reservation). Usage is recorded even if the lease has expired.
+    fn commit(
+        &self,
+        lease: LeaseId,
+        now: Timestamp,
+        used: Vec<Line>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Give the reservation back untouched.
+    fn release(&self, lease: LeaseId) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Cool `subject` down until `until` (never shortens a longer cooldown).
+    fn set_cooldown(
+        &self,
+        subject: Subject,
+        until: Timestamp,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Disable or re-enable `subject`.
+    fn set_disabled(
+        &self,
+        subject: Subject,
+        disabled: bool,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+/// A subject's stored state, for `show-state` and `/admin/state`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct SubjectState {
+    pub subject: String,
+    pub flags: Flags,
+    pub resources: Vec<(String, Counter)>,
+}
+
+/// Operator access to stored state (the CLI). Not on the request path.
+pub trait StoreAdmin: Send + Sync {
+    /// Every subject equal to `subject` or below it (`provider` includes `provider/…`).
+    fn snapshot(
+        &self,
+        subject: &str,
+    ) -> impl Future<Output = Result<Vec<SubjectState>, StoreError>> + Send;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(cap: u64, amount: u64) -> Line {
+        Line {
+            subject: Subject::new("p/k"),
+            resource: Arc::from("rpm"),
+            window: Window {
+                start: Timestamp(0),
+                end: Timestamp(60_000),
+            },
+            capacity: cap,
+            amount,
+        }
+    }
+
+    fn reserve(lines: Vec<Line>, now: i64) -> Reserve {
+        Reserve {
+            now: Timestamp(now),
+            lease_ttl_ms: 1000,
+            lines,
+            gates: vec![],
+        }
+    }
+
+    #[test]
+    fn all_or_nothing() {
+        let r = reserve(vec![line(10, 3), line(2, 3)], 0);
+        let mut cs: Vec<Counter> = r.lines.iter().map(Counter::fresh).collect();
+        let d = decide(&r, &mut cs, &[]).unwrap_err();
+        assert!(matches!(
+            d.reason,
+            DenialReason::NeverFits { capacity: 2, .. }
+        ));
+        assert_eq!(d.retry_at, None);
+        assert!(cs.iter().all(|c| c.reserved == 0));
+    }
+
+    #[test]
+    fn exhausted_reports_window_end_and_rolls_over() {
+        let r = reserve(vec![line(1, 1)], 0);
+        let mut cs = vec![Counter::fresh(&r.lines[0])];
+        decide(&r, &mut cs, &[]).unwrap();
+        let d = decide(&r, &mut cs, &[]).unwrap_err();
+        assert_eq!(d.retry_at, Some(Timestamp(60_000)));
+        cs[0].settle(&line(1, 1), 1, Timestamp(10));
+        assert_eq!((cs[0].used, cs[0].reserved), (1, 0));
+        let mut next = line(1, 1);
+        next.window = Window {
+            start: Timestamp(60_000),
+            end: Timestamp(120_000),
+        };
+        let r2 = reserve(vec![next], 60_000);
+        decide(&r2, &mut cs, &[]).unwrap();
+        assert_eq!((cs[0].used, cs[0].reserved), (0, 1));
+    }
+
+    #[test]
+    fn gates_refuse_cooling_and_disabled() {
+        let mut r = reserve(vec![], 5);
+        r.gates = vec![Subject::new("p/k")];
+        let cool = Flags {
+            cooldown_until: Some(Timestamp(10)),
+            ..Flags::default()
+        };
+        let d = decide(&r, &mut [], &[cool]).unwrap_err();
+        assert_eq!(
+            (d.reason, d.retry_at),
+            (DenialReason::Cooldown, Some(Timestamp(10)))
+        );
+        r.now = Timestamp(10);
+        assert!(decide(&r, &mut [], &[cool]).is_ok());
+    }
+}

@@ -1,0 +1,148 @@
+//! What a request costs: the estimate reserved before sending, the usage reported after, and
+//! how each maps onto a resource's unit ([`Measure`]).
+
+use serde::Serialize;
+
+/// What one unit of a resource counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Measure {
+    Requests,
+    /// Input plus output tokens.
+    Tokens,
+    InputTokens,
+    OutputTokens,
+    /// Micro-USD (1 USD = 1_000_000).
+    CostMicroUsd,
+}
+
+impl Measure {
+    pub const UNITS: [&'static str; 5] = [
+        "requests",
+        "tokens",
+        "input_tokens",
+        "output_tokens",
+        "cost_usd",
+    ];
+
+    pub fn parse_unit(s: &str) -> Option<Measure> {
+        Some(match s {
+            "requests" => Measure::Requests,
+            "tokens" => Measure::Tokens,
+            "input_tokens" => Measure::InputTokens,
+            "output_tokens" => Measure::OutputTokens,
+            "cost_usd" => Measure::CostMicroUsd,
+            _ => return None,
+        })
+    }
+
+    /// The unit a resource name implies: `rpm`/`rpd`/`requests…` count requests, `tpm`/`tpd`/
+    /// `tokens…` tokens, `input_*`/`output_*` one side, `cost…`/`budget…` money. Anything else
+    /// counts requests unless the resource sets `unit`.
+    pub fn from_name(name: &str) -> Measure {
+        let n = name.to_ascii_lowercase();
+        if n.starts_with("input_") || n.starts_with("itp") {
+            Measure::InputTokens
+        } else if n.starts_with("output_") || n.starts_with("otp") {
+            Measure::OutputTokens
+        } else if n.starts_with("tp") || n.starts_with("token") {
+            Measure::Tokens
+        } else if n.starts_with("cost") || n.starts_with("budget") || n.ends_with("usd") {
+            Measure::CostMicroUsd
+        } else {
+            Measure::Requests
+        }
+    }
+
+    /// Config `value` in this unit (USD becomes micro-USD).
+    pub fn capacity_from_value(self, value: f64) -> u64 {
+        match self {
+            Measure::CostMicroUsd => (value * 1_000_000.0).round() as u64,
+            _ => value as u64,
+        }
+    }
+}
+
+/// Token counts of one request: estimated before, reported after.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Usage {
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cost_micro_usd: u64,
+}
+
+impl Usage {
+    pub fn new(input_tokens: u64, output_tokens: u64) -> Usage {
+        Usage {
+            input_tokens,
+            output_tokens,
+            cost_micro_usd: 0,
+        }
+    }
+
+    /// The amount of `measure` this usage represents (one request).
+    pub fn amount(&self, measure: Measure) -> u64 {
+        match measure {
+            Measure::Requests => 1,
+            Measure::Tokens => self.input_tokens + self.output_tokens,
+            Measure::InputTokens => self.input_tokens,
+            Measure::OutputTokens => self.output_tokens,
+            Measure::CostMicroUsd => self.cost_micro_usd,
+        }
+    }
+}
+
+/// A cheap token estimate for text: about four bytes a token, rounded up.
+pub fn estimate_tokens(text: &str) -> u64 {
+    (text.len() as u64).div_ceil(4)
+}
+
+/// Estimate the input tokens of an OpenAI-style request body (chat `messages`, completion
+/// `prompt`, embedding `input`): text length plus a small per-message overhead.
+pub fn estimate_input_tokens(body: &serde_json::Map<String, serde_json::Value>) -> u64 {
+    fn text_tokens(v: &serde_json::Value) -> u64 {
+        match v {
+            serde_json::Value::String(s) => estimate_tokens(s),
+            serde_json::Value::Array(a) => a.iter().map(text_tokens).sum(),
+            serde_json::Value::Object(o) => o
+                .iter()
+                .filter(|(k, _)| k.as_str() != "role" && k.as_str() != "type")
+                .map(|(_, v)| text_tokens(v))
+                .sum(),
+            _ => 0,
+        }
+    }
+    let mut total = 0;
+    if let Some(serde_json::Value::Array(msgs)) = body.get("messages") {
+        total += msgs.iter().map(|m| 4 + text_tokens(m)).sum::<u64>() + 3;
+    }
+    for field in ["prompt", "input"] {
+        if let Some(v) = body.get(field) {
+            total += text_tokens(v);
+        }
+    }
+    total
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_imply_units() {
+        assert_eq!(Measure::from_name("rpm"), Measure::Requests);
+        assert_eq!(Measure::from_name("tpm"), Measure::Tokens);
+        assert_eq!(Measure::from_name("input_tpm"), Measure::InputTokens);
+        assert_eq!(Measure::from_name("cost_usd"), Measure::CostMicroUsd);
+        assert_eq!(Measure::from_name("anything"), Measure::Requests);
+        assert_eq!(Measure::CostMicroUsd.capacity_from_value(1.5), 1_500_000);
+    }
+
+    #[test]
+    fn estimates_chat_messages() {
+        let body: serde_json::Value = serde_json::json!({
+            "messages": [{"role": "user", "content": "12345678"}]
+        });
+        assert_eq!(estimate_input_tokens(body.as_object().unwrap()), 4 + 2 + 3);
+    }
+}
