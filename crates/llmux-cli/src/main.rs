@@ -1,1 +1,168 @@
-fn main() {}
+//! The `llmux` binary. Reads argv, files and the environment; everything else lives in the
+//! library crates. Exit codes: 0 success, 1 state or provider not found, 2 bad argument or
+//! config (clap exits 2 on usage errors itself).
+
+mod state;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "llmux",
+    version,
+    about = "One endpoint for many LLM providers and keys, within their limits"
+)]
+struct Cli {
+    /// Config file (TOML). Default: $LLMUX_CONFIG, else ./llmux.toml.
+    #[arg(long, short, global = true, env = "LLMUX_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the gateway.
+    Serve {
+        /// Override `listen` from the config (HOST:PORT).
+        #[arg(long)]
+        listen: Option<String>,
+    },
+    /// Validate the config and list every problem found.
+    CheckConfig,
+    /// Show the stored state of a provider or provider/key.
+    ShowState {
+        subject: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// "Not found" errors exit 1.
+#[derive(Debug)]
+pub struct NotFound(pub String);
+
+impl std::fmt::Display for NotFound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl std::error::Error for NotFound {}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            if e.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            }) {
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("llmux: {e:#}");
+            if e.chain().any(|c| c.is::<NotFound>()) {
+                ExitCode::from(1)
+            } else {
+                ExitCode::from(2)
+            }
+        }
+    }
+}
+
+fn config_path(cli: &Cli) -> PathBuf {
+    cli.config
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("llmux.toml"))
+}
+
+fn load(cli: &Cli) -> anyhow::Result<llmux::Config> {
+    Ok(llmux::load_config(&config_path(cli))?)
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match &cli.command {
+        Command::CheckConfig => {
+            let config = load(&cli)?;
+            println!(
+                "{}: ok ({} providers, {} models, store {})",
+                config_path(&cli).display(),
+                config.providers.len(),
+                config.models.len(),
+                match &config.store {
+                    llmux::core::config::StoreConfig::Memory => "memory".to_string(),
+                    llmux::core::config::StoreConfig::Sqlite { path } =>
+                        format!("sqlite at {path}"),
+                    llmux::core::config::StoreConfig::Redis { .. } => "redis".to_string(),
+                }
+            );
+            Ok(())
+        }
+        Command::Serve { listen } => {
+            let mut config = load(&cli)?;
+            if let Some(l) = listen {
+                config.listen = l
+                    .parse()
+                    .with_context(|| format!("--listen: invalid address {l:?}"))?;
+            }
+            serve(config)
+        }
+        Command::ShowState { subject, json } => {
+            let config = load(&cli)?;
+            runtime()?.block_on(state::show(&config, subject, *json))
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+fn serve(config: llmux::Config) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("LLMUX_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    runtime()?.block_on(async move {
+        let addr = config.listen;
+        let router = llmux::Router::from_config(config).context("cannot start the router")?;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}"))?;
+        let local = listener.local_addr()?;
+        tracing::info!(
+            store = router.store().kind(),
+            models = router.models().len(),
+            "llmux listening on http://{local}"
+        );
+        llmux_gateway::serve(router, listener, shutdown_signal()).await?;
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    tracing::info!("shutting down");
+}

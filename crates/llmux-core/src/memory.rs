@@ -58,6 +58,12 @@ pub struct MemoryStore {
     inner: Arc<Mutex<Inner>>,
 }
 
+impl std::fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MemoryStore")
+    }
+}
+
 impl MemoryStore {
     pub fn new() -> Self {
         Self::default()

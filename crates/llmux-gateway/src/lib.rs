@@ -1,1 +1,207 @@
-//! placeholder
+//! llmux-gateway: the HTTP face of the engine. OpenAI-compatible routes, the error envelope,
+//! `/health` and `/metrics`. This crate alone knows HTTP statuses and wire JSON shapes.
+//!
+//! [`app`] builds the axum `Router`; [`serve`] runs it on a listener until shutdown.
+
+pub mod error;
+
+use axum::body::Body;
+use axum::extract::{Request as HttpRequest, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use error::ApiError;
+use futures_util::StreamExt;
+use http::{header, HeaderMap, HeaderValue, StatusCode};
+use llmux::{Endpoint, Request, ResponseBody, Router};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+struct AppState {
+    router: Router,
+    metrics: Option<PrometheusHandle>,
+}
+
+/// The process-wide Prometheus recorder (installed once).
+fn metrics_handle() -> Option<PrometheusHandle> {
+    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let buckets = [
+                0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+            ];
+            PrometheusBuilder::new()
+                .set_buckets(&buckets)
+                .ok()?
+                .install_recorder()
+                .map_err(|e| tracing::warn!(error = %e, "metrics recorder not installed"))
+                .ok()
+        })
+        .clone()
+}
+
+/// The gateway's routes over `router`.
+pub fn app(router: Router) -> axum::Router {
+    let state = Arc::new(AppState {
+        router,
+        metrics: metrics_handle(),
+    });
+    axum::Router::new()
+        .route("/v1/chat/completions", post(chat))
+        .route("/v1/completions", post(completions))
+        .route("/v1/embeddings", post(embeddings))
+        .route("/v1/models", get(models))
+        .route("/health", get(health))
+        .route("/metrics", get(metrics_text))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+/// Serve `app(router)` on `listener` until `shutdown` resolves; in-flight requests finish.
+pub async fn serve(
+    router: Router,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, app(router))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+async fn chat(State(s): State<Arc<AppState>>, req: HttpRequest) -> Response {
+    proxy(s, Endpoint::ChatCompletions, req).await
+}
+async fn completions(State(s): State<Arc<AppState>>, req: HttpRequest) -> Response {
+    proxy(s, Endpoint::Completions, req).await
+}
+async fn embeddings(State(s): State<Arc<AppState>>, req: HttpRequest) -> Response {
+    proxy(s, Endpoint::Embeddings, req).await
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    v.strip_prefix("Bearer ")
+        .or_else(|| v.strip_prefix("bearer "))
+        .map(str::trim)
+}
+
+async fn proxy(s: Arc<AppState>, endpoint: Endpoint, req: HttpRequest) -> Response {
+    let started = Instant::now();
+    let result = route(&s, endpoint, req).await;
+    let status = match &result {
+        Ok(r) => r.status(),
+        Err(e) => e.parts().0,
+    };
+    metrics::counter!("llmux_requests_total", "endpoint" => endpoint.name(), "status" => status.as_str().to_owned()).increment(1);
+    metrics::histogram!("llmux_request_duration_seconds", "endpoint" => endpoint.name())
+        .record(started.elapsed().as_secs_f64());
+    match result {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn route(s: &AppState, endpoint: Endpoint, req: HttpRequest) -> Result<Response, ApiError> {
+    let (parts, body) = req.into_parts();
+    let limit = s.router.config().max_body_bytes;
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(ApiError::PayloadTooLarge { limit });
+    }
+    let key = s.router.authorize(bearer(&parts.headers))?;
+    let bytes = axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| ApiError::PayloadTooLarge { limit })?;
+    let body: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?;
+    let tier = match parts.headers.get("x-llmux-tier") {
+        None => None,
+        Some(v) => {
+            let t = v.to_str().unwrap_or_default();
+            if !s.router.config().tier_order.iter().any(|x| x == t) {
+                return Err(ApiError::BadRequest(format!(
+                    "unknown tier {t:?} in x-llmux-tier; expected one of {}",
+                    s.router.config().tier_order.join(", ")
+                )));
+            }
+            Some(t.to_string())
+        }
+    };
+    let resp = s
+        .router
+        .request(Request {
+            endpoint,
+            body,
+            tier,
+            gateway_key: key,
+        })
+        .await?;
+    let mut builder = Response::builder().status(resp.status);
+    if let Some(h) = builder.headers_mut() {
+        h.extend(resp.headers);
+        if let Ok(v) = HeaderValue::from_str(&resp.target.to_string()) {
+            h.insert("x-llmux-target", v);
+        }
+        h.insert("x-llmux-attempts", HeaderValue::from(resp.attempts));
+    }
+    let body = match resp.body {
+        ResponseBody::Full(b) => Body::from(b),
+        ResponseBody::Stream(stream) => {
+            if let Some(h) = builder.headers_mut() {
+                h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+                h.entry(header::CONTENT_TYPE)
+                    .or_insert(HeaderValue::from_static("text/event-stream"));
+            }
+            Body::from_stream(stream.map(|r| r.map_err(std::io::Error::other)))
+        }
+    };
+    builder
+        .body(body)
+        .map_err(|e| ApiError::BadRequest(e.to_string()))
+}
+
+async fn models(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    let key = match s.router.authorize(bearer(&headers)) {
+        Ok(k) => k,
+        Err(e) => return ApiError::from(e).into_response(),
+    };
+    let mut names = s.router.models();
+    if let Some(allowed) = key.as_ref().and_then(|k| k.key.models.as_ref()) {
+        names.retain(|m| allowed.contains(m));
+    }
+    names.sort();
+    let data: Vec<serde_json::Value> = names
+        .iter()
+        .map(|m| serde_json::json!({"id": m, "object": "model", "created": 0, "owned_by": "llmux"}))
+        .collect();
+    axum::Json(serde_json::json!({"object": "list", "data": data})).into_response()
+}
+
+async fn health(State(s): State<Arc<AppState>>) -> Response {
+    axum::Json(serde_json::json!({
+        "status": "ok",
+        "store": s.router.store().kind(),
+        "models": s.router.models().len(),
+    }))
+    .into_response()
+}
+
+async fn metrics_text(State(s): State<Arc<AppState>>) -> Response {
+    match &s.metrics {
+        Some(h) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            h.render(),
+        )
+            .into_response(),
+        None => ApiError::NotFound("/metrics (no recorder installed)".into()).into_response(),
+    }
+}
+
+async fn not_found(req: HttpRequest) -> Response {
+    ApiError::NotFound(format!("{} {}", req.method(), req.uri().path())).into_response()
+}

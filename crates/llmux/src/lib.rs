@@ -1,1 +1,32 @@
-//! placeholder
+//! llmux as a library: the same engine as the gateway, in-process.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let router = llmux::Router::from_path("examples/quickstart.toml")?;
+//! let req = llmux::Request::chat(serde_json::json!({
+//!     "model": "fast",
+//!     "messages": [{"role": "user", "content": "Hello"}]
+//! }))?;
+//! let resp = router.request(req).await?;
+//! println!("{} answered: {}", resp.target, resp.json().await?);
+//! # Ok(()) }
+//! ```
+//!
+//! Callers with their own HTTP client use [`Router::acquire`] and settle the [`Lease`].
+
+pub mod blocking;
+mod env;
+pub mod error;
+mod lease;
+pub mod provider;
+mod router;
+pub mod sse;
+pub mod store;
+
+pub use env::{load_config, process_env, ConfigError};
+pub use error::{RouteError, UpstreamError};
+pub use lease::Lease;
+pub use llmux_core::{self as core, Config, Secret, TargetId, Usage};
+pub use provider::Endpoint;
+pub use router::{AuthorizedKey, Request, Response, ResponseBody, Router, RouterBuilder};
+pub use store::AnyStore;

@@ -1,0 +1,110 @@
+//! The one place that knows HTTP statuses and the OpenAI error shape
+//! `{"error": {"message", "type", "code"}}`. The `code` doubles as the metrics label.
+
+use axum::response::{IntoResponse, Response};
+use http::{HeaderValue, StatusCode};
+use llmux::RouteError;
+
+#[derive(Debug)]
+pub enum ApiError {
+    BadRequest(String),
+    PayloadTooLarge { limit: usize },
+    Unauthorized,
+    NotFound(String),
+    Route(RouteError),
+}
+
+impl From<RouteError> for ApiError {
+    fn from(e: RouteError) -> Self {
+        ApiError::Route(e)
+    }
+}
+
+impl ApiError {
+    /// Status, OpenAI `type`, and `code`.
+    pub fn parts(&self) -> (StatusCode, &'static str, &'static str) {
+        use StatusCode as S;
+        match self {
+            ApiError::BadRequest(_) => (S::BAD_REQUEST, "invalid_request_error", "invalid_request"),
+            ApiError::PayloadTooLarge { .. } => (
+                S::PAYLOAD_TOO_LARGE,
+                "invalid_request_error",
+                "payload_too_large",
+            ),
+            ApiError::Unauthorized => (S::UNAUTHORIZED, "authentication_error", "invalid_api_key"),
+            ApiError::NotFound(_) => (S::NOT_FOUND, "invalid_request_error", "not_found"),
+            ApiError::Route(e) => match e {
+                RouteError::BadRequest(_) => {
+                    (S::BAD_REQUEST, "invalid_request_error", "invalid_request")
+                }
+                RouteError::Unauthorized => {
+                    (S::UNAUTHORIZED, "authentication_error", "invalid_api_key")
+                }
+                RouteError::UnknownModel(_) => {
+                    (S::NOT_FOUND, "invalid_request_error", "model_not_found")
+                }
+                RouteError::NoCapacity { .. } => {
+                    (S::TOO_MANY_REQUESTS, "rate_limit_error", "no_capacity")
+                }
+                RouteError::Upstream { timeout: true, .. } => {
+                    (S::GATEWAY_TIMEOUT, "upstream_error", "upstream_timeout")
+                }
+                RouteError::Upstream { .. } => (S::BAD_GATEWAY, "upstream_error", "upstream_error"),
+                RouteError::Store(_) => {
+                    (S::SERVICE_UNAVAILABLE, "server_error", "store_unavailable")
+                }
+            },
+        }
+    }
+
+    fn message(&self) -> String {
+        match self {
+            ApiError::BadRequest(m) => m.clone(),
+            ApiError::PayloadTooLarge { limit } => {
+                format!("request body is larger than the limit of {limit} bytes")
+            }
+            ApiError::Unauthorized => RouteError::Unauthorized.to_string(),
+            ApiError::NotFound(p) => format!("no route for {p}"),
+            ApiError::Route(e) => e.to_string(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, kind, code) = self.parts();
+        let mut body = serde_json::json!({"error": {
+            "message": self.message(), "type": kind, "code": code,
+        }});
+        let mut extra: Vec<(&'static str, String)> = Vec::new();
+        if let ApiError::Route(e) = &self {
+            match e {
+                RouteError::NoCapacity {
+                    denial,
+                    retry_after_secs,
+                    ..
+                } => {
+                    let limit = denial.limit();
+                    body["error"]["limit"] = serde_json::Value::String(limit.clone());
+                    extra.push(("x-llmux-limit", limit));
+                    if let Some(s) = retry_after_secs {
+                        body["error"]["retry_after"] = (*s).into();
+                        extra.push(("retry-after", s.to_string()));
+                    }
+                }
+                RouteError::Upstream { attempts, .. } => {
+                    extra.push(("x-llmux-attempts", attempts.to_string()));
+                }
+                RouteError::Store(err) => tracing::error!(error = %err, "store failure"),
+                _ => {}
+            }
+        }
+        let mut resp = (status, axum::Json(body)).into_response();
+        for (k, v) in extra {
+            if let Ok(v) = HeaderValue::from_str(&v) {
+                resp.headers_mut().insert(k, v);
+            }
+        }
+        resp
+    }
+}

@@ -1,0 +1,128 @@
+//! Config from files and from the environment alone.
+
+use crate::error::RouteError;
+use crate::router::Router;
+use llmux_core::config::{FallbackOn, ModelPool, Strategy, TargetConfig};
+use llmux_core::{Config, Issues, ProviderId};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// A config that could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config {path}:\n{issues}")]
+    Invalid { path: PathBuf, issues: Issues },
+}
+
+/// The process environment, as the `env` parameter core expects.
+#[allow(clippy::disallowed_methods)]
+pub fn process_env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+/// Read and validate the TOML config at `path`, resolving `${VAR}` from the environment.
+pub fn load_config(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Config::from_toml_str(&text, &process_env).map_err(|issues| ConfigError::Invalid {
+        path: path.to_path_buf(),
+        issues,
+    })
+}
+
+impl Router {
+    /// A router on the config file at `path`.
+    pub fn from_path(path: impl AsRef<Path>) -> Result<Router, RouteError> {
+        let config =
+            load_config(path.as_ref()).map_err(|e| RouteError::BadRequest(e.to_string()))?;
+        Router::from_config(config)
+    }
+
+    /// A router with no config file: providers come from `OPENAI_API_KEY` and
+    /// `OPENROUTER_API_KEY`, state lives in memory, and a model name picks its provider
+    /// (`gpt-*`, `o1…`, `text-embedding-*` → openai; `vendor/model` → openrouter).
+    pub fn from_env() -> Result<Router, RouteError> {
+        Router::from_env_with(&process_env)
+    }
+
+    /// [`Router::from_env`] with the environment as a parameter.
+    pub fn from_env_with(env: &dyn Fn(&str) -> Option<String>) -> Result<Router, RouteError> {
+        let mut text = String::from("[store]\nkind = \"memory\"\n");
+        for (name, var) in [
+            ("openai", "OPENAI_API_KEY"),
+            ("openrouter", "OPENROUTER_API_KEY"),
+        ] {
+            if env(var).is_some_and(|v| !v.is_empty()) {
+                text.push_str(&format!(
+                    "[providers.{name}]\nkind = \"{name}\"\n[[providers.{name}.keys]]\nid = \"env\"\nsecret = \"${{{var}}}\"\n"
+                ));
+            }
+        }
+        let config = Config::from_toml_str(&text, env)
+            .map_err(|issues| RouteError::BadRequest(issues.to_string()))?;
+        Router::builder(config).auto_models(true).build()
+    }
+}
+
+/// The provider a bare model name belongs to, if configured.
+pub(crate) fn auto_pool(config: &Config, model: &str) -> Option<ModelPool> {
+    let provider = if model.contains('/') {
+        "openrouter"
+    } else if model.starts_with("gpt-")
+        || model.starts_with("text-embedding-")
+        || (model.starts_with('o') && model[1..].starts_with(|c: char| c.is_ascii_digit()))
+    {
+        "openai"
+    } else {
+        return None;
+    };
+    let id = ProviderId::new(provider);
+    config.providers.get(&id)?;
+    Some(ModelPool {
+        name: Arc::from(model),
+        strategy: Strategy::Weighted,
+        max_attempts: 2,
+        fallback_on: FallbackOn::default(),
+        fallback_models: Vec::new(),
+        targets: vec![TargetConfig {
+            provider: id,
+            model: Arc::from(model),
+            weight: 1,
+            priority: 0,
+            keys: None,
+        }],
+        resources: Vec::new(),
+        max_concurrent: None,
+        timeout_secs: None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn from_env_maps_model_names_to_providers() {
+        let env = |k: &str| (k == "OPENAI_API_KEY").then(|| "sk-x".to_string());
+        let r = Router::from_env_with(&env).unwrap();
+        let lease = r
+            .acquire("gpt-4o-mini", llmux_core::Usage::new(1, 1))
+            .await
+            .unwrap();
+        assert_eq!(lease.target().to_string(), "openai/env/gpt-4o-mini");
+        assert_eq!(lease.secret().expose(), "sk-x");
+        lease.release().await.unwrap();
+        assert!(matches!(
+            r.acquire("vendor/model", llmux_core::Usage::default())
+                .await,
+            Err(RouteError::UnknownModel(_))
+        ));
+    }
+}

@@ -1,0 +1,44 @@
+//! Errors of the engine. Each carries what a caller needs to answer its client and never a
+//! secret; only the gateway maps them to HTTP.
+
+use llmux_core::store::Denial;
+use llmux_core::StoreError;
+
+/// Why an upstream call failed before a usable answer arrived.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("upstream timed out after {0} s")]
+    Timeout(u64),
+    #[error("upstream connection failed: {0}")]
+    Connect(String),
+    #[error("upstream stream broke: {0}")]
+    Body(String),
+}
+
+/// Why the router could not produce an answer.
+#[derive(Debug, thiserror::Error)]
+pub enum RouteError {
+    #[error("invalid request: {0}")]
+    BadRequest(String),
+    #[error("invalid or missing gateway key")]
+    Unauthorized,
+    #[error("model {0:?} does not exist or is not available to this key")]
+    UnknownModel(String),
+    /// No target had capacity. `denial` is the limit that frees up last among those hit on the
+    /// best candidate, so waiting `retry_after_secs` is enough for it.
+    #[error("no capacity for model {model:?}: limit {limit} reached", limit = denial.limit())]
+    NoCapacity {
+        model: String,
+        denial: Box<Denial>,
+        retry_after_secs: Option<u64>,
+    },
+    /// Every attempt failed upstream.
+    #[error("upstream failed after {attempts} attempt(s): {message}")]
+    Upstream {
+        attempts: u32,
+        timeout: bool,
+        message: String,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}

@@ -1,0 +1,157 @@
+//! Provider adapters: how a request reaches an upstream. A provider is a trait object so
+//! users can register their own kinds; the router only sees [`Call`] in and [`Reply`] out.
+
+pub mod mock;
+pub mod openai;
+
+use crate::error::UpstreamError;
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use futures_util::stream::BoxStream;
+use http::HeaderMap;
+use llmux_core::Secret;
+use std::time::Duration;
+
+/// The OpenAI-compatible operations llmux routes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Endpoint {
+    ChatCompletions,
+    Completions,
+    Embeddings,
+}
+
+impl Endpoint {
+    /// The path below the provider's base URL.
+    pub fn path(self) -> &'static str {
+        match self {
+            Endpoint::ChatCompletions => "/chat/completions",
+            Endpoint::Completions => "/completions",
+            Endpoint::Embeddings => "/embeddings",
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Endpoint::ChatCompletions => "chat_completions",
+            Endpoint::Completions => "completions",
+            Endpoint::Embeddings => "embeddings",
+        }
+    }
+}
+
+/// One upstream call.
+#[derive(Clone, Debug)]
+pub struct Call {
+    pub endpoint: Endpoint,
+    /// The JSON body to send, with `model` already set to the upstream model.
+    pub body: Bytes,
+    pub stream: bool,
+    pub secret: Secret,
+    /// Until the response head (and, for non-streamed answers, the whole body).
+    pub timeout: Duration,
+}
+
+/// A streamed body: chunks as they arrive from upstream.
+pub type ByteStream = BoxStream<'static, Result<Bytes, UpstreamError>>;
+
+pub enum ReplyBody {
+    Full(Bytes),
+    Stream(ByteStream),
+}
+
+impl std::fmt::Debug for ReplyBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReplyBody::Full(b) => write!(f, "Full({} bytes)", b.len()),
+            ReplyBody::Stream(_) => f.write_str("Stream"),
+        }
+    }
+}
+
+/// What the upstream answered.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: ReplyBody,
+}
+
+/// An upstream API. `send` must not retry: the router does failover.
+pub trait Provider: Send + Sync + 'static {
+    fn send(&self, call: Call) -> BoxFuture<'static, Result<Reply, UpstreamError>>;
+}
+
+/// How long a 429 asks us to wait: `retry-after-ms`, `retry-after` (seconds), then the
+/// `x-ratelimit-reset-*` / `anthropic-ratelimit-*-reset` durations (`"6ms"`, `"1m30s"`).
+pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if let Some(ms) = get("retry-after-ms").and_then(|v| v.trim().parse::<f64>().ok()) {
+        return Some(Duration::from_secs_f64(ms.max(0.0) / 1000.0));
+    }
+    if let Some(s) = get("retry-after").and_then(|v| v.trim().parse::<f64>().ok()) {
+        return Some(Duration::from_secs_f64(s.clamp(0.0, 86_400.0)));
+    }
+    let resets = ["x-ratelimit-reset-requests", "x-ratelimit-reset-tokens"];
+    resets
+        .iter()
+        .filter_map(|h| get(h).and_then(parse_go_duration))
+        .max()
+}
+
+/// Parse durations like `"1m30.5s"`, `"6ms"`, `"2h"`, `"0.5s"`.
+pub fn parse_go_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    if s.is_empty() {
+        return None;
+    }
+    let mut total = 0.0f64;
+    let mut num = String::new();
+    let mut chars = s.chars().peekable();
+    let mut any = false;
+    while let Some(c) = chars.next() {
+        if c.is_ascii_digit() || c == '.' {
+            num.push(c);
+            continue;
+        }
+        let value: f64 = num.parse().ok()?;
+        num.clear();
+        let unit = match c {
+            'h' => 3600.0,
+            'm' if chars.peek() == Some(&'s') => {
+                chars.next();
+                0.001
+            }
+            'm' => 60.0,
+            's' => 1.0,
+            _ => return None,
+        };
+        total += value * unit;
+        any = true;
+    }
+    if !num.is_empty() {
+        // A bare number means seconds.
+        total += num.parse::<f64>().ok()?;
+        any = true;
+    }
+    any.then(|| Duration::from_secs_f64(total))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_retry_hints() {
+        assert_eq!(
+            parse_go_duration("1m30.5s"),
+            Some(Duration::from_millis(90_500))
+        );
+        assert_eq!(parse_go_duration("6ms"), Some(Duration::from_millis(6)));
+        assert_eq!(parse_go_duration("x"), None);
+        let mut h = HeaderMap::new();
+        h.insert("retry-after", "7".parse().unwrap());
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(7)));
+        let mut h = HeaderMap::new();
+        h.insert("x-ratelimit-reset-requests", "2s".parse().unwrap());
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(2)));
+    }
+}

@@ -1,0 +1,122 @@
+//! The OpenAI-compatible HTTP adapter (`openai`, `openai-compatible`, `openrouter`): Bearer
+//! auth, one pooled hyper client (HTTP/1 and HTTP/2, rustls) shared by every provider.
+
+use super::{Call, Provider, Reply, ReplyBody};
+use crate::error::UpstreamError;
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use futures_util::StreamExt;
+use http_body_util::{BodyExt, BodyStream, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+pub type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// Build the shared upstream client.
+pub fn http_client() -> HttpClient {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_webpki_roots()
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(http);
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(std::time::Duration::from_secs(90))
+        .build(https)
+}
+
+/// An OpenAI-compatible upstream at `base_url` (e.g. `https://api.openai.com/v1`).
+pub struct OpenAiCompatible {
+    base_url: String,
+    client: HttpClient,
+    extra_headers: Vec<(http::HeaderName, http::HeaderValue)>,
+}
+
+impl OpenAiCompatible {
+    pub fn new(base_url: &str, client: HttpClient) -> Self {
+        OpenAiCompatible {
+            base_url: base_url.trim_end_matches('/').to_string(),
+            client,
+            extra_headers: Vec::new(),
+        }
+    }
+}
+
+impl Provider for OpenAiCompatible {
+    fn send(&self, call: Call) -> BoxFuture<'static, Result<Reply, UpstreamError>> {
+        let uri = format!("{}{}", self.base_url, call.endpoint.path());
+        let client = self.client.clone();
+        let mut builder = http::Request::post(uri)
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .header(
+                http::header::AUTHORIZATION,
+                format!("Bearer {}", call.secret.expose()),
+            );
+        for (k, v) in &self.extra_headers {
+            builder = builder.header(k, v);
+        }
+        let req = builder.body(Full::new(call.body));
+        let timeout_secs = call.timeout.as_secs();
+        Box::pin(async move {
+            // Never echo the request (it holds the key) in an error.
+            let req = req.map_err(|_| UpstreamError::Connect("invalid upstream URL".into()))?;
+            let work = async {
+                let resp = client
+                    .request(req)
+                    .await
+                    .map_err(|e| UpstreamError::Connect(describe(&e)))?;
+                let (parts, body) = resp.into_parts();
+                let status = parts.status.as_u16();
+                let is_sse = parts
+                    .headers
+                    .get(http::header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|v| v.starts_with("text/event-stream"));
+                let body = if call.stream && status == 200 && is_sse {
+                    ReplyBody::Stream(
+                        BodyStream::new(body)
+                            .filter_map(|frame| async move {
+                                match frame {
+                                    Ok(f) => f.into_data().ok().map(Ok),
+                                    Err(e) => Some(Err(UpstreamError::Body(e.to_string()))),
+                                }
+                            })
+                            .boxed(),
+                    )
+                } else {
+                    let bytes = body
+                        .collect()
+                        .await
+                        .map_err(|e| UpstreamError::Body(e.to_string()))?
+                        .to_bytes();
+                    ReplyBody::Full(bytes)
+                };
+                Ok(Reply {
+                    status,
+                    headers: parts.headers,
+                    body,
+                })
+            };
+            match tokio::time::timeout(call.timeout, work).await {
+                Ok(r) => r,
+                Err(_) => Err(UpstreamError::Timeout(timeout_secs)),
+            }
+        })
+    }
+}
+
+fn describe(e: &hyper_util::client::legacy::Error) -> String {
+    use std::error::Error;
+    let mut msg = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        src = s.source();
+    }
+    msg
+}

@@ -1,0 +1,868 @@
+//! `Router`: the engine. For each request it reads the clock once, picks candidates in the
+//! pool's strategy order (by tier), reserves on every resource that applies in one store call,
+//! sends, fails over on `fallback_on`, and reconciles the reservation to the reported usage
+//! without making the caller wait.
+
+use crate::error::{RouteError, UpstreamError};
+use crate::lease::{Lease, PoolSlot};
+use crate::provider::mock::MockProvider;
+use crate::provider::openai::{http_client, OpenAiCompatible};
+use crate::provider::{retry_after, ByteStream, Call, Endpoint, Provider, ReplyBody};
+use crate::sse::{usage_of_body, UsageScanner};
+use crate::store::AnyStore;
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use http::HeaderMap;
+use llmux_core::config::{Config, GatewayKey, ProviderKind};
+use llmux_core::plan::{gateway_key_bounds, lines, plan_pool, Bound, PlannedPool};
+use llmux_core::select::{order, Candidate};
+use llmux_core::store::{Admission, Denial, DenialReason, LeaseId, Reserve, Store};
+use llmux_core::{Clock, ProviderId, Subject, SystemClock, TargetId, Timestamp, Usage};
+use parking_lot::Mutex;
+use serde_json::{Map, Value};
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// Live figures of one target, for strategies and health.
+#[derive(Debug, Default)]
+pub struct TargetStats {
+    in_flight: AtomicU64,
+    /// Latency EWMA in microseconds, as f64 bits.
+    latency_us: AtomicU64,
+    /// Success EWMA in 0..=1, as f64 bits (starts at 1).
+    success: AtomicU64,
+}
+
+impl TargetStats {
+    fn new() -> Self {
+        TargetStats {
+            success: AtomicU64::new(1f64.to_bits()),
+            ..Default::default()
+        }
+    }
+    fn start(&self) {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+    }
+    pub(crate) fn finish(&self) {
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+    fn ewma(cell: &AtomicU64, sample: f64, alpha: f64) {
+        let _ = cell.fetch_update(Ordering::AcqRel, Ordering::Acquire, |bits| {
+            let old = f64::from_bits(bits);
+            let new = if old == 0.0 {
+                sample
+            } else {
+                old + alpha * (sample - old)
+            };
+            Some(new.to_bits())
+        });
+    }
+    pub(crate) fn record_success(&self, latency: Duration) {
+        Self::ewma(&self.latency_us, latency.as_micros() as f64, 0.2);
+        Self::ewma(&self.success, 1.0, 0.1);
+    }
+    pub(crate) fn record_failure(&self) {
+        Self::ewma(&self.success, 0.0, 0.1);
+    }
+    fn candidate(&self, weight: u64, priority: i32) -> Candidate {
+        Candidate {
+            weight,
+            priority,
+            in_flight: self.in_flight.load(Ordering::Acquire),
+            score: f64::from_bits(self.success.load(Ordering::Acquire)),
+            latency_us: f64::from_bits(self.latency_us.load(Ordering::Acquire)),
+        }
+    }
+}
+
+/// A model pool with its runtime state.
+pub(crate) struct Pool {
+    plan: PlannedPool,
+    /// Per target: provider + key + pool resources.
+    bounds: Vec<Arc<[Bound]>>,
+    stats: Vec<Arc<TargetStats>>,
+    turn: AtomicU64,
+    active: Arc<AtomicU32>,
+}
+
+impl Pool {
+    fn new(plan: PlannedPool) -> Pool {
+        let bounds = plan
+            .targets
+            .iter()
+            .map(|t| {
+                t.bounds
+                    .iter()
+                    .chain(plan.bounds.iter())
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .into()
+            })
+            .collect();
+        let stats = plan
+            .targets
+            .iter()
+            .map(|_| Arc::new(TargetStats::new()))
+            .collect();
+        Pool {
+            plan,
+            bounds,
+            stats,
+            turn: AtomicU64::new(0),
+            active: Arc::new(AtomicU32::new(0)),
+        }
+    }
+}
+
+pub(crate) struct Inner {
+    pub(crate) config: Arc<Config>,
+    pools: HashMap<String, Arc<Pool>>,
+    pub(crate) store: AnyStore,
+    pub(crate) clock: Arc<dyn Clock>,
+    providers: HashMap<ProviderId, Arc<dyn Provider>>,
+    gateway_keys: HashMap<String, Arc<AuthorizedKey>>,
+    /// Model names not in config map to providers by prefix (`Router::from_env`).
+    auto_models: bool,
+    auto_pools: Mutex<HashMap<String, Arc<Pool>>>,
+    cooldowns: Mutex<HashMap<Subject, Timestamp>>,
+    pub(crate) orphans: mpsc::UnboundedSender<LeaseId>,
+}
+
+impl Inner {
+    pub(crate) fn note_cooldown(&self, subject: &Subject, until: Timestamp) {
+        let mut c = self.cooldowns.lock();
+        let e = c.entry(subject.clone()).or_insert(until);
+        *e = (*e).max(until);
+    }
+    fn known_cooldown(&self, subject: &Subject, now: Timestamp) -> Option<Timestamp> {
+        let c = self.cooldowns.lock();
+        c.get(subject).copied().filter(|u| *u > now)
+    }
+}
+
+/// A gateway key that passed authorization, with its resources bound.
+#[derive(Debug)]
+pub struct AuthorizedKey {
+    pub key: GatewayKey,
+    bounds: Arc<[Bound]>,
+}
+
+/// One request to route.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub endpoint: Endpoint,
+    /// The OpenAI-shaped JSON body; `model` names the pool.
+    pub body: Map<String, Value>,
+    /// The caller's tier; `None` = no tier filtering (unless the gateway key has one).
+    pub tier: Option<String>,
+    pub gateway_key: Option<Arc<AuthorizedKey>>,
+}
+
+impl Request {
+    pub fn new(endpoint: Endpoint, body: Map<String, Value>) -> Request {
+        Request {
+            endpoint,
+            body,
+            tier: None,
+            gateway_key: None,
+        }
+    }
+    /// A chat completion request from a JSON value.
+    pub fn chat(body: Value) -> Result<Request, RouteError> {
+        match body {
+            Value::Object(m) => Ok(Request::new(Endpoint::ChatCompletions, m)),
+            _ => Err(RouteError::BadRequest(
+                "the body must be a JSON object".into(),
+            )),
+        }
+    }
+}
+
+pub enum ResponseBody {
+    Full(Bytes),
+    /// SSE bytes as they arrive; usage is reconciled when it ends or is dropped.
+    Stream(ByteStream),
+}
+
+impl std::fmt::Debug for ResponseBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ResponseBody::Full(b) => write!(f, "Full({} bytes)", b.len()),
+            ResponseBody::Stream(_) => f.write_str("Stream"),
+        }
+    }
+}
+
+/// The upstream's answer, with where it came from.
+#[derive(Debug)]
+pub struct Response {
+    pub target: TargetId,
+    /// Upstream attempts made, this one included.
+    pub attempts: u32,
+    pub status: u16,
+    /// Upstream headers worth passing on (`content-type`, `x-request-id`, `openai-*`).
+    pub headers: HeaderMap,
+    pub body: ResponseBody,
+}
+
+impl Response {
+    /// The whole body (collects a stream).
+    pub async fn bytes(self) -> Result<Bytes, UpstreamError> {
+        match self.body {
+            ResponseBody::Full(b) => Ok(b),
+            ResponseBody::Stream(mut s) => {
+                let mut out = Vec::new();
+                while let Some(chunk) = s.next().await {
+                    out.extend_from_slice(&chunk?);
+                }
+                Ok(Bytes::from(out))
+            }
+        }
+    }
+    /// The body as JSON (non-streamed answers).
+    pub async fn json(self) -> Result<Value, UpstreamError> {
+        let b = self.bytes().await?;
+        serde_json::from_slice(&b).map_err(|e| UpstreamError::Body(e.to_string()))
+    }
+}
+
+/// The routing engine; cheap to clone.
+#[derive(Clone)]
+pub struct Router {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Router {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Router")
+            .field("store", &self.inner.store.kind())
+            .field("models", &self.inner.pools.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// Builder for a [`Router`]: store, clock and custom providers.
+pub struct RouterBuilder {
+    config: Config,
+    store: Option<AnyStore>,
+    clock: Arc<dyn Clock>,
+    providers: HashMap<ProviderId, Arc<dyn Provider>>,
+    auto_models: bool,
+}
+
+impl RouterBuilder {
+    pub fn store(mut self, store: AnyStore) -> Self {
+        self.store = Some(store);
+        self
+    }
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+    /// Serve provider `name` with a custom implementation.
+    pub fn provider(mut self, name: &str, p: impl Provider) -> Self {
+        self.providers.insert(ProviderId::new(name), Arc::new(p));
+        self
+    }
+    pub(crate) fn auto_models(mut self, on: bool) -> Self {
+        self.auto_models = on;
+        self
+    }
+
+    /// Open the store and start the background reconciler. Needs a tokio runtime.
+    pub fn build(self) -> Result<Router, RouteError> {
+        let config = Arc::new(self.config);
+        let store = match self.store {
+            Some(s) => s,
+            None => AnyStore::open(&config.store)?,
+        };
+        let http = http_client();
+        let mut providers = self.providers;
+        for (id, p) in &config.providers {
+            if providers.contains_key(id) {
+                continue;
+            }
+            let adapter: Arc<dyn Provider> = match p.kind {
+                ProviderKind::Mock => Arc::new(MockProvider::new(p.mock.clone())),
+                _ => Arc::new(OpenAiCompatible::new(
+                    p.base_url.as_deref().unwrap_or_default(),
+                    http.clone(),
+                )),
+            };
+            providers.insert(id.clone(), adapter);
+        }
+        let pools = config
+            .models
+            .iter()
+            .map(|(name, pool)| (name.clone(), Arc::new(Pool::new(plan_pool(&config, pool)))))
+            .collect();
+        let gateway_keys = config
+            .gateway_keys
+            .iter()
+            .map(|k| {
+                (
+                    k.secret.expose().to_string(),
+                    Arc::new(AuthorizedKey {
+                        key: k.clone(),
+                        bounds: gateway_key_bounds(&config, k).into(),
+                    }),
+                )
+            })
+            .collect();
+        let (orphans, mut rx) = mpsc::unbounded_channel::<LeaseId>();
+        let reaper_store = store.clone();
+        tokio::runtime::Handle::try_current()
+            .map_err(|_| RouteError::BadRequest("Router::build needs a tokio runtime".into()))?
+            .spawn(async move {
+                while let Some(id) = rx.recv().await {
+                    if let Err(e) = reaper_store.release(id).await {
+                        tracing::warn!(error = %e, "could not release an abandoned reservation");
+                    }
+                }
+            });
+        Ok(Router {
+            inner: Arc::new(Inner {
+                config,
+                pools,
+                store,
+                clock: self.clock,
+                providers,
+                gateway_keys,
+                auto_models: self.auto_models,
+                auto_pools: Mutex::new(HashMap::new()),
+                cooldowns: Mutex::new(HashMap::new()),
+                orphans,
+            }),
+        })
+    }
+}
+
+/// What the failover loop learned so far.
+#[derive(Default)]
+struct Outcomes {
+    attempts: u32,
+    /// The denial that frees up first.
+    denial: Option<Denial>,
+    /// The last upstream failure: (message, timeout?).
+    failure: Option<(String, bool)>,
+}
+
+impl Outcomes {
+    fn deny(&mut self, d: Denial) {
+        let better = match (&self.denial, d.retry_at) {
+            (None, _) => true,
+            (Some(old), Some(t)) => old.retry_at.is_none_or(|o| t < o),
+            (Some(_), None) => false,
+        };
+        if better {
+            self.denial = Some(d);
+        }
+    }
+}
+
+fn client_headers(h: &HeaderMap) -> HeaderMap {
+    let mut out = HeaderMap::new();
+    for (k, v) in h {
+        let name = k.as_str();
+        if name == "content-type" || name == "x-request-id" || name.starts_with("openai-") {
+            out.append(k.clone(), v.clone());
+        }
+    }
+    out
+}
+
+impl Router {
+    pub fn builder(config: Config) -> RouterBuilder {
+        RouterBuilder {
+            config,
+            store: None,
+            clock: Arc::new(SystemClock),
+            providers: HashMap::new(),
+            auto_models: false,
+        }
+    }
+
+    /// A router on `config`, with the store it names. Needs a tokio runtime.
+    pub fn from_config(config: Config) -> Result<Router, RouteError> {
+        Router::builder(config).build()
+    }
+
+    pub fn config(&self) -> &Arc<Config> {
+        &self.inner.config
+    }
+
+    pub fn store(&self) -> &AnyStore {
+        &self.inner.store
+    }
+
+    /// Model names clients may send.
+    pub fn models(&self) -> Vec<String> {
+        self.inner.pools.keys().cloned().collect()
+    }
+
+    /// Check a bearer token. With no gateway keys configured every caller is let through.
+    pub fn authorize(
+        &self,
+        bearer: Option<&str>,
+    ) -> Result<Option<Arc<AuthorizedKey>>, RouteError> {
+        if self.inner.gateway_keys.is_empty() {
+            return Ok(None);
+        }
+        let token = bearer.ok_or(RouteError::Unauthorized)?;
+        self.inner
+            .gateway_keys
+            .get(token)
+            .cloned()
+            .map(Some)
+            .ok_or(RouteError::Unauthorized)
+    }
+
+    fn pool(&self, model: &str) -> Option<Arc<Pool>> {
+        if let Some(p) = self.inner.pools.get(model) {
+            return Some(p.clone());
+        }
+        if !self.inner.auto_models {
+            return None;
+        }
+        let mut cache = self.inner.auto_pools.lock();
+        if let Some(p) = cache.get(model) {
+            return Some(p.clone());
+        }
+        let pool = crate::env::auto_pool(&self.inner.config, model)?;
+        let pool = Arc::new(Pool::new(plan_pool(&self.inner.config, &Arc::new(pool))));
+        cache.insert(model.to_string(), pool.clone());
+        Some(pool)
+    }
+
+    /// Candidate target indices of `pool` in the order to try: the request's tier first, then
+    /// each lower tier; without a tier, every target.
+    fn candidates(&self, pool: &Pool, tier: Option<&str>) -> Vec<usize> {
+        let targets = &pool.plan.targets;
+        let turn = pool.turn.fetch_add(1, Ordering::Relaxed);
+        let mut rng = rand::rng();
+        let ordered = |subset: &[usize], rng: &mut rand::rngs::ThreadRng| -> Vec<usize> {
+            let cands: Vec<Candidate> = subset
+                .iter()
+                .map(|&i| pool.stats[i].candidate(targets[i].weight, targets[i].priority))
+                .collect();
+            order(pool.plan.pool.strategy, &cands, turn, rng)
+                .into_iter()
+                .map(|j| subset[j])
+                .collect()
+        };
+        let all: Vec<usize> = (0..targets.len()).collect();
+        let Some(tier) = tier else {
+            return ordered(&all, &mut rng);
+        };
+        let tier_order = &self.inner.config.tier_order;
+        let Some(pos) = tier_order.iter().position(|t| t == tier) else {
+            return ordered(&all, &mut rng);
+        };
+        let mut out = Vec::new();
+        for t in tier_order[..=pos].iter().rev() {
+            let subset: Vec<usize> = all
+                .iter()
+                .copied()
+                .filter(|&i| !out.contains(&i))
+                .filter(|&i| {
+                    targets[i]
+                        .provider
+                        .tiers
+                        .as_ref()
+                        .is_none_or(|ts| ts.iter().any(|x| x == t))
+                })
+                .collect();
+            out.extend(ordered(&subset, &mut rng));
+        }
+        out
+    }
+
+    /// Try to reserve `usage` on target `i` of `pool`.
+    async fn try_target(
+        &self,
+        pool: &Pool,
+        i: usize,
+        usage: &Usage,
+        now: Timestamp,
+        key: Option<&AuthorizedKey>,
+    ) -> Result<Result<Lease, Denial>, RouteError> {
+        let t = &pool.plan.targets[i];
+        for g in &t.gates {
+            if let Some(until) = self.inner.known_cooldown(g, now) {
+                return Ok(Err(Denial {
+                    subject: g.clone(),
+                    reason: DenialReason::Cooldown,
+                    retry_at: Some(until),
+                }));
+            }
+        }
+        let slot = match pool.plan.pool.max_concurrent {
+            None => None,
+            Some(max) => {
+                let prev = pool.active.fetch_add(1, Ordering::AcqRel);
+                let slot = PoolSlot(pool.active.clone());
+                if prev >= max {
+                    drop(slot);
+                    return Ok(Err(Denial {
+                        subject: Subject::model(&pool.plan.pool.name),
+                        reason: DenialReason::Concurrency {
+                            max_concurrent: max,
+                        },
+                        retry_at: Some(now.plus_millis(1000)),
+                    }));
+                }
+                Some(slot)
+            }
+        };
+        let bounds = pool.bounds[i].clone();
+        let extra = key.map(|k| k.bounds.clone()).filter(|b| !b.is_empty());
+        let mut ls = lines(bounds.iter(), usage, now);
+        if let Some(extra) = &extra {
+            ls.extend(lines(extra.iter(), usage, now));
+        }
+        let reserve = Reserve {
+            now,
+            lease_ttl_ms: (self.inner.config.lease_ttl_secs as i64) * 1000,
+            lines: ls,
+            gates: t.gates.clone(),
+        };
+        match self.inner.store.reserve(reserve).await? {
+            Admission::Denied(d) => {
+                if let (DenialReason::Cooldown, Some(until)) = (&d.reason, d.retry_at) {
+                    self.inner.note_cooldown(&d.subject, until);
+                }
+                metrics::counter!("llmux_rejections_total", "limit" => d.limit()).increment(1);
+                Ok(Err(d))
+            }
+            Admission::Granted(id) => {
+                let stats = pool.stats[i].clone();
+                stats.start();
+                let key = &t.provider.keys[t.key_index];
+                Ok(Ok(Lease {
+                    id,
+                    target: t.id.clone(),
+                    secret: key.secret.clone(),
+                    key_subject: t.gates[1].clone(),
+                    bounds,
+                    extra,
+                    estimate: *usage,
+                    inner: self.inner.clone(),
+                    stats,
+                    _slot: slot,
+                    settled: false,
+                }))
+            }
+        }
+    }
+
+    fn no_capacity(model: &str, now: Timestamp, out: Outcomes) -> RouteError {
+        match out.denial {
+            Some(d) => RouteError::NoCapacity {
+                model: model.to_string(),
+                retry_after_secs: d.retry_at.map(|t| now.secs_until_ceil(t).max(1)),
+                denial: Box::new(d),
+            },
+            None => RouteError::UnknownModel(model.to_string()),
+        }
+    }
+
+    /// Reserve `estimate` on the first target of `model` with capacity, for callers that send
+    /// the request with their own HTTP client.
+    pub async fn acquire(&self, model: &str, estimate: Usage) -> Result<Lease, RouteError> {
+        let pool = self
+            .pool(model)
+            .ok_or_else(|| RouteError::UnknownModel(model.to_string()))?;
+        let now = self.inner.clock.now();
+        let mut out = Outcomes::default();
+        for i in self.candidates(&pool, None) {
+            match self.try_target(&pool, i, &estimate, now, None).await? {
+                Ok(lease) => return Ok(lease),
+                Err(d) => out.deny(d),
+            }
+        }
+        Err(Self::no_capacity(model, now, out))
+    }
+
+    /// Route one request: select, reserve, send with failover, reconcile in the background.
+    pub async fn request(&self, req: Request) -> Result<Response, RouteError> {
+        let Request {
+            endpoint,
+            mut body,
+            tier,
+            gateway_key,
+        } = req;
+        let model = match body.get("model") {
+            Some(Value::String(m)) if !m.is_empty() => m.clone(),
+            Some(_) => {
+                return Err(RouteError::BadRequest(
+                    "`model` must be a non-empty string".into(),
+                ))
+            }
+            None => return Err(RouteError::BadRequest("`model` is required".into())),
+        };
+        let allowed = |m: &str| {
+            gateway_key
+                .as_ref()
+                .and_then(|k| k.key.models.as_ref())
+                .is_none_or(|ms| ms.iter().any(|x| x == m))
+        };
+        if !allowed(&model) {
+            return Err(RouteError::UnknownModel(model));
+        }
+        let pool = self
+            .pool(&model)
+            .ok_or_else(|| RouteError::UnknownModel(model.clone()))?;
+        let tier = tier.or_else(|| gateway_key.as_ref().and_then(|k| k.key.tier.clone()));
+
+        let stream = matches!(body.get("stream"), Some(Value::Bool(true)));
+        let mut client_wants_usage = true;
+        if stream && endpoint != Endpoint::Embeddings {
+            let opts = body
+                .entry("stream_options")
+                .or_insert_with(|| Value::Object(Map::new()));
+            if let Value::Object(o) = opts {
+                client_wants_usage = matches!(o.get("include_usage"), Some(Value::Bool(true)));
+                o.insert("include_usage".into(), Value::Bool(true));
+            }
+        }
+        let max_out = ["max_tokens", "max_completion_tokens"]
+            .iter()
+            .find_map(|k| body.get(*k).and_then(Value::as_u64))
+            .unwrap_or(0);
+        let estimate = Usage::new(llmux_core::usage::estimate_input_tokens(&body), max_out);
+        let now = self.inner.clock.now();
+
+        let mut chain = vec![pool.clone()];
+        for f in &pool.plan.pool.fallback_models {
+            if allowed(f) {
+                if let Some(p) = self.pool(f) {
+                    chain.push(p);
+                }
+            }
+        }
+        let mut out = Outcomes::default();
+        for pool in chain {
+            let mut tried = 0u32;
+            for i in self.candidates(&pool, tier.as_deref()) {
+                if tried >= pool.plan.pool.max_attempts {
+                    break;
+                }
+                let lease = match self
+                    .try_target(&pool, i, &estimate, now, gateway_key.as_deref())
+                    .await?
+                {
+                    Ok(l) => l,
+                    Err(d) => {
+                        out.deny(d);
+                        continue;
+                    }
+                };
+                tried += 1;
+                out.attempts += 1;
+                let target = lease.target.clone();
+                body.insert("model".into(), Value::String(target.model.to_string()));
+                let payload = match serde_json::to_vec(&body) {
+                    Ok(p) => Bytes::from(p),
+                    Err(e) => return Err(RouteError::BadRequest(e.to_string())),
+                };
+                let timeout = Duration::from_secs(
+                    pool.plan
+                        .pool
+                        .timeout_secs
+                        .or(pool.plan.targets[i].provider.timeout_secs)
+                        .unwrap_or(self.inner.config.request_timeout_secs),
+                );
+                let call = Call {
+                    endpoint,
+                    body: payload,
+                    stream,
+                    secret: lease.secret.clone(),
+                    timeout,
+                };
+                let provider = match self.inner.providers.get(&target.provider) {
+                    Some(p) => p.clone(),
+                    None => return Err(RouteError::UnknownModel(model)),
+                };
+                let started = Instant::now();
+                let label = target.to_string();
+                let fallback_on = &pool.plan.pool.fallback_on;
+                match provider.send(call).await {
+                    Ok(reply) if reply.status < 400 => {
+                        metrics::counter!("llmux_upstream_requests_total", "target" => label.clone(), "outcome" => "ok").increment(1);
+                        let headers = client_headers(&reply.headers);
+                        let body = match reply.body {
+                            ReplyBody::Full(bytes) => {
+                                let latency = started.elapsed();
+                                metrics::histogram!("llmux_upstream_latency_seconds", "target" => label).record(latency.as_secs_f64());
+                                let usage = usage_of_body(&bytes).unwrap_or(estimate);
+                                lease.complete_detached(usage, latency);
+                                ResponseBody::Full(bytes)
+                            }
+                            ReplyBody::Stream(s) => ResponseBody::Stream(
+                                Tracked {
+                                    inner: s,
+                                    scanner: UsageScanner::new(!client_wants_usage),
+                                    lease: Some(lease),
+                                    started,
+                                    done: false,
+                                }
+                                .boxed(),
+                            ),
+                        };
+                        return Ok(Response {
+                            target,
+                            attempts: out.attempts,
+                            status: reply.status,
+                            headers,
+                            body,
+                        });
+                    }
+                    Ok(reply) => {
+                        let status = reply.status;
+                        let outcome = status.to_string();
+                        metrics::counter!("llmux_upstream_requests_total", "target" => label.clone(), "outcome" => outcome).increment(1);
+                        if status == 429 {
+                            let wait = retry_after(&reply.headers);
+                            let until = now.plus_millis(
+                                wait.unwrap_or(Duration::from_secs(1)).as_millis() as i64,
+                            );
+                            let subject = lease.key_subject.clone();
+                            lease.rate_limited(wait).await?;
+                            tracing::info!(target = %label, retry_after_ms = until.0 - now.0, "upstream 429: key cooling down");
+                            if fallback_on.status(429) {
+                                out.deny(Denial {
+                                    subject,
+                                    reason: DenialReason::Cooldown,
+                                    retry_at: Some(until),
+                                });
+                                continue;
+                            }
+                        } else if status == 401 || status == 403 {
+                            tracing::warn!(target = %label, status, "upstream refused the key: disabling it");
+                            let subject = lease.key_subject.clone();
+                            lease.failed().await?;
+                            self.inner.store.set_disabled(subject, true).await?;
+                            out.failure = Some((format!("{label} answered {status}"), false));
+                            continue;
+                        } else {
+                            lease.failed().await?;
+                            if fallback_on.status(status) {
+                                out.failure = Some((format!("{label} answered {status}"), false));
+                                continue;
+                            }
+                        }
+                        // Not a failover status: the client gets the upstream's answer.
+                        let headers = client_headers(&reply.headers);
+                        let body = match reply.body {
+                            ReplyBody::Full(b) => ResponseBody::Full(b),
+                            ReplyBody::Stream(s) => ResponseBody::Stream(s),
+                        };
+                        return Ok(Response {
+                            target,
+                            attempts: out.attempts,
+                            status,
+                            headers,
+                            body,
+                        });
+                    }
+                    Err(e) => {
+                        let timeout = matches!(e, UpstreamError::Timeout(_));
+                        metrics::counter!("llmux_upstream_requests_total", "target" => label.clone(), "outcome" => if timeout { "timeout" } else { "error" }).increment(1);
+                        tracing::info!(target = %label, error = %e, "upstream attempt failed");
+                        if timeout {
+                            lease.failed().await?;
+                        } else {
+                            // The request may never have left: give the reservation back.
+                            lease.stats.record_failure();
+                            lease.release().await?;
+                        }
+                        out.failure = Some((format!("{label}: {e}"), timeout));
+                        if timeout && !fallback_on.timeout {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        if let Some((message, timeout)) = out.failure.take() {
+            return Err(RouteError::Upstream {
+                attempts: out.attempts,
+                timeout,
+                message,
+            });
+        }
+        if let Some(d) = &out.denial {
+            metrics::counter!("llmux_no_capacity_total", "model" => model.clone(), "limit" => d.limit()).increment(1);
+        }
+        Err(Self::no_capacity(&model, now, out))
+    }
+}
+
+/// A streamed answer that reconciles its lease when it ends, breaks or is dropped.
+struct Tracked {
+    inner: ByteStream,
+    scanner: UsageScanner,
+    lease: Option<Lease>,
+    started: Instant,
+    done: bool,
+}
+
+impl Tracked {
+    fn settle(&mut self) {
+        if let Some(lease) = self.lease.take() {
+            // A stream that ended without usage (or broke) commits the estimate: tokens that
+            // cannot be proved unused are never given back.
+            let usage = self.scanner.usage.unwrap_or(lease.estimate);
+            lease.complete_detached(usage, self.started.elapsed());
+        }
+    }
+}
+
+impl Stream for Tracked {
+    type Item = Result<Bytes, UpstreamError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        loop {
+            match self.inner.poll_next_unpin(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Ok(chunk))) => {
+                    if let Some(out) = self.scanner.feed(chunk) {
+                        return Poll::Ready(Some(Ok(out)));
+                    }
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    self.done = true;
+                    self.settle();
+                    tracing::warn!(error = %e, "upstream stream broke");
+                    // End the SSE stream cleanly with an OpenAI-shaped error event.
+                    let event = serde_json::json!({"error": {
+                        "message": "the upstream stream ended unexpectedly",
+                        "type": "upstream_error",
+                        "code": "upstream_stream_broken",
+                    }});
+                    return Poll::Ready(Some(Ok(Bytes::from(format!("data: {event}\n\n")))));
+                }
+                Poll::Ready(None) => {
+                    self.done = true;
+                    let rest = self.scanner.finish();
+                    self.settle();
+                    return Poll::Ready(rest.map(Ok));
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        self.settle();
+    }
+}

@@ -1,0 +1,163 @@
+//! Reading usage out of an SSE stream while passing it through.
+//!
+//! Chunks go to the client as they arrive; only a chunk that carries a `usage` object is parsed.
+//! When llmux asked the upstream for usage on the client's behalf (`stream_options.include_usage`),
+//! the final usage-only chunk (`"choices": []`) is withheld so the client sees exactly the stream
+//! it asked for. Events split across chunks are reassembled before they are forwarded.
+
+use bytes::{Bytes, BytesMut};
+use llmux_core::Usage;
+
+#[derive(Debug, Default)]
+pub struct UsageScanner {
+    buf: BytesMut,
+    hide_usage_chunk: bool,
+    pub usage: Option<Usage>,
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+fn has_usage_object(b: &[u8]) -> bool {
+    find(b, b"\"usage\":{").is_some() || find(b, b"\"usage\": {").is_some()
+}
+
+/// End of the first complete event in `b`: index just past its blank line.
+fn event_end(b: &[u8]) -> Option<usize> {
+    let lf = find(b, b"\n\n").map(|i| i + 2);
+    let crlf = find(b, b"\r\n\r\n").map(|i| i + 4);
+    match (lf, crlf) {
+        (Some(a), Some(c)) => Some(a.min(c)),
+        (a, c) => a.or(c),
+    }
+}
+
+impl UsageScanner {
+    /// `hide_usage_chunk`: the client did not ask for usage, so drop the usage-only chunk.
+    pub fn new(hide_usage_chunk: bool) -> Self {
+        UsageScanner {
+            hide_usage_chunk,
+            ..Default::default()
+        }
+    }
+
+    /// Take a chunk from upstream; returns what to forward now (maybe nothing).
+    pub fn feed(&mut self, chunk: Bytes) -> Option<Bytes> {
+        let ends_clean = chunk.ends_with(b"\n\n") || chunk.ends_with(b"\r\n\r\n");
+        if self.buf.is_empty() && ends_clean && !has_usage_object(&chunk) {
+            return Some(chunk); // the common case: whole events, no usage, zero copies
+        }
+        self.buf.extend_from_slice(&chunk);
+        let mut out = BytesMut::new();
+        while let Some(end) = event_end(&self.buf) {
+            let event = self.buf.split_to(end);
+            if has_usage_object(&event) && !self.take_usage(&event) {
+                continue;
+            }
+            out.extend_from_slice(&event);
+        }
+        (!out.is_empty()).then(|| out.freeze())
+    }
+
+    /// Whatever is left when the upstream ends (an unterminated last event).
+    pub fn finish(&mut self) -> Option<Bytes> {
+        if self.buf.is_empty() {
+            return None;
+        }
+        let rest = std::mem::take(&mut self.buf);
+        if has_usage_object(&rest) && !self.take_usage(&rest) {
+            return None;
+        }
+        Some(rest.freeze())
+    }
+
+    /// Record the usage in `event`; returns whether to forward the event.
+    fn take_usage(&mut self, event: &[u8]) -> bool {
+        let text = String::from_utf8_lossy(event);
+        let data: String = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("data:"))
+            .map(str::trim_start)
+            .collect::<Vec<_>>()
+            .join("\n");
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&data) else {
+            return true;
+        };
+        if let Some(u) = usage_of(&v) {
+            self.usage = Some(u);
+        }
+        let usage_only = v
+            .get("choices")
+            .and_then(|c| c.as_array())
+            .is_some_and(|c| c.is_empty());
+        !(self.hide_usage_chunk && usage_only)
+    }
+}
+
+/// The usage block of an OpenAI-shaped response or chunk.
+pub fn usage_of(v: &serde_json::Value) -> Option<Usage> {
+    let u = v.get("usage")?;
+    let input = u.get("prompt_tokens").and_then(|x| x.as_u64())?;
+    let output = u
+        .get("completion_tokens")
+        .and_then(|x| x.as_u64())
+        .unwrap_or(0);
+    Some(Usage::new(input, output))
+}
+
+/// Usage from a whole JSON body (non-streamed answers).
+pub fn usage_of_body(body: &[u8]) -> Option<Usage> {
+    #[derive(serde::Deserialize)]
+    struct Block {
+        prompt_tokens: u64,
+        #[serde(default)]
+        completion_tokens: u64,
+    }
+    #[derive(serde::Deserialize)]
+    struct Body {
+        usage: Option<Block>,
+    }
+    let b: Body = serde_json::from_slice(body).ok()?;
+    b.usage
+        .map(|u| Usage::new(u.prompt_tokens, u.completion_tokens))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CHUNK: &str = "data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}],\"usage\":null}\n\n";
+    const USAGE: &str =
+        "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":7,\"completion_tokens\":3}}\n\n";
+
+    #[test]
+    fn passes_chunks_and_hides_usage_when_asked() {
+        let mut s = UsageScanner::new(true);
+        assert_eq!(s.feed(Bytes::from(CHUNK)).unwrap(), CHUNK);
+        assert_eq!(s.feed(Bytes::from(USAGE)), None);
+        assert_eq!(
+            s.feed(Bytes::from("data: [DONE]\n\n")).unwrap(),
+            "data: [DONE]\n\n"
+        );
+        assert_eq!(s.usage, Some(Usage::new(7, 3)));
+    }
+
+    #[test]
+    fn keeps_usage_chunk_for_clients_that_asked_and_reassembles_splits() {
+        let mut s = UsageScanner::new(false);
+        let (a, b) = USAGE.split_at(20);
+        assert_eq!(s.feed(Bytes::from(a)), None);
+        assert_eq!(s.feed(Bytes::from(b)).unwrap(), USAGE);
+        assert_eq!(s.usage, Some(Usage::new(7, 3)));
+    }
+
+    #[test]
+    fn body_usage() {
+        let u = usage_of_body(
+            br#"{"id":"x","usage":{"prompt_tokens":5,"completion_tokens":2,"total_tokens":7}}"#,
+        );
+        assert_eq!(u, Some(Usage::new(5, 2)));
+        assert_eq!(usage_of_body(b"not json"), None);
+    }
+}

@@ -1,0 +1,72 @@
+//! `AnyStore`: the store chosen by config, dispatched by `match` (no `dyn`).
+
+use llmux_core::config::StoreConfig;
+use llmux_core::store::{
+    Admission, LeaseId, Line, Reserve, Store, StoreAdmin, StoreError, SubjectState,
+};
+use llmux_core::{MemoryStore, Subject, Timestamp};
+use llmux_store_sqlite::SqliteStore;
+
+#[derive(Clone, Debug)]
+pub enum AnyStore {
+    Memory(MemoryStore),
+    Sqlite(SqliteStore),
+}
+
+impl AnyStore {
+    /// Open the store `config` names.
+    pub fn open(config: &StoreConfig) -> Result<AnyStore, StoreError> {
+        match config {
+            StoreConfig::Memory => Ok(AnyStore::Memory(MemoryStore::new())),
+            StoreConfig::Sqlite { path } => Ok(AnyStore::Sqlite(SqliteStore::open(path)?)),
+            StoreConfig::Redis { .. } => Err(StoreError::Unavailable(
+                "the redis store is not available in this build yet; use kind = \"sqlite\"".into(),
+            )),
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            AnyStore::Memory(_) => "memory",
+            AnyStore::Sqlite(_) => "sqlite",
+        }
+    }
+}
+
+macro_rules! dispatch {
+    ($self:ident, $s:ident => $e:expr) => {
+        match $self {
+            AnyStore::Memory($s) => $e,
+            AnyStore::Sqlite($s) => $e,
+        }
+    };
+}
+
+impl Store for AnyStore {
+    async fn reserve(&self, r: Reserve) -> Result<Admission, StoreError> {
+        dispatch!(self, s => s.reserve(r).await)
+    }
+    async fn commit(
+        &self,
+        lease: LeaseId,
+        now: Timestamp,
+        used: Vec<Line>,
+    ) -> Result<(), StoreError> {
+        dispatch!(self, s => s.commit(lease, now, used).await)
+    }
+    async fn release(&self, lease: LeaseId) -> Result<(), StoreError> {
+        dispatch!(self, s => s.release(lease).await)
+    }
+    async fn set_cooldown(&self, subject: Subject, until: Timestamp) -> Result<(), StoreError> {
+        dispatch!(self, s => s.set_cooldown(subject, until).await)
+    }
+    async fn set_disabled(&self, subject: Subject, disabled: bool) -> Result<(), StoreError> {
+        dispatch!(self, s => s.set_disabled(subject, disabled).await)
+    }
+}
+
+impl StoreAdmin for AnyStore {
+    async fn snapshot(&self, subject: &str) -> Result<Vec<SubjectState>, StoreError> {
+        dispatch!(self, s => s.snapshot(subject).await)
+    }
+}
