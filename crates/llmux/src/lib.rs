@@ -8,7 +8,8 @@
 //!     "messages": [{"role": "user", "content": "Hello"}]
 //! }))?;
 //! let resp = router.request(req).await?;
-//! println!("{} answered: {}", resp.target, resp.json().await?);
+//! let target = resp.target.clone();
+//! println!("{target} answered: {}", resp.json().await?);
 //! # Ok(()) }
 //! ```
 //!
