@@ -1,4 +1,5 @@
 //! Error envelopes: every failure is OpenAI-shaped JSON with the right status.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod common;
 use common::*;
 

@@ -1,5 +1,6 @@
 //! Failover: a 500 moves to the next target; an upstream 429 cools the key down and traffic
 //! moves to the other key; fallback_models are tried when a pool is exhausted.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod common;
 use common::*;
 use llmux_testkit::{Behavior, MockUpstream};

@@ -1,5 +1,6 @@
 //! Limits are exact: concurrent requests never get past a limit, and counters reconcile to the
 //! usage the upstream reported.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod common;
 use common::*;
 use llmux_testkit::MockUpstream;

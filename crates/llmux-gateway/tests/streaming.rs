@@ -1,5 +1,6 @@
 //! SSE passes through chunk by chunk; usage comes from the final usage chunk; a broken
 //! upstream stream ends cleanly for the client and leaves the reservation settled.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod common;
 use common::*;
 use http_body_util::BodyExt;

@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 use llmux_core::store::{Admission, Line, Reserve, Store, StoreAdmin};
 use llmux_core::{Subject, Timestamp, Window};
 use llmux_store_sqlite::SqliteStore;
