@@ -1,0 +1,164 @@
+//! The library contract: acquire → Lease → complete/rate_limited/failed, drop releases,
+//! request() on the mock provider, and the blocking mirror.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use llmux::core::store::StoreAdmin;
+use llmux::core::Usage;
+use llmux::{Config, Request, RouteError, Router};
+use std::time::Duration;
+
+const CONFIG: &str = r#"
+[store]
+kind = "memory"
+[providers.p]
+kind = "mock"
+resources = [{ name = "tpm", value = 1000, period = "minutely" }]
+[[providers.p.keys]]
+id = "k1"
+resources = [{ name = "rpm", value = 2, period = "minutely" }]
+[[providers.p.keys]]
+id = "k2"
+resources = [{ name = "rpm", value = 2, period = "minutely" }]
+[models.m]
+strategy = "priority"
+targets = [{ provider = "p", model = "x" }]
+"#;
+
+fn router() -> Router {
+    Router::from_config(Config::from_toml_str(CONFIG, &|_| None).unwrap()).unwrap()
+}
+
+async fn counter(r: &Router, subject: &str, resource: &str) -> (u64, u64) {
+    let s = r.store().snapshot(subject).await.unwrap();
+    let s = s.iter().find(|s| s.subject == subject).unwrap();
+    let c = s.resources.iter().find(|(n, _)| n == resource).unwrap().1;
+    (c.used, c.reserved)
+}
+
+#[tokio::test]
+async fn complete_reconciles_to_actual_usage() {
+    let r = router();
+    let lease = r.acquire("m", Usage::new(100, 50)).await.unwrap();
+    assert_eq!(lease.target().to_string(), "p/k1/x");
+    assert_eq!(counter(&r, "p", "tpm").await, (0, 150));
+    lease
+        .complete(Usage::new(70, 30), Duration::from_millis(5))
+        .await
+        .unwrap();
+    assert_eq!(counter(&r, "p", "tpm").await, (100, 0));
+    assert_eq!(counter(&r, "p/k1", "rpm").await, (1, 0));
+}
+
+#[tokio::test]
+async fn a_dropped_lease_releases_its_reservation() {
+    let r = router();
+    let lease = r.acquire("m", Usage::new(10, 10)).await.unwrap();
+    assert_eq!(counter(&r, "p/k1", "rpm").await, (0, 1));
+    drop(lease);
+    for _ in 0..100 {
+        if counter(&r, "p/k1", "rpm").await == (0, 0) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("reservation not released");
+}
+
+#[tokio::test]
+async fn rate_limited_cools_the_key_and_failed_counts_a_request() {
+    let r = router();
+    let lease = r.acquire("m", Usage::new(1, 1)).await.unwrap();
+    lease
+        .rate_limited(Some(Duration::from_secs(60)))
+        .await
+        .unwrap();
+    let lease = r.acquire("m", Usage::new(1, 1)).await.unwrap();
+    assert_eq!(lease.target().to_string(), "p/k2/x", "k1 is cooling down");
+    lease.failed().await.unwrap();
+    assert_eq!(counter(&r, "p/k2", "rpm").await, (1, 0));
+    assert_eq!(counter(&r, "p", "tpm").await, (0, 0));
+    let _held = r.acquire("m", Usage::new(1, 1)).await.unwrap();
+    match r.acquire("m", Usage::new(1, 1)).await {
+        Err(RouteError::NoCapacity {
+            retry_after_secs,
+            denial,
+            ..
+        }) => {
+            assert!(retry_after_secs.is_some_and(|s| (1..=60).contains(&s)));
+            assert!(denial.limit().starts_with("p/k"), "{}", denial.limit());
+        }
+        other => panic!("expected NoCapacity, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn request_routes_through_the_mock_provider() {
+    let r = router();
+    let req = Request::chat(serde_json::json!({
+        "model": "m", "messages": [{"role": "user", "content": "hi"}]
+    }))
+    .unwrap();
+    let resp = r.request(req).await.unwrap();
+    assert_eq!((resp.status, resp.attempts), (200, 1));
+    let v = resp.json().await.unwrap();
+    assert_eq!(v["object"], "chat.completion");
+    assert!(v["usage"]["completion_tokens"].as_u64().unwrap() > 0);
+
+    let req =
+        Request::chat(serde_json::json!({"model": "m", "stream": true, "messages": []})).unwrap();
+    let text = String::from_utf8(
+        r.request(req)
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap()
+            .to_vec(),
+    )
+    .unwrap();
+    assert!(
+        text.contains("chat.completion.chunk") && text.trim_end().ends_with("[DONE]"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("\"prompt_tokens\""),
+        "usage chunk hidden: {text}"
+    );
+}
+
+#[tokio::test]
+async fn the_mock_provider_rate_limits_after_n_requests() {
+    let cfg = r#"
+[store]
+kind = "memory"
+[providers.p]
+kind = "mock"
+mock = { rate_limit_after = 2, retry_after_secs = 9 }
+[models.m]
+targets = [{ provider = "p", model = "x" }]
+"#;
+    let r = Router::from_config(Config::from_toml_str(cfg, &|_| None).unwrap()).unwrap();
+    let chat = || Request::chat(serde_json::json!({"model": "m", "messages": []})).unwrap();
+    assert_eq!(r.request(chat()).await.unwrap().status, 200);
+    assert_eq!(r.request(chat()).await.unwrap().status, 200);
+    match r.request(chat()).await {
+        Err(RouteError::NoCapacity {
+            retry_after_secs: Some(s),
+            ..
+        }) => assert!((8..=9).contains(&s)),
+        other => panic!("expected NoCapacity after the mock's 429, got {other:?}"),
+    }
+}
+
+#[test]
+fn the_blocking_api_mirrors_the_async_one() {
+    let r = llmux::blocking::Router::from_config(Config::from_toml_str(CONFIG, &|_| None).unwrap())
+        .unwrap();
+    let resp = r
+        .request(Request::chat(serde_json::json!({"model": "m", "messages": []})).unwrap())
+        .unwrap();
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.target, "p/k1/x");
+    let lease = r.acquire("m", Usage::new(1, 1)).unwrap();
+    lease.complete(Usage::new(1, 1), Duration::ZERO).unwrap();
+}
