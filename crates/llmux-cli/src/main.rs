@@ -87,7 +87,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match &cli.command {
         Command::CheckConfig => {
             let config = load(&cli)?;
-            println!(
+            use std::io::Write;
+            writeln!(
+                std::io::stdout(),
                 "{}: ok ({} providers, {} models, store {})",
                 config_path(&cli).display(),
                 config.providers.len(),
@@ -98,7 +100,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         format!("sqlite at {path}"),
                     llmux::core::config::StoreConfig::Redis { .. } => "redis".to_string(),
                 }
-            );
+            )?;
             Ok(())
         }
         Command::Serve { listen } => {

@@ -4,6 +4,7 @@ use crate::NotFound;
 use llmux::core::store::{StoreAdmin, SubjectState};
 use llmux::core::{Clock, SystemClock};
 use llmux::{AnyStore, Config};
+use std::io::Write;
 
 /// Check that SUBJECT (`provider` or `provider/key`) exists in config.
 pub fn check_subject(config: &Config, subject: &str) -> anyhow::Result<()> {
@@ -27,31 +28,34 @@ pub async fn show(config: &Config, subject: &str, json: bool) -> anyhow::Result<
     let store = AnyStore::open(&config.store)?;
     let states = store.snapshot(subject).await?;
     let now = SystemClock.now();
+    let mut out = std::io::stdout().lock();
     if json {
         let v: Vec<serde_json::Value> = states.iter().map(|s| state_json(s, now)).collect();
-        println!(
+        writeln!(
+            out,
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({"subject": subject, "subjects": v}))?
-        );
+        )?;
         return Ok(());
     }
     if states.is_empty() {
-        println!("{subject}: no state recorded yet");
+        writeln!(out, "{subject}: no state recorded yet")?;
     }
     for s in &states {
-        println!("{}", s.subject);
+        writeln!(out, "{}", s.subject)?;
         if s.flags.disabled {
-            println!("  disabled");
+            writeln!(out, "  disabled")?;
         }
         if let Some(until) = s.flags.cooldown_until.filter(|u| *u > now) {
-            println!("  cooling down for {} s", now.secs_until_ceil(until));
+            writeln!(out, "  cooling down for {} s", now.secs_until_ceil(until))?;
         }
         for (name, c) in &s.resources {
             let ttl = now.secs_until_ceil(c.window.end);
-            println!(
+            writeln!(
+                out,
                 "  {name}: used {} + reserved {} of {} (window ends in {ttl} s)",
                 c.used, c.reserved, c.capacity
-            );
+            )?;
         }
     }
     Ok(())

@@ -46,6 +46,13 @@ impl Router {
         })
     }
 
+    /// A blocking router on the config file at `path`.
+    pub fn from_path(path: impl AsRef<std::path::Path>) -> Result<Router, RouteError> {
+        let config =
+            crate::load_config(path.as_ref()).map_err(|e| RouteError::BadRequest(e.to_string()))?;
+        Router::from_config(config)
+    }
+
     /// Route a request and collect its answer.
     pub fn request(&self, req: Request) -> Result<Response, RouteError> {
         self.rt.block_on(async {

@@ -439,6 +439,20 @@ impl Router {
         Some(pool)
     }
 
+    /// The tier a request runs at: a gateway key's tier caps what the caller may ask for (a
+    /// lower tier may be requested, never a higher one); without a key, the requested tier.
+    fn effective_tier(&self, asked: Option<String>, key: Option<&AuthorizedKey>) -> Option<String> {
+        let Some(cap) = key.and_then(|k| k.key.tier.clone()) else {
+            return asked;
+        };
+        let order = &self.inner.config.tier_order;
+        let rank = |t: &str| order.iter().position(|x| x == t);
+        match asked {
+            Some(a) if rank(&a).zip(rank(&cap)).is_some_and(|(a, c)| a <= c) => Some(a),
+            _ => Some(cap),
+        }
+    }
+
     /// Candidate target indices of `pool` in the order to try: the request's tier first, then
     /// each lower tier; without a tier, every target.
     fn candidates(&self, pool: &Pool, tier: Option<&str>) -> Vec<usize> {
@@ -617,7 +631,7 @@ impl Router {
         let pool = self
             .pool(&model)
             .ok_or_else(|| RouteError::UnknownModel(model.clone()))?;
-        let tier = tier.or_else(|| gateway_key.as_ref().and_then(|k| k.key.tier.clone()));
+        let tier = self.effective_tier(tier, gateway_key.as_deref());
 
         let stream = matches!(body.get("stream"), Some(Value::Bool(true)));
         let mut client_wants_usage = true;

@@ -474,6 +474,10 @@ fn check_store(s: &RawStore, out: &mut Issues) -> StoreConfig {
             } else if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
                 out.push("store.url", "must start with redis:// or rediss://");
             }
+            out.push(
+                "store.kind",
+                "the redis store is not available in this build yet; use \"sqlite\" or \"memory\"",
+            );
             StoreConfig::Redis {
                 url,
                 prefix: s.prefix.clone().unwrap_or_else(|| "llmux".to_string()),
