@@ -1,0 +1,258 @@
+//! What the gateway adds: latency (p50/p99) at a fixed rate and throughput at saturation, of
+//! requests through llmux (sqlite store by default) against the same requests sent straight to
+//! a fast upstream, measured in one run on this machine.
+//!
+//! cargo bench -p llmux-gateway --bench overhead
+//! Knobs: BENCH_RATE (1000 req/s), BENCH_SECS (5), BENCH_CONC (32), BENCH_STORE (sqlite|memory).
+//!
+//! The upstream, the gateway and the load generator each run on their own single-threaded
+//! runtime (own OS thread), so the gateway gets about one core, as in ../shared/bench.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const ANSWER: &str = r#"{"id":"chatcmpl-bench","object":"chat.completion","created":1700000000,"model":"gpt-4o-mini","choices":[{"index":0,"message":{"role":"assistant","content":"Hello!"},"finish_reason":"stop"}],"usage":{"prompt_tokens":12,"completion_tokens":3,"total_tokens":15}}"#;
+const REQUEST: &str = r#"{"model":"bench","messages":[{"role":"user","content":"Say hello in one word."}],"max_tokens":16}"#;
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn single_runtime(name: &str) -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name(name)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// A fast upstream: a fixed chat completion for every request.
+async fn upstream() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            tokio::spawn(async move {
+                let svc = service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
+                    let _ = req.into_body().collect().await;
+                    Ok::<_, std::convert::Infallible>(
+                        hyper::Response::builder()
+                            .header("content-type", "application/json")
+                            .body(Full::new(Bytes::from_static(ANSWER.as_bytes())))
+                            .unwrap(),
+                    )
+                });
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+async fn one(client: &HttpClient, uri: &str) -> bool {
+    let req = hyper::Request::post(uri)
+        .header("content-type", "application/json")
+        .header("authorization", "Bearer sk-bench")
+        .body(Full::new(Bytes::from_static(REQUEST.as_bytes())))
+        .unwrap();
+    match client.request(req).await {
+        Ok(resp) => {
+            let ok = resp.status() == 200;
+            ok && resp.into_body().collect().await.is_ok()
+        }
+        Err(_) => false,
+    }
+}
+
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// Open loop at `rate` req/s for `secs`: latency from the scheduled send time, in µs.
+async fn fixed_rate(client: &HttpClient, uri: &str, rate: u64, secs: u64) -> (Vec<u64>, u64) {
+    let total = rate * secs;
+    let start = Instant::now();
+    let errors = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::with_capacity(total as usize);
+    for i in 0..total {
+        let at = start + Duration::from_nanos(i * 1_000_000_000 / rate);
+        tokio::time::sleep_until(at.into()).await;
+        let (client, uri, errors) = (client.clone(), uri.to_string(), errors.clone());
+        tasks.push(tokio::spawn(async move {
+            if !one(&client, &uri).await {
+                errors.fetch_add(1, Ordering::Relaxed);
+            }
+            at.elapsed().as_micros() as u64
+        }));
+    }
+    let mut lat = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        lat.push(t.await.unwrap());
+    }
+    lat.sort_unstable();
+    (lat, errors.load(Ordering::Relaxed))
+}
+
+/// Closed loop with `conc` workers for `secs`: requests per second.
+async fn saturate(client: &HttpClient, uri: &str, conc: u64, secs: u64) -> (f64, u64) {
+    let done = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..conc {
+        let (client, uri, done, errors) = (
+            client.clone(),
+            uri.to_string(),
+            done.clone(),
+            errors.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            while Instant::now() < deadline {
+                if one(&client, &uri).await {
+                    done.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    (
+        done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64(),
+        errors.load(Ordering::Relaxed),
+    )
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn main() {
+    let rate = env_u64("BENCH_RATE", 1000);
+    let secs = env_u64("BENCH_SECS", 5);
+    let conc = env_u64("BENCH_CONC", 32);
+    let store = std::env::var("BENCH_STORE").unwrap_or_else(|_| "sqlite".into());
+
+    let up_rt = single_runtime("bench-upstream");
+    let up = up_rt.block_on(upstream());
+
+    let dir = tempfile::tempdir().unwrap();
+    let store_cfg = match store.as_str() {
+        "memory" => "kind = \"memory\"".to_string(),
+        _ => format!(
+            "kind = \"sqlite\"\npath = \"{}\"",
+            dir.path().join("bench.db").display()
+        ),
+    };
+    let config = format!(
+        r#"
+[store]
+{store_cfg}
+[providers.mock]
+kind = "openai-compatible"
+base_url = "http://{up}/v1"
+[[providers.mock.keys]]
+id = "k1"
+secret = "sk-mock-upstream"
+resources = [{{ name = "rpm", value = 1000000000, period = "minutely" }},
+             {{ name = "tpm", value = 1000000000000, period = "minutely" }}]
+[models.bench]
+targets = [{{ provider = "mock", model = "gpt-4o-mini" }}]
+"#
+    );
+    let gw_rt = single_runtime("bench-gateway");
+    let gw = gw_rt.block_on(async {
+        let config = llmux::Config::from_toml_str(&config, &|_| None).unwrap();
+        let router = llmux::Router::from_config(config).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(llmux_gateway::serve(
+            router,
+            listener,
+            std::future::pending(),
+        ));
+        addr
+    });
+
+    let load = single_runtime("bench-load");
+    let direct = format!("http://{up}/v1/chat/completions");
+    let via = format!("http://{gw}/v1/chat/completions");
+    load.block_on(async {
+        let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+        // Warm up both paths (connections, sqlite pages).
+        let _ = fixed_rate(&client, &direct, rate, 1).await;
+        let _ = fixed_rate(&client, &via, rate, 1).await;
+
+        let (d, de) = fixed_rate(&client, &direct, rate, secs).await;
+        let (g, ge) = fixed_rate(&client, &via, rate, secs).await;
+        let (dsat, dse) = saturate(&client, &direct, conc, secs).await;
+        let (gsat, gse) = saturate(&client, &via, conc, secs).await;
+
+        let (dp50, dp99) = (percentile(&d, 0.5), percentile(&d, 0.99));
+        let (gp50, gp99) = (percentile(&g, 0.5), percentile(&g, 0.99));
+        println!(
+            "llmux overhead bench: store={store}, {rate} req/s for {secs} s, saturation c={conc}"
+        );
+        println!(
+            "machine: {} cpus, {}",
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(0),
+            cpu_model()
+        );
+        println!();
+        println!("| path    | p50 (µs) | p99 (µs) | req/s at c={conc} | errors |");
+        println!("|---------|----------|----------|-------------------|--------|");
+        println!(
+            "| direct  | {dp50:>8} | {dp99:>8} | {dsat:>17.0} | {:>6} |",
+            de + dse
+        );
+        println!(
+            "| llmux   | {gp50:>8} | {gp99:>8} | {gsat:>17.0} | {:>6} |",
+            ge + gse
+        );
+        println!();
+        println!(
+            "added: p50 {} µs, p99 {} µs; throughput {:.0}% of direct",
+            gp50 as i64 - dp50 as i64,
+            gp99 as i64 - dp99 as i64,
+            100.0 * gsat / dsat.max(1.0)
+        );
+    });
+    drop(gw_rt);
+    drop(up_rt);
+}
