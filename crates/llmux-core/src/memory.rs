@@ -69,6 +69,32 @@ impl MemoryStore {
         Self::default()
     }
 
+    fn commit_now(&self, lease: LeaseId, now: Timestamp, used: &[Line]) {
+        let mut g = self.inner.lock();
+        let reserved: HashMap<CounterKey, u64> = g
+            .leases
+            .remove(&lease.0)
+            .map(|r| r.lines.into_iter().collect())
+            .unwrap_or_default();
+        for l in used {
+            let key = (l.subject.clone(), l.resource.clone());
+            let held = reserved.get(&key).copied().unwrap_or(0);
+            let c = g.counters.entry(key).or_insert_with(|| Counter::fresh(l));
+            c.settle(l, held, now);
+        }
+        // Lines reserved but absent from `used` are released.
+        for (key, amount) in reserved {
+            if !used
+                .iter()
+                .any(|l| l.subject == key.0 && l.resource == key.1)
+            {
+                if let Some(c) = g.counters.get_mut(&key) {
+                    c.reserved = c.reserved.saturating_sub(amount);
+                }
+            }
+        }
+    }
+
     fn reserve_now(&self, r: &Reserve) -> Admission {
         let mut g = self.inner.lock();
         g.sweep(r.now);
@@ -120,30 +146,12 @@ impl Store for MemoryStore {
         now: Timestamp,
         used: Vec<Line>,
     ) -> Result<(), StoreError> {
-        let mut g = self.inner.lock();
-        let reserved: HashMap<CounterKey, u64> = g
-            .leases
-            .remove(&lease.0)
-            .map(|r| r.lines.into_iter().collect())
-            .unwrap_or_default();
-        for l in &used {
-            let key = (l.subject.clone(), l.resource.clone());
-            let held = reserved.get(&key).copied().unwrap_or(0);
-            let c = g.counters.entry(key).or_insert_with(|| Counter::fresh(l));
-            c.settle(l, held, now);
-        }
-        // Lines reserved but absent from `used` are released.
-        for (key, amount) in reserved {
-            if !used
-                .iter()
-                .any(|l| l.subject == key.0 && l.resource == key.1)
-            {
-                if let Some(c) = g.counters.get_mut(&key) {
-                    c.reserved = c.reserved.saturating_sub(amount);
-                }
-            }
-        }
+        self.commit_now(lease, now, &used);
         Ok(())
+    }
+
+    fn commit_detached(&self, lease: LeaseId, now: Timestamp, used: Vec<Line>) {
+        self.commit_now(lease, now, &used);
     }
 
     async fn release(&self, lease: LeaseId) -> Result<(), StoreError> {

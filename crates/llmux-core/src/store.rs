@@ -247,6 +247,9 @@ pub trait Store: Send + Sync + 'static {
         now: Timestamp,
         used: Vec<Line>,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// [`Store::commit`] without waiting for it: the store applies it in order after every call
+    /// made before, and logs a failure. The gateway's path, so clients never wait on it.
+    fn commit_detached(&self, lease: LeaseId, now: Timestamp, used: Vec<Line>);
     /// Give the reservation back untouched.
     fn release(&self, lease: LeaseId) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// Cool `subject` down until `until` (never shortens a longer cooldown).

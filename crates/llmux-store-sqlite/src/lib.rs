@@ -15,6 +15,7 @@ use llmux_core::store::{
 };
 use llmux_core::{Subject, Timestamp, Window};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::Duration;
@@ -53,7 +54,8 @@ type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
 enum Cmd {
     Reserve(Reserve, Reply<Admission>),
-    Commit(LeaseId, Timestamp, Vec<Line>, Reply<()>),
+    /// Without a reply channel the caller does not wait (`commit_detached`).
+    Commit(LeaseId, Timestamp, Vec<Line>, Option<Reply<()>>),
     Release(LeaseId, Reply<()>),
     Cooldown(Subject, Timestamp, Reply<()>),
     Disabled(Subject, bool, Reply<()>),
@@ -73,10 +75,6 @@ impl std::fmt::Debug for SqliteStore {
             .field("path", &self.path)
             .finish()
     }
-}
-
-fn backend(e: rusqlite::Error) -> StoreError {
-    StoreError::Backend(e.to_string())
 }
 
 impl SqliteStore {
@@ -127,8 +125,32 @@ fn open_conn(path: &Path) -> rusqlite::Result<Connection> {
     Ok(conn)
 }
 
-fn writer(mut conn: Connection, rx: mpsc::Receiver<Cmd>) {
-    let mut next_sweep = Timestamp(0);
+type CounterKey = (Box<str>, Box<str>);
+
+/// What the writer knows of the file. Valid while `PRAGMA data_version` is unchanged, i.e. no
+/// other connection (another gateway, the CLI) has committed since our last transaction.
+#[derive(Default)]
+struct Cache {
+    version: Option<i64>,
+    /// `None` = known to be absent.
+    counters: HashMap<CounterKey, Option<Counter>>,
+    flags: HashMap<Box<str>, Flags>,
+    /// Counters changed in this transaction, written once before it commits.
+    dirty: HashSet<CounterKey>,
+}
+
+struct Writer {
+    conn: Connection,
+    cache: Cache,
+    next_sweep: Timestamp,
+}
+
+fn writer(conn: Connection, rx: mpsc::Receiver<Cmd>) {
+    let mut w = Writer {
+        conn,
+        cache: Cache::default(),
+        next_sweep: Timestamp(0),
+    };
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -140,20 +162,21 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Cmd>) {
         let sweep_now = batch
             .iter()
             .filter_map(|c| match c {
-                Cmd::Reserve(r, _) if r.now >= next_sweep => Some(r.now),
+                Cmd::Reserve(r, _) if r.now >= w.next_sweep => Some(r.now),
                 _ => None,
             })
             .max();
-        match run_batch(&mut conn, &batch, sweep_now) {
+        match w.run_batch(&batch, sweep_now) {
             Ok(results) => {
                 if let Some(now) = sweep_now {
-                    next_sweep = now.plus_millis(1000);
+                    w.next_sweep = now.plus_millis(1000);
                 }
                 for (cmd, res) in batch.into_iter().zip(results) {
                     answer(cmd, Ok(res));
                 }
             }
             Err(e) => {
+                w.cache = Cache::default();
                 tracing::error!(error = %e, "sqlite store transaction failed");
                 for cmd in batch {
                     answer(cmd, Err(StoreError::Backend(e.to_string())));
@@ -179,7 +202,12 @@ fn answer(cmd: Cmd, res: Result<Outcome, StoreError>) {
             Outcome::Admission(a) => Some(a),
             _ => None,
         }),
-        Cmd::Commit(.., tx)
+        Cmd::Commit(.., None) => {
+            if let Err(e) = res {
+                tracing::warn!(error = %e, "could not record usage");
+            }
+        }
+        Cmd::Commit(.., Some(tx))
         | Cmd::Release(_, tx)
         | Cmd::Cooldown(.., tx)
         | Cmd::Disabled(.., tx) => send(tx, res, |o| matches!(o, Outcome::Done).then_some(())),
@@ -190,57 +218,235 @@ fn answer(cmd: Cmd, res: Result<Outcome, StoreError>) {
     }
 }
 
-fn run_batch(
-    conn: &mut Connection,
-    batch: &[Cmd],
-    sweep_now: Option<Timestamp>,
-) -> rusqlite::Result<Vec<Outcome>> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    if let Some(now) = sweep_now {
-        sweep(&tx, now)?;
-    }
-    let mut out = Vec::with_capacity(batch.len());
-    for cmd in batch {
-        out.push(match cmd {
-            Cmd::Reserve(r, _) => Outcome::Admission(reserve(&tx, r)?),
-            Cmd::Commit(id, now, used, _) => {
-                commit(&tx, *id, *now, used)?;
-                Outcome::Done
-            }
-            Cmd::Release(id, _) => {
-                release(&tx, *id)?;
-                Outcome::Done
-            }
-            Cmd::Cooldown(s, until, _) => {
-                tx.prepare_cached(
-                    "INSERT INTO subjects (subject, cooldown_until) VALUES (?1, ?2)
-                     ON CONFLICT (subject) DO UPDATE SET cooldown_until =
-                       max(coalesce(cooldown_until, 0), excluded.cooldown_until)",
-                )?
-                .execute(params![s.as_str(), until.0])?;
-                Outcome::Done
-            }
-            Cmd::Disabled(s, d, _) => {
-                tx.prepare_cached(
-                    "INSERT INTO subjects (subject, disabled) VALUES (?1, ?2)
-                     ON CONFLICT (subject) DO UPDATE SET disabled = excluded.disabled",
-                )?
-                .execute(params![s.as_str(), *d as i64])?;
-                Outcome::Done
-            }
-            Cmd::Snapshot(subject, _) => Outcome::Snapshot(snapshot(&tx, subject)?),
-        });
-    }
-    tx.commit()?;
-    Ok(out)
+fn key_of(subject: &str, resource: &str) -> CounterKey {
+    (subject.into(), resource.into())
 }
 
-fn load_counter(tx: &rusqlite::Transaction, l: &Line) -> rusqlite::Result<Option<Counter>> {
+/// Lease lines as stored: `subject\tresource\tamount` per line. Names never hold tabs or
+/// newlines (config validation).
+fn encode_lines(lines: &[Line]) -> String {
+    let mut s = String::with_capacity(lines.len() * 32);
+    for l in lines {
+        s.push_str(l.subject.as_str());
+        s.push('\t');
+        s.push_str(&l.resource);
+        s.push('\t');
+        s.push_str(&l.amount.to_string());
+        s.push('\n');
+    }
+    s
+}
+
+fn decode_lines(text: &str) -> Vec<(String, String, u64)> {
+    text.lines()
+        .filter_map(|l| {
+            let mut parts = l.split('\t');
+            let s = parts.next()?;
+            let r = parts.next()?;
+            let a = parts.next()?.parse().ok()?;
+            Some((s.to_string(), r.to_string(), a))
+        })
+        .collect()
+}
+
+impl Writer {
+    fn run_batch(
+        &mut self,
+        batch: &[Cmd],
+        sweep_now: Option<Timestamp>,
+    ) -> rusqlite::Result<Vec<Outcome>> {
+        let Writer { conn, cache, .. } = self;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let version: i64 = tx.pragma_query_value(None, "data_version", |r| r.get(0))?;
+        if cache.version != Some(version) {
+            *cache = Cache {
+                version: Some(version),
+                ..Cache::default()
+            };
+        }
+        let mut b = Batch { tx: &tx, cache };
+        if let Some(now) = sweep_now {
+            b.sweep(now)?;
+        }
+        let mut out = Vec::with_capacity(batch.len());
+        for cmd in batch {
+            out.push(match cmd {
+                Cmd::Reserve(r, _) => Outcome::Admission(b.reserve(r)?),
+                Cmd::Commit(id, now, used, _) => {
+                    b.commit(*id, *now, used)?;
+                    Outcome::Done
+                }
+                Cmd::Release(id, _) => {
+                    b.release(*id)?;
+                    Outcome::Done
+                }
+                Cmd::Cooldown(s, until, _) => {
+                    b.tx.prepare_cached(
+                        "INSERT INTO subjects (subject, cooldown_until) VALUES (?1, ?2)
+                         ON CONFLICT (subject) DO UPDATE SET cooldown_until =
+                           max(coalesce(cooldown_until, 0), excluded.cooldown_until)",
+                    )?
+                    .execute(params![s.as_str(), until.0])?;
+                    b.cache.flags.remove(s.as_str());
+                    Outcome::Done
+                }
+                Cmd::Disabled(s, d, _) => {
+                    b.tx.prepare_cached(
+                        "INSERT INTO subjects (subject, disabled) VALUES (?1, ?2)
+                         ON CONFLICT (subject) DO UPDATE SET disabled = excluded.disabled",
+                    )?
+                    .execute(params![s.as_str(), *d as i64])?;
+                    b.cache.flags.remove(s.as_str());
+                    Outcome::Done
+                }
+                Cmd::Snapshot(subject, _) => {
+                    b.flush()?;
+                    Outcome::Snapshot(snapshot(b.tx, subject)?)
+                }
+            });
+        }
+        b.flush()?;
+        tx.commit()?;
+        Ok(out)
+    }
+}
+
+/// One transaction's view: the cache in front of the file.
+struct Batch<'a> {
+    tx: &'a rusqlite::Transaction<'a>,
+    cache: &'a mut Cache,
+}
+
+impl Batch<'_> {
+    fn counter(&mut self, subject: &str, resource: &str) -> rusqlite::Result<Option<Counter>> {
+        let key = key_of(subject, resource);
+        if let Some(c) = self.cache.counters.get(&key) {
+            return Ok(*c);
+        }
+        let c = load_counter(self.tx, subject, resource)?;
+        self.cache.counters.insert(key, c);
+        Ok(c)
+    }
+
+    fn set_counter(&mut self, subject: &str, resource: &str, c: Counter) {
+        let key = key_of(subject, resource);
+        self.cache.dirty.insert(key.clone());
+        self.cache.counters.insert(key, Some(c));
+    }
+
+    fn flags(&mut self, subject: &str) -> rusqlite::Result<Flags> {
+        if let Some(f) = self.cache.flags.get(subject) {
+            return Ok(*f);
+        }
+        let f = load_flags(self.tx, subject)?;
+        self.cache.flags.insert(subject.into(), f);
+        Ok(f)
+    }
+
+    /// Write every changed counter once.
+    fn flush(&mut self) -> rusqlite::Result<()> {
+        for key in std::mem::take(&mut self.cache.dirty) {
+            if let Some(Some(c)) = self.cache.counters.get(&key) {
+                save_counter(self.tx, &key.0, &key.1, c)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn reserve(&mut self, r: &Reserve) -> rusqlite::Result<Admission> {
+        let mut gates = Vec::with_capacity(r.gates.len());
+        for g in &r.gates {
+            gates.push(self.flags(g.as_str())?);
+        }
+        let mut counters = Vec::with_capacity(r.lines.len());
+        for l in &r.lines {
+            let c = self.counter(l.subject.as_str(), &l.resource)?;
+            counters.push(c.unwrap_or_else(|| Counter::fresh(l)));
+        }
+        if let Err(d) = decide(r, &mut counters, &gates) {
+            return Ok(Admission::Denied(d));
+        }
+        for (l, c) in r.lines.iter().zip(counters) {
+            self.set_counter(l.subject.as_str(), &l.resource, c);
+        }
+        self.tx
+            .prepare_cached("INSERT INTO leases (expires_at, lines) VALUES (?1, ?2)")?
+            .execute(params![
+                r.now.plus_millis(r.lease_ttl_ms).0,
+                encode_lines(&r.lines)
+            ])?;
+        Ok(Admission::Granted(LeaseId(
+            self.tx.last_insert_rowid() as u64
+        )))
+    }
+
+    /// Remove a lease; returns its lines `(subject, resource, amount)`.
+    fn take_lease(&mut self, id: LeaseId) -> rusqlite::Result<Vec<(String, String, u64)>> {
+        let text: Option<String> = self
+            .tx
+            .prepare_cached("DELETE FROM leases WHERE id = ?1 RETURNING lines")?
+            .query_row([id.0 as i64], |r| r.get(0))
+            .optional()?;
+        Ok(text.map(|t| decode_lines(&t)).unwrap_or_default())
+    }
+
+    fn unreserve(&mut self, subject: &str, resource: &str, amount: u64) -> rusqlite::Result<()> {
+        if let Some(mut c) = self.counter(subject, resource)? {
+            c.reserved = c.reserved.saturating_sub(amount);
+            self.set_counter(subject, resource, c);
+        }
+        Ok(())
+    }
+
+    fn release(&mut self, id: LeaseId) -> rusqlite::Result<()> {
+        for (s, r, amount) in self.take_lease(id)? {
+            self.unreserve(&s, &r, amount)?;
+        }
+        Ok(())
+    }
+
+    fn commit(&mut self, id: LeaseId, now: Timestamp, used: &[Line]) -> rusqlite::Result<()> {
+        let mut held = self.take_lease(id)?;
+        for l in used {
+            let pos = held
+                .iter()
+                .position(|(s, r, _)| s == l.subject.as_str() && r == &*l.resource);
+            let reserved = pos.map(|i| held.swap_remove(i).2).unwrap_or(0);
+            let mut c = self
+                .counter(l.subject.as_str(), &l.resource)?
+                .unwrap_or_else(|| Counter::fresh(l));
+            c.settle(l, reserved, now);
+            self.set_counter(l.subject.as_str(), &l.resource, c);
+        }
+        for (s, r, amount) in held {
+            self.unreserve(&s, &r, amount)?;
+        }
+        Ok(())
+    }
+
+    fn sweep(&mut self, now: Timestamp) -> rusqlite::Result<()> {
+        let expired: Vec<i64> = self
+            .tx
+            .prepare_cached("SELECT id FROM leases WHERE expires_at <= ?1")?
+            .query_map([now.0], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        for id in expired {
+            self.release(LeaseId(id as u64))?;
+        }
+        Ok(())
+    }
+}
+
+fn load_counter(
+    tx: &rusqlite::Transaction,
+    subject: &str,
+    resource: &str,
+) -> rusqlite::Result<Option<Counter>> {
     tx.prepare_cached(
         "SELECT capacity, used, reserved, window_start, window_end FROM counters
          WHERE subject = ?1 AND resource = ?2",
     )?
-    .query_row(params![l.subject.as_str(), &*l.resource], |r| {
+    .query_row(params![subject, resource], |r| {
         Ok(Counter {
             capacity: r.get::<_, i64>(0)? as u64,
             used: r.get::<_, i64>(1)? as u64,
@@ -289,104 +495,6 @@ fn load_flags(tx: &rusqlite::Transaction, s: &str) -> rusqlite::Result<Flags> {
         })
         .optional()?
         .unwrap_or_default())
-}
-
-fn reserve(tx: &rusqlite::Transaction, r: &Reserve) -> rusqlite::Result<Admission> {
-    let mut gates = Vec::with_capacity(r.gates.len());
-    for g in &r.gates {
-        gates.push(load_flags(tx, g.as_str())?);
-    }
-    let mut counters = Vec::with_capacity(r.lines.len());
-    for l in &r.lines {
-        counters.push(load_counter(tx, l)?.unwrap_or_else(|| Counter::fresh(l)));
-    }
-    if let Err(d) = decide(r, &mut counters, &gates) {
-        return Ok(Admission::Denied(d));
-    }
-    let mut lines = Vec::with_capacity(r.lines.len());
-    for (l, c) in r.lines.iter().zip(&counters) {
-        save_counter(tx, l.subject.as_str(), &l.resource, c)?;
-        lines.push(serde_json::json!([
-            l.subject.as_str(),
-            &*l.resource,
-            l.amount
-        ]));
-    }
-    tx.prepare_cached("INSERT INTO leases (expires_at, lines) VALUES (?1, ?2)")?
-        .execute(params![
-            r.now.plus_millis(r.lease_ttl_ms).0,
-            serde_json::Value::Array(lines).to_string()
-        ])?;
-    Ok(Admission::Granted(LeaseId(tx.last_insert_rowid() as u64)))
-}
-
-/// Remove a lease; returns its lines `(subject, resource, amount)`.
-fn take_lease(
-    tx: &rusqlite::Transaction,
-    id: LeaseId,
-) -> rusqlite::Result<Vec<(String, String, u64)>> {
-    let text: Option<String> = tx
-        .prepare_cached("DELETE FROM leases WHERE id = ?1 RETURNING lines")?
-        .query_row([id.0 as i64], |r| r.get(0))
-        .optional()?;
-    let Some(text) = text else {
-        return Ok(Vec::new());
-    };
-    let parsed: Vec<(String, String, u64)> = serde_json::from_str(&text).unwrap_or_default();
-    Ok(parsed)
-}
-
-fn unreserve(
-    tx: &rusqlite::Transaction,
-    subject: &str,
-    resource: &str,
-    amount: u64,
-) -> rusqlite::Result<()> {
-    tx.prepare_cached(
-        "UPDATE counters SET reserved = max(reserved - ?3, 0) WHERE subject = ?1 AND resource = ?2",
-    )?
-    .execute(params![subject, resource, amount as i64])?;
-    Ok(())
-}
-
-fn release(tx: &rusqlite::Transaction, id: LeaseId) -> rusqlite::Result<()> {
-    for (s, r, amount) in take_lease(tx, id)? {
-        unreserve(tx, &s, &r, amount)?;
-    }
-    Ok(())
-}
-
-fn commit(
-    tx: &rusqlite::Transaction,
-    id: LeaseId,
-    now: Timestamp,
-    used: &[Line],
-) -> rusqlite::Result<()> {
-    let mut held = take_lease(tx, id)?;
-    for l in used {
-        let pos = held
-            .iter()
-            .position(|(s, r, _)| s == l.subject.as_str() && r == &*l.resource);
-        let reserved = pos.map(|i| held.swap_remove(i).2).unwrap_or(0);
-        let mut c = load_counter(tx, l)?.unwrap_or_else(|| Counter::fresh(l));
-        c.settle(l, reserved, now);
-        save_counter(tx, l.subject.as_str(), &l.resource, &c)?;
-    }
-    for (s, r, amount) in held {
-        unreserve(tx, &s, &r, amount)?;
-    }
-    Ok(())
-}
-
-fn sweep(tx: &rusqlite::Transaction, now: Timestamp) -> rusqlite::Result<()> {
-    let expired: Vec<i64> = tx
-        .prepare_cached("SELECT id FROM leases WHERE expires_at <= ?1")?
-        .query_map([now.0], |r| r.get(0))?
-        .collect::<Result<_, _>>()?;
-    for id in expired {
-        release(tx, LeaseId(id as u64))?;
-    }
-    Ok(())
 }
 
 fn snapshot(tx: &rusqlite::Transaction, subject: &str) -> rusqlite::Result<Vec<SubjectState>> {
@@ -448,7 +556,13 @@ impl Store for SqliteStore {
         now: Timestamp,
         used: Vec<Line>,
     ) -> Result<(), StoreError> {
-        self.call(|tx| Cmd::Commit(lease, now, used, tx)).await
+        self.call(|tx| Cmd::Commit(lease, now, used, Some(tx)))
+            .await
+    }
+    fn commit_detached(&self, lease: LeaseId, now: Timestamp, used: Vec<Line>) {
+        if self.tx.send(Cmd::Commit(lease, now, used, None)).is_err() {
+            tracing::warn!("sqlite writer has stopped: usage not recorded");
+        }
     }
     async fn release(&self, lease: LeaseId) -> Result<(), StoreError> {
         self.call(|tx| Cmd::Release(lease, tx)).await
@@ -466,9 +580,4 @@ impl StoreAdmin for SqliteStore {
         let subject = subject.to_string();
         self.call(|tx| Cmd::Snapshot(subject, tx)).await
     }
-}
-
-#[doc(hidden)]
-pub fn _backend_error(e: rusqlite::Error) -> StoreError {
-    backend(e)
 }

@@ -119,17 +119,12 @@ impl Lease {
 
     /// Settle as [`Lease::complete`] without waiting (the gateway's path: the client never
     /// waits on the reconcile).
-    pub(crate) fn complete_detached(self, usage: Usage, latency: Duration) {
-        match tokio::runtime::Handle::try_current() {
-            Ok(h) => {
-                h.spawn(async move {
-                    if let Err(e) = self.complete(usage, latency).await {
-                        tracing::warn!(error = %e, "could not record usage");
-                    }
-                });
-            }
-            Err(_) => drop(self), // no runtime: the drop path releases it
-        }
+    pub(crate) fn complete_detached(mut self, usage: Usage, latency: Duration) {
+        self.settled = true;
+        self.stats.record_success(latency);
+        let used = self.used_lines(&usage);
+        let now = self.inner.clock.now();
+        self.inner.store.commit_detached(self.id, now, used);
     }
 }
 

@@ -54,6 +54,9 @@ impl Store for AnyStore {
     ) -> Result<(), StoreError> {
         dispatch!(self, s => s.commit(lease, now, used).await)
     }
+    fn commit_detached(&self, lease: LeaseId, now: Timestamp, used: Vec<Line>) {
+        dispatch!(self, s => s.commit_detached(lease, now, used))
+    }
     async fn release(&self, lease: LeaseId) -> Result<(), StoreError> {
         dispatch!(self, s => s.release(lease).await)
     }

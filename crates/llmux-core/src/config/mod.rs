@@ -501,6 +501,18 @@ pub fn check_resources(list: &[RawResource], at: &str, out: &mut Issues) -> Vec<
         let at = format!("{at}[{i}]");
         if r.name.is_empty() {
             out.push(format!("{at}.name"), "must not be empty");
+        } else if !r
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        {
+            out.push(
+                format!("{at}.name"),
+                format!(
+                    "invalid resource name {:?}; use letters, digits, '-', '_' and '.'",
+                    r.name
+                ),
+            );
         } else if !names.insert(r.name.as_str()) {
             out.push(
                 format!("{at}.name"),
