@@ -257,7 +257,9 @@ impl Writer {
     ) -> rusqlite::Result<Vec<Outcome>> {
         let Writer { conn, cache, .. } = self;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let version: i64 = tx.pragma_query_value(None, "data_version", |r| r.get(0))?;
+        let version: i64 = tx
+            .prepare_cached("PRAGMA data_version")?
+            .query_row([], |r| r.get(0))?;
         if cache.version != Some(version) {
             *cache = Cache {
                 version: Some(version),
