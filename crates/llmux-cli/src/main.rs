@@ -33,11 +33,46 @@ enum Command {
     },
     /// Validate the config and list every problem found.
     CheckConfig,
-    /// Show the stored state of a provider or provider/key.
+    /// Show capacity, used, reserved, window end and TTL, score and cooldowns of SUBJECT
+    /// (`provider` or `provider/key`).
     ShowState {
         subject: String,
         #[arg(long)]
         json: bool,
+    },
+    /// Clear the counters, cooldowns, disabled flags and scores of SUBJECT.
+    ResetState {
+        subject: String,
+        /// Show what would be reset and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Set how much of RESOURCE is used in the current window (in the resource's unit).
+    SetResourceUsed {
+        subject: String,
+        resource: String,
+        value: f64,
+    },
+    /// Restart the window of RESOURCE now, lasting SECONDS (used and reserved are kept).
+    SetResourceTtl {
+        subject: String,
+        resource: String,
+        seconds: u64,
+    },
+    /// Add DELTA (may be negative) to the used amount of RESOURCE.
+    AdjustResourceUsed {
+        subject: String,
+        resource: String,
+        #[arg(allow_negative_numbers = true)]
+        delta: f64,
+    },
+    /// Override the score of SUBJECT (0..=1) until its usage next changes.
+    SetScore { subject: String, score: f64 },
+    /// Update capacities and windows from config, keeping used and reserved.
+    SyncConfig {
+        /// Only this provider.
+        #[arg(long)]
+        provider: Option<String>,
     },
 }
 
@@ -115,6 +150,45 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::ShowState { subject, json } => {
             let config = load(&cli)?;
             runtime()?.block_on(state::show(&config, subject, *json))
+        }
+        Command::ResetState { subject, dry_run } => {
+            let config = load(&cli)?;
+            runtime()?.block_on(state::reset(&config, subject, *dry_run))
+        }
+        Command::SetResourceUsed {
+            subject,
+            resource,
+            value,
+        } => {
+            let config = load(&cli)?;
+            let change = state::Change::SetUsed(*value);
+            runtime()?.block_on(state::change(&config, subject, resource, change))
+        }
+        Command::AdjustResourceUsed {
+            subject,
+            resource,
+            delta,
+        } => {
+            let config = load(&cli)?;
+            let change = state::Change::AdjustUsed(*delta);
+            runtime()?.block_on(state::change(&config, subject, resource, change))
+        }
+        Command::SetResourceTtl {
+            subject,
+            resource,
+            seconds,
+        } => {
+            let config = load(&cli)?;
+            let change = state::Change::SetTtl(*seconds);
+            runtime()?.block_on(state::change(&config, subject, resource, change))
+        }
+        Command::SetScore { subject, score } => {
+            let config = load(&cli)?;
+            runtime()?.block_on(state::set_score(&config, subject, *score))
+        }
+        Command::SyncConfig { provider } => {
+            let config = load(&cli)?;
+            runtime()?.block_on(state::sync(&config, provider.as_deref()))
         }
     }
 }

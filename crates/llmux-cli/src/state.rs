@@ -1,13 +1,26 @@
-//! State commands: show and administer what the store holds for a provider or key.
+//! State commands: show and administer what the store holds for a provider or `provider/key`.
+//! Each mutation is one store call, atomic with respect to running gateways on the same store,
+//! which see it on their next request.
 
 use crate::NotFound;
-use llmux::core::store::{StoreAdmin, SubjectState};
-use llmux::core::{Clock, SystemClock};
+use anyhow::bail;
+use llmux::core::config::{Provider, Resource};
+use llmux::core::store::{score, AdminOp, Counter, StoreAdmin, SubjectState};
+use llmux::core::{window_at, Clock, Line, Period, Subject, SystemClock, Timestamp};
 use llmux::{AnyStore, Config};
 use std::io::Write;
+use std::sync::Arc;
 
-/// Check that SUBJECT (`provider` or `provider/key`) exists in config.
-pub fn check_subject(config: &Config, subject: &str) -> anyhow::Result<()> {
+/// A subject named on the command line, checked against config.
+pub struct Target<'a> {
+    pub subject: Subject,
+    pub provider: &'a Arc<Provider>,
+    /// The subject's own resources (provider's, or the key's).
+    pub resources: &'a [Resource],
+}
+
+/// Resolve SUBJECT (`provider` or `provider/key`) in config; unknown ones exit 1.
+pub fn target<'a>(config: &'a Config, subject: &str) -> anyhow::Result<Target<'a>> {
     let (provider, key) = match subject.split_once('/') {
         Some((p, k)) => (p, Some(k)),
         None => (subject, None),
@@ -15,76 +28,315 @@ pub fn check_subject(config: &Config, subject: &str) -> anyhow::Result<()> {
     let Some(p) = config.provider(provider) else {
         return Err(NotFound(format!("no provider {provider:?} in config")).into());
     };
-    if let Some(k) = key {
-        if !p.keys.iter().any(|x| x.id.as_str() == k) {
-            return Err(NotFound(format!("provider {provider:?} has no key {k:?}")).into());
-        }
+    match key {
+        None => Ok(Target {
+            subject: Subject::provider(&p.id),
+            provider: p,
+            resources: &p.resources,
+        }),
+        Some(k) => match p.keys.iter().find(|x| x.id.as_str() == k) {
+            Some(key) => Ok(Target {
+                subject: Subject::key(&p.id, &key.id),
+                provider: p,
+                resources: &key.resources,
+            }),
+            None => Err(NotFound(format!("provider {provider:?} has no key {k:?}")).into()),
+        },
     }
-    Ok(())
 }
 
-pub async fn show(config: &Config, subject: &str, json: bool) -> anyhow::Result<()> {
-    check_subject(config, subject)?;
-    let store = AnyStore::open(&config.store)?;
-    let states = store.snapshot(subject).await?;
-    let now = SystemClock.now();
-    let mut out = std::io::stdout().lock();
-    if json {
-        let v: Vec<serde_json::Value> = states.iter().map(|s| state_json(s, now)).collect();
-        writeln!(
-            out,
-            "{}",
-            serde_json::to_string_pretty(&serde_json::json!({"subject": subject, "subjects": v}))?
-        )?;
-        return Ok(());
+impl Target<'_> {
+    fn resource(&self, name: &str) -> anyhow::Result<&Resource> {
+        self.resources
+            .iter()
+            .find(|r| &*r.name == name)
+            .ok_or_else(|| {
+                let known: Vec<&str> = self.resources.iter().map(|r| &*r.name).collect();
+                NotFound(format!(
+                    "{} has no resource {name:?} in config (it has: {})",
+                    self.subject,
+                    if known.is_empty() {
+                        "none".to_string()
+                    } else {
+                        known.join(", ")
+                    }
+                ))
+                .into()
+            })
     }
-    if states.is_empty() {
-        writeln!(out, "{subject}: no state recorded yet")?;
+
+    fn line(&self, r: &Resource, now: Timestamp) -> Line {
+        Line {
+            subject: self.subject.clone(),
+            resource: r.name.clone(),
+            window: window_at(r.period, &self.provider.timezone, now),
+            capacity: r.capacity,
+            amount: 0,
+        }
     }
-    for s in &states {
-        writeln!(out, "{}", s.subject)?;
+}
+
+fn open(config: &Config) -> anyhow::Result<AnyStore> {
+    Ok(AnyStore::open(&config.store)?)
+}
+
+/// Stored state of `subject` and below, with configured resources not used yet filled in.
+async fn states(
+    config: &Config,
+    store: &AnyStore,
+    t: &Target<'_>,
+    now: Timestamp,
+) -> anyhow::Result<Vec<SubjectState>> {
+    let mut states = store.snapshot(t.subject.as_str()).await?;
+    let mut expected: Vec<(Subject, &[Resource])> = vec![(t.subject.clone(), t.resources)];
+    if !t.subject.as_str().contains('/') {
+        for k in &t.provider.keys {
+            expected.push((Subject::key(&t.provider.id, &k.id), &k.resources));
+        }
+    }
+    for (subject, resources) in expected {
+        let pos = match states.iter().position(|s| s.subject == subject.as_str()) {
+            Some(p) => p,
+            None => {
+                states.push(SubjectState {
+                    subject: subject.to_string(),
+                    ..Default::default()
+                });
+                states.len() - 1
+            }
+        };
+        let s = &mut states[pos];
+        for r in resources {
+            if !s.resources.iter().any(|(n, _)| n == &*r.name) {
+                let line = Line {
+                    subject: subject.clone(),
+                    resource: r.name.clone(),
+                    window: window_at(r.period, &t.provider.timezone, now),
+                    capacity: r.capacity,
+                    amount: 0,
+                };
+                s.resources
+                    .push((r.name.to_string(), Counter::fresh(&line)));
+            }
+        }
+        s.resources.sort_by(|a, b| a.0.cmp(&b.0));
+    }
+    let _ = config;
+    states.sort_by(|a, b| a.subject.cmp(&b.subject));
+    Ok(states)
+}
+
+fn counter_json(c: &Counter, now: Timestamp) -> serde_json::Value {
+    let expired = now >= c.window.end;
+    serde_json::json!({
+        "capacity": c.capacity,
+        "used": if expired { 0 } else { c.used },
+        "reserved": c.reserved,
+        "remaining": c.capacity.saturating_sub((if expired { 0 } else { c.used }).saturating_add(c.reserved)),
+        "window_start_ms": c.window.start.0,
+        "window_end_ms": c.window.end.0,
+        "ttl_secs": now.secs_until_ceil(c.window.end),
+    })
+}
+
+fn state_json(s: &SubjectState, now: Timestamp) -> serde_json::Value {
+    let resources: serde_json::Map<String, serde_json::Value> = s
+        .resources
+        .iter()
+        .map(|(name, c)| (name.clone(), counter_json(c, now)))
+        .collect();
+    let cooling = s.flags.cooldown_until.filter(|u| *u > now);
+    serde_json::json!({
+        "subject": s.subject,
+        "score": score(s, now),
+        "score_override": s.flags.score,
+        "disabled": s.flags.disabled,
+        "cooldown_until_ms": cooling.map(|t| t.0),
+        "cooldown_secs": cooling.map(|t| now.secs_until_ceil(t)),
+        "resources": resources,
+    })
+}
+
+fn print_text(out: &mut impl Write, states: &[SubjectState], now: Timestamp) -> anyhow::Result<()> {
+    for s in states {
+        let mut status = Vec::new();
         if s.flags.disabled {
-            writeln!(out, "  disabled")?;
+            status.push("disabled".to_string());
         }
         if let Some(until) = s.flags.cooldown_until.filter(|u| *u > now) {
-            writeln!(out, "  cooling down for {} s", now.secs_until_ceil(until))?;
+            status.push(format!("cooling down for {} s", now.secs_until_ceil(until)));
         }
+        if status.is_empty() {
+            status.push("ok".into());
+        }
+        let overridden = if s.flags.score.is_some() {
+            " (set by operator)"
+        } else {
+            ""
+        };
+        writeln!(
+            out,
+            "{}: score {:.3}{overridden}, {}",
+            s.subject,
+            score(s, now),
+            status.join(", ")
+        )?;
         for (name, c) in &s.resources {
-            let ttl = now.secs_until_ceil(c.window.end);
+            let used = if now >= c.window.end { 0 } else { c.used };
             writeln!(
                 out,
-                "  {name}: used {} + reserved {} of {} (window ends in {ttl} s)",
-                c.used, c.reserved, c.capacity
+                "  {name}: used {used} + reserved {} of {} (window ends in {} s)",
+                c.reserved,
+                c.capacity,
+                now.secs_until_ceil(c.window.end)
             )?;
         }
     }
     Ok(())
 }
 
-fn state_json(s: &SubjectState, now: llmux::core::Timestamp) -> serde_json::Value {
-    let resources: serde_json::Map<String, serde_json::Value> = s
-        .resources
-        .iter()
-        .map(|(name, c)| {
-            (
-                name.clone(),
-                serde_json::json!({
-                    "capacity": c.capacity,
-                    "used": c.used,
-                    "reserved": c.reserved,
-                    "remaining": c.available(),
-                    "window_start_ms": c.window.start.0,
-                    "window_end_ms": c.window.end.0,
-                    "ttl_secs": now.secs_until_ceil(c.window.end),
-                }),
-            )
-        })
-        .collect();
-    serde_json::json!({
-        "subject": s.subject,
-        "disabled": s.flags.disabled,
-        "cooldown_until_ms": s.flags.cooldown_until.map(|t| t.0),
-        "score": s.flags.score,
-        "resources": resources,
-    })
+fn print(states: &[SubjectState], subject: &str, json: bool, now: Timestamp) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    if json {
+        let v: Vec<serde_json::Value> = states.iter().map(|s| state_json(s, now)).collect();
+        let doc = serde_json::json!({"subject": subject, "subjects": v});
+        writeln!(out, "{}", serde_json::to_string_pretty(&doc)?)?;
+    } else {
+        print_text(&mut out, states, now)?;
+    }
+    Ok(())
+}
+
+pub async fn show(config: &Config, subject: &str, json: bool) -> anyhow::Result<()> {
+    let t = target(config, subject)?;
+    let store = open(config)?;
+    let now = SystemClock.now();
+    let states = states(config, &store, &t, now).await?;
+    print(&states, subject, json, now)
+}
+
+pub async fn reset(config: &Config, subject: &str, dry_run: bool) -> anyhow::Result<()> {
+    let t = target(config, subject)?;
+    let store = open(config)?;
+    let now = SystemClock.now();
+    if dry_run {
+        let states = states(config, &store, &t, now).await?;
+        writeln!(
+            std::io::stdout(),
+            "dry run: would reset this state of {subject}:"
+        )?;
+        return print(&states, subject, false, now);
+    }
+    let n = store.reset(t.subject.as_str()).await?;
+    writeln!(
+        std::io::stdout(),
+        "reset {subject}: {n} counter(s) cleared, cooldowns, disabled flags and scores removed"
+    )?;
+    Ok(())
+}
+
+/// What `set-resource-used`, `adjust-resource-used` and `set-resource-ttl` do.
+pub enum Change {
+    SetUsed(f64),
+    AdjustUsed(f64),
+    SetTtl(u64),
+}
+
+pub async fn change(
+    config: &Config,
+    subject: &str,
+    resource: &str,
+    change: Change,
+) -> anyhow::Result<()> {
+    let t = target(config, subject)?;
+    let r = t.resource(resource)?;
+    let in_units = |v: f64| -> f64 {
+        match r.measure {
+            llmux::core::Measure::CostMicroUsd => v * 1_000_000.0,
+            _ => v,
+        }
+    };
+    let op = match change {
+        Change::SetUsed(v) => {
+            if !(v.is_finite() && v >= 0.0) {
+                bail!("VALUE must be a number >= 0, got {v}");
+            }
+            AdminOp::SetUsed(in_units(v).round() as u64)
+        }
+        Change::AdjustUsed(d) => {
+            if !d.is_finite() {
+                bail!("DELTA must be a number, got {d}");
+            }
+            AdminOp::AdjustUsed(in_units(d).round() as i64)
+        }
+        Change::SetTtl(secs) => {
+            if secs == 0 {
+                bail!("SECONDS must be greater than 0");
+            }
+            AdminOp::SetTtl { secs }
+        }
+    };
+    let store = open(config)?;
+    let now = SystemClock.now();
+    let c = store.update(t.line(r, now), op, now).await?;
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "{subject} {resource}: used {} + reserved {} of {} (window ends in {} s)",
+        c.used,
+        c.reserved,
+        c.capacity,
+        now.secs_until_ceil(c.window.end)
+    )?;
+    Ok(())
+}
+
+pub async fn set_score(config: &Config, subject: &str, value: f64) -> anyhow::Result<()> {
+    let t = target(config, subject)?;
+    if !(0.0..=1.0).contains(&value) {
+        bail!("SCORE must be between 0 and 1, got {value}");
+    }
+    let store = open(config)?;
+    store.set_score(t.subject.clone(), Some(value)).await?;
+    writeln!(
+        std::io::stdout(),
+        "{subject}: score set to {value} until its usage next changes"
+    )?;
+    Ok(())
+}
+
+pub async fn sync(config: &Config, only: Option<&str>) -> anyhow::Result<()> {
+    if let Some(p) = only {
+        target(config, p)?;
+    }
+    let store = open(config)?;
+    let now = SystemClock.now();
+    let mut all = Vec::new();
+    for p in config.providers.values() {
+        if only.is_some_and(|o| o != p.id.as_str()) {
+            continue;
+        }
+        let t = target(config, p.id.as_str())?;
+        let mut subjects = vec![t];
+        for k in &p.keys {
+            subjects.push(target(config, &format!("{}/{}", p.id, k.id))?);
+        }
+        for t in &subjects {
+            for r in t.resources {
+                let custom_ttl_ms = match r.period {
+                    Period::Custom { ttl_secs } => Some(ttl_secs as i64 * 1000),
+                    _ => None,
+                };
+                store
+                    .update(t.line(r, now), AdminOp::Sync { custom_ttl_ms }, now)
+                    .await?;
+            }
+        }
+        all.extend(states(config, &store, &subjects[0], now).await?);
+    }
+    writeln!(
+        std::io::stdout(),
+        "synced capacities and windows from config; used and reserved kept:"
+    )?;
+    print(&all, only.unwrap_or("*"), false, now)
 }

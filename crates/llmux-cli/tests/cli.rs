@@ -15,6 +15,10 @@ fn llmux() -> Command {
 }
 
 fn write_config(dir: &Path, port: u16) -> std::path::PathBuf {
+    write_config_rpm(dir, port, 100)
+}
+
+fn write_config_rpm(dir: &Path, port: u16, rpm: u64) -> std::path::PathBuf {
     let path = dir.join("llmux.toml");
     std::fs::write(
         &path,
@@ -29,7 +33,7 @@ kind = "mock"
 [[providers.demo.keys]]
 id = "k1"
 secret = "sk-very-secret"
-resources = [{{ name = "rpm", value = 100, period = "minutely" }}]
+resources = [{{ name = "rpm", value = {rpm}, period = "minutely" }}]
 [models.m]
 targets = [{{ provider = "demo", model = "x" }}]
 "#,
@@ -141,15 +145,11 @@ fn chat(port: u16) -> Option<u16> {
     out.split_whitespace().nth(1)?.parse().ok()
 }
 
-#[test]
-fn usage_survives_kill_9_of_the_gateway() {
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let cfg = write_config(dir.path(), port);
+fn serve(cfg: &Path, port: u16) -> std::process::Child {
     let bin = assert_cmd::cargo::cargo_bin("llmux");
-    let mut child = std::process::Command::new(bin)
+    let child = std::process::Command::new(bin)
         .args(["serve", "--config"])
-        .arg(&cfg)
+        .arg(cfg)
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
@@ -158,6 +158,145 @@ fn usage_survives_kill_9_of_the_gateway() {
         assert!(Instant::now() < deadline, "gateway did not start");
         std::thread::sleep(Duration::from_millis(50));
     }
+    child
+}
+
+/// Kills the gateway when a test ends, even when it fails.
+struct Serving(std::process::Child);
+impl Drop for Serving {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn json_state(cfg: &Path, subject: &str) -> serde_json::Value {
+    let out = llmux()
+        .args(["show-state", subject, "--json", "--config"])
+        .arg(cfg)
+        .assert()
+        .success();
+    serde_json::from_slice(&out.get_output().stdout).unwrap()
+}
+
+fn run_ok(cfg: &Path, args: &[&str]) -> String {
+    let out = llmux()
+        .args(args)
+        .arg("--config")
+        .arg(cfg)
+        .assert()
+        .success();
+    String::from_utf8_lossy(&out.get_output().stdout).into_owned()
+}
+
+#[test]
+fn mutations_while_serving_are_seen_on_the_next_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let cfg = write_config_rpm(dir.path(), port, 10);
+    let _gw = Serving(serve(&cfg, port));
+    assert_eq!(chat(port), Some(200));
+    // Use up the key from the CLI: the running gateway refuses the next request.
+    let out = run_ok(&cfg, &["set-resource-used", "demo/k1", "rpm", "10"]);
+    assert!(out.contains("used 10"), "{out}");
+    assert_eq!(chat(port), Some(429));
+    // Give 3 back: exactly 3 more are admitted.
+    run_ok(&cfg, &["adjust-resource-used", "demo/k1", "rpm", "-3"]);
+    let statuses: Vec<_> = (0..4).map(|_| chat(port)).collect();
+    assert_eq!(statuses, [Some(200), Some(200), Some(200), Some(429)]);
+    // reset-state --dry-run changes nothing; reset-state clears.
+    let out = run_ok(&cfg, &["reset-state", "demo", "--dry-run"]);
+    assert!(out.contains("rpm: used 10"), "{out}");
+    assert_eq!(chat(port), Some(429));
+    run_ok(&cfg, &["reset-state", "demo"]);
+    assert_eq!(chat(port), Some(200));
+    let v = json_state(&cfg, "demo/k1");
+    let rpm = &v["subjects"][0]["resources"]["rpm"];
+    // The request after the reset may still be reconciling.
+    assert!(
+        rpm["used"].as_u64().unwrap() + rpm["reserved"].as_u64().unwrap() == 1,
+        "{v}"
+    );
+}
+
+#[test]
+fn set_score_and_set_ttl_show_up_and_a_usage_change_ends_the_override() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let cfg = write_config_rpm(dir.path(), port, 10);
+    run_ok(&cfg, &["set-score", "demo/k1", "0.2"]);
+    run_ok(&cfg, &["set-resource-ttl", "demo/k1", "rpm", "7200"]);
+    let v = json_state(&cfg, "demo/k1");
+    let s = &v["subjects"][0];
+    assert_eq!(s["score"], 0.2, "{v}");
+    assert_eq!(s["score_override"], 0.2, "{v}");
+    let ttl = s["resources"]["rpm"]["ttl_secs"].as_u64().unwrap();
+    assert!((7100..=7200).contains(&ttl), "{v}");
+    llmux()
+        .args(["set-score", "demo/k1", "1.5", "--config"])
+        .arg(&cfg)
+        .assert()
+        .code(2);
+    llmux()
+        .args(["set-score", "nope", "0.5", "--config"])
+        .arg(&cfg)
+        .assert()
+        .code(1);
+    llmux()
+        .args(["set-resource-ttl", "demo/k1", "tpm", "5", "--config"])
+        .arg(&cfg)
+        .assert()
+        .code(1);
+
+    let _gw = Serving(serve(&cfg, port));
+    assert_eq!(chat(port), Some(200));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let v = json_state(&cfg, "demo/k1");
+        let s = &v["subjects"][0];
+        if s["score_override"].is_null() {
+            // Computed again: 1 of 10 used in the window set above.
+            assert_eq!(s["score"], 0.9, "{v}");
+            assert!(
+                s["resources"]["rpm"]["ttl_secs"].as_u64().unwrap() > 7000,
+                "{v}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "override never ended: {v}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn sync_config_takes_new_capacities_and_keeps_usage() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config_rpm(dir.path(), 4000, 10);
+    run_ok(&cfg, &["set-resource-used", "demo/k1", "rpm", "4"]);
+    write_config_rpm(dir.path(), 4000, 25);
+    let out = run_ok(&cfg, &["sync-config", "--provider", "demo"]);
+    assert!(out.contains("rpm: used 4 + reserved 0 of 25"), "{out}");
+    let v = json_state(&cfg, "demo/k1");
+    assert_eq!(v["subjects"][0]["resources"]["rpm"]["capacity"], 25);
+    assert_eq!(v["subjects"][0]["resources"]["rpm"]["used"], 4);
+    llmux()
+        .args(["sync-config", "--provider", "zzz", "--config"])
+        .arg(&cfg)
+        .assert()
+        .code(1);
+    llmux()
+        .args(["adjust-resource-used", "demo/k1", "rpm", "x", "--config"])
+        .arg(&cfg)
+        .assert()
+        .code(2);
+}
+
+#[test]
+fn usage_survives_kill_9_of_the_gateway() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let cfg = write_config(dir.path(), port);
+    let mut child = serve(&cfg, port);
     for _ in 0..7 {
         assert_eq!(chat(port), Some(200));
     }

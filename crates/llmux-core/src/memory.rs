@@ -81,6 +81,9 @@ impl MemoryStore {
             let held = reserved.get(&key).copied().unwrap_or(0);
             let c = g.counters.entry(key).or_insert_with(|| Counter::fresh(l));
             c.settle(l, held, now);
+            if let Some(f) = g.flags.get_mut(&l.subject) {
+                f.score = None; // usage changed: an operator's score override ends
+            }
         }
         // Lines reserved but absent from `used` are released.
         for (key, amount) in reserved {
@@ -201,6 +204,32 @@ impl StoreAdmin for MemoryStore {
             s.resources.sort_by(|a, b| a.0.cmp(&b.0));
         }
         Ok(v)
+    }
+
+    async fn update(&self, line: Line, op: AdminOp, now: Timestamp) -> Result<Counter, StoreError> {
+        let mut g = self.inner.lock();
+        let key = (line.subject.clone(), line.resource.clone());
+        let c = g
+            .counters
+            .entry(key)
+            .or_insert_with(|| Counter::fresh(&line));
+        c.apply_admin(&line, op, now);
+        Ok(*c)
+    }
+
+    async fn set_score(&self, subject: Subject, score: Option<f64>) -> Result<(), StoreError> {
+        self.inner.lock().flags.entry(subject).or_default().score = score;
+        Ok(())
+    }
+
+    async fn reset(&self, subject: &str) -> Result<usize, StoreError> {
+        let mut g = self.inner.lock();
+        let matches =
+            |s: &Subject| s.as_str() == subject || s.as_str().starts_with(&format!("{subject}/"));
+        let before = g.counters.len();
+        g.counters.retain(|(s, _), _| !matches(s));
+        g.flags.retain(|s, _| !matches(s));
+        Ok(before - g.counters.len())
     }
 }
 

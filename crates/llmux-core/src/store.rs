@@ -281,6 +281,98 @@ pub trait StoreAdmin: Send + Sync {
         &self,
         subject: &str,
     ) -> impl Future<Output = Result<Vec<SubjectState>, StoreError>> + Send;
+    /// Apply `op` to the counter of `line` (created from `line` if absent), atomically with
+    /// respect to reservations; returns the counter after.
+    fn update(
+        &self,
+        line: Line,
+        op: AdminOp,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<Counter, StoreError>> + Send;
+    /// Override `subject`'s score until its usage next changes (`None` clears it).
+    fn set_score(
+        &self,
+        subject: Subject,
+        score: Option<f64>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Forget every counter, cooldown, disabled flag and score of `subject` and below.
+    /// Reservations in flight are forgotten with their counters; usage they report later is
+    /// still recorded. Returns how many counters were removed.
+    fn reset(&self, subject: &str) -> impl Future<Output = Result<usize, StoreError>> + Send;
+}
+
+/// An operator's change to one counter.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum AdminOp {
+    /// `used = value` in the current window.
+    SetUsed(u64),
+    /// `used += delta` (floored at 0) in the current window.
+    AdjustUsed(i64),
+    /// Restart the window now, lasting `secs`; `used` and `reserved` are kept.
+    SetTtl { secs: u64 },
+    /// Take capacity from the line, and its window unless `keep_start` (custom periods keep
+    /// their start and get `ttl_ms`); `used` and `reserved` are kept.
+    Sync { custom_ttl_ms: Option<i64> },
+}
+
+impl Counter {
+    /// Apply an operator's change at `now`; `line` carries the config's capacity and window.
+    pub fn apply_admin(&mut self, line: &Line, op: AdminOp, now: Timestamp) {
+        match op {
+            AdminOp::SetUsed(v) => {
+                self.roll(line.window, now);
+                self.used = v;
+            }
+            AdminOp::AdjustUsed(d) => {
+                self.roll(line.window, now);
+                self.used =
+                    (i128::from(self.used) + i128::from(d)).clamp(0, i128::from(u64::MAX)) as u64;
+            }
+            AdminOp::SetTtl { secs } => {
+                self.window = Window {
+                    start: now,
+                    end: now.plus_millis((secs as i64).saturating_mul(1000)),
+                };
+            }
+            AdminOp::Sync { custom_ttl_ms } => {
+                self.capacity = line.capacity;
+                match custom_ttl_ms {
+                    Some(ttl) if now < self.window.end => {
+                        self.window.end = self.window.start.plus_millis(ttl);
+                    }
+                    _ => self.window = line.window,
+                }
+            }
+        }
+    }
+
+    /// Remaining fraction of capacity in this window at `now` (1 = untouched).
+    pub fn remaining_fraction(&self, now: Timestamp) -> f64 {
+        if self.capacity == 0 {
+            return 0.0;
+        }
+        let used = if now >= self.window.end { 0 } else { self.used };
+        let left = self
+            .capacity
+            .saturating_sub(used.saturating_add(self.reserved));
+        left as f64 / self.capacity as f64
+    }
+}
+
+/// The score of a subject: the lowest remaining fraction over its resources (1 with none),
+/// 0 while cooling down or disabled; an operator's override wins until usage changes.
+pub fn score(state: &SubjectState, now: Timestamp) -> f64 {
+    if let Some(s) = state.flags.score {
+        return s;
+    }
+    if state.flags.disabled || state.flags.cooldown_until.is_some_and(|u| u > now) {
+        return 0.0;
+    }
+    state
+        .resources
+        .iter()
+        .map(|(_, c)| c.remaining_fraction(now))
+        .fold(1.0, f64::min)
 }
 
 #[cfg(test)]

@@ -10,8 +10,8 @@
 //! Schema changes are append-only migrations keyed by `PRAGMA user_version`.
 
 use llmux_core::store::{
-    decide, Admission, Counter, Flags, LeaseId, Line, Reserve, Store, StoreAdmin, StoreError,
-    SubjectState,
+    decide, AdminOp, Admission, Counter, Flags, LeaseId, Line, Reserve, Store, StoreAdmin,
+    StoreError, SubjectState,
 };
 use llmux_core::{Subject, Timestamp, Window};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
@@ -60,6 +60,9 @@ enum Cmd {
     Cooldown(Subject, Timestamp, Reply<()>),
     Disabled(Subject, bool, Reply<()>),
     Snapshot(String, Reply<Vec<SubjectState>>),
+    Update(Line, AdminOp, Timestamp, Reply<Counter>),
+    Score(Subject, Option<f64>, Reply<()>),
+    Reset(String, Reply<usize>),
 }
 
 /// A [`Store`] on one SQLite file. Cloning shares the writer.
@@ -190,6 +193,8 @@ enum Outcome {
     Admission(Admission),
     Done,
     Snapshot(Vec<SubjectState>),
+    Counter(Counter),
+    Count(usize),
 }
 
 fn answer(cmd: Cmd, res: Result<Outcome, StoreError>) {
@@ -210,7 +215,16 @@ fn answer(cmd: Cmd, res: Result<Outcome, StoreError>) {
         Cmd::Commit(.., Some(tx))
         | Cmd::Release(_, tx)
         | Cmd::Cooldown(.., tx)
+        | Cmd::Score(.., tx)
         | Cmd::Disabled(.., tx) => send(tx, res, |o| matches!(o, Outcome::Done).then_some(())),
+        Cmd::Update(.., tx) => send(tx, res, |o| match o {
+            Outcome::Counter(c) => Some(c),
+            _ => None,
+        }),
+        Cmd::Reset(_, tx) => send(tx, res, |o| match o {
+            Outcome::Count(n) => Some(n),
+            _ => None,
+        }),
         Cmd::Snapshot(_, tx) => send(tx, res, |o| match o {
             Outcome::Snapshot(s) => Some(s),
             _ => None,
@@ -304,6 +318,40 @@ impl Writer {
                 Cmd::Snapshot(subject, _) => {
                     b.flush()?;
                     Outcome::Snapshot(snapshot(b.tx, subject)?)
+                }
+                Cmd::Update(line, op, now, _) => {
+                    let mut c = b
+                        .counter(line.subject.as_str(), &line.resource)?
+                        .unwrap_or_else(|| Counter::fresh(line));
+                    c.apply_admin(line, *op, *now);
+                    b.set_counter(line.subject.as_str(), &line.resource, c);
+                    Outcome::Counter(c)
+                }
+                Cmd::Score(subject, score, _) => {
+                    b.tx.prepare_cached(
+                        "INSERT INTO subjects (subject, score) VALUES (?1, ?2)
+                         ON CONFLICT (subject) DO UPDATE SET score = excluded.score",
+                    )?
+                    .execute(params![subject.as_str(), score])?;
+                    b.cache.flags.remove(subject.as_str());
+                    Outcome::Done
+                }
+                Cmd::Reset(subject, _) => {
+                    b.flush()?;
+                    let below = format!("{subject}/%");
+                    let n =
+                        b.tx.prepare_cached(
+                            "DELETE FROM counters WHERE subject = ?1 OR subject LIKE ?2",
+                        )?
+                        .execute(params![subject, below])?;
+                    b.tx.prepare_cached(
+                        "DELETE FROM subjects WHERE subject = ?1 OR subject LIKE ?2",
+                    )?
+                    .execute(params![subject, below])?;
+                    // Simplest correct cache after a bulk delete: start over.
+                    b.cache.counters.clear();
+                    b.cache.flags.clear();
+                    Outcome::Count(n)
                 }
             });
         }
@@ -419,6 +467,13 @@ impl Batch<'_> {
                 .unwrap_or_else(|| Counter::fresh(l));
             c.settle(l, reserved, now);
             self.set_counter(l.subject.as_str(), &l.resource, c);
+            // Usage changed: an operator's score override ends.
+            if self.flags(l.subject.as_str())?.score.is_some() {
+                self.tx
+                    .prepare_cached("UPDATE subjects SET score = NULL WHERE subject = ?1")?
+                    .execute([l.subject.as_str()])?;
+                self.cache.flags.remove(l.subject.as_str());
+            }
         }
         for (s, r, amount) in held {
             self.unreserve(&s, &r, amount)?;
@@ -581,5 +636,15 @@ impl StoreAdmin for SqliteStore {
     async fn snapshot(&self, subject: &str) -> Result<Vec<SubjectState>, StoreError> {
         let subject = subject.to_string();
         self.call(|tx| Cmd::Snapshot(subject, tx)).await
+    }
+    async fn update(&self, line: Line, op: AdminOp, now: Timestamp) -> Result<Counter, StoreError> {
+        self.call(|tx| Cmd::Update(line, op, now, tx)).await
+    }
+    async fn set_score(&self, subject: Subject, score: Option<f64>) -> Result<(), StoreError> {
+        self.call(|tx| Cmd::Score(subject, score, tx)).await
+    }
+    async fn reset(&self, subject: &str) -> Result<usize, StoreError> {
+        let subject = subject.to_string();
+        self.call(|tx| Cmd::Reset(subject, tx)).await
     }
 }

@@ -2,7 +2,8 @@
 
 use llmux_core::config::StoreConfig;
 use llmux_core::store::{
-    Admission, LeaseId, Line, Reserve, Store, StoreAdmin, StoreError, SubjectState,
+    AdminOp, Admission, Counter, LeaseId, Line, Reserve, Store, StoreAdmin, StoreError,
+    SubjectState,
 };
 use llmux_core::{MemoryStore, Subject, Timestamp};
 use llmux_store_sqlite::SqliteStore;
@@ -71,5 +72,14 @@ impl Store for AnyStore {
 impl StoreAdmin for AnyStore {
     async fn snapshot(&self, subject: &str) -> Result<Vec<SubjectState>, StoreError> {
         dispatch!(self, s => s.snapshot(subject).await)
+    }
+    async fn update(&self, line: Line, op: AdminOp, now: Timestamp) -> Result<Counter, StoreError> {
+        dispatch!(self, s => s.update(line, op, now).await)
+    }
+    async fn set_score(&self, subject: Subject, score: Option<f64>) -> Result<(), StoreError> {
+        dispatch!(self, s => s.set_score(subject, score).await)
+    }
+    async fn reset(&self, subject: &str) -> Result<usize, StoreError> {
+        dispatch!(self, s => s.reset(subject).await)
     }
 }
