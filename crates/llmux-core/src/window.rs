@@ -137,16 +137,31 @@ pub fn window_at(period: Period, tz: &TimeZone, now: Timestamp) -> Window {
             start: now,
             end: now.plus_millis((ttl_secs as i64).saturating_mul(SECOND)),
         },
-        Period::Hourly => {
-            let offset = jiff::Timestamp::from_millisecond(now.0)
-                .map(|ts| tz.to_offset(ts).seconds() as i64 * SECOND)
-                .unwrap_or(0);
-            fixed(HOUR, offset)
-        }
+        Period::Hourly => hourly(tz, now).unwrap_or_else(|| fixed(HOUR, 0)),
         Period::Daily | Period::Weekly | Period::Monthly | Period::Quarterly | Period::Yearly => {
             calendar_window(period, tz, now).unwrap_or_else(|| fixed(24 * HOUR, 0))
         }
     }
+}
+
+/// The local hour containing `now`. A UTC-offset change inside an hour (a DST shift of 30
+/// minutes, say) is a window boundary too, so hours still tile time.
+fn hourly(tz: &TimeZone, now: Timestamp) -> Option<Window> {
+    let ts = jiff::Timestamp::from_millisecond(now.0).ok()?;
+    let offset = tz.to_offset(ts).seconds() as i64 * SECOND;
+    let start = (now.0 + offset).div_euclid(HOUR) * HOUR - offset;
+    let mut w = Window {
+        start: Timestamp(start),
+        end: Timestamp(start + HOUR),
+    };
+    let after = jiff::Timestamp::from_millisecond(now.0 + 1).ok()?;
+    if let Some(t) = tz.preceding(after).next() {
+        w.start = w.start.max(Timestamp(t.timestamp().as_millisecond()));
+    }
+    if let Some(t) = tz.following(ts).next() {
+        w.end = w.end.min(Timestamp(t.timestamp().as_millisecond()));
+    }
+    Some(w)
 }
 
 fn calendar_window(period: Period, tz: &TimeZone, now: Timestamp) -> Option<Window> {
@@ -224,9 +239,121 @@ mod tests {
     }
 
     #[test]
+    fn leap_years_months_and_quarters() {
+        let w = window_at(Period::Monthly, &TimeZone::UTC, ts("2028-02-29T23:59:59Z"));
+        assert_eq!(
+            (w.start, w.end),
+            (ts("2028-02-01T00:00:00Z"), ts("2028-03-01T00:00:00Z"))
+        );
+        let w = window_at(Period::Monthly, &TimeZone::UTC, ts("2027-02-15T00:00:00Z"));
+        assert_eq!(w.end, ts("2027-03-01T00:00:00Z"));
+        let w = window_at(
+            Period::Quarterly,
+            &TimeZone::UTC,
+            ts("2026-12-31T23:59:59.999Z"),
+        );
+        assert_eq!(
+            (w.start, w.end),
+            (ts("2026-10-01T00:00:00Z"), ts("2027-01-01T00:00:00Z"))
+        );
+        let w = window_at(
+            Period::Quarterly,
+            &TimeZone::UTC,
+            ts("2027-04-01T00:00:00Z"),
+        );
+        assert_eq!(w.start, ts("2027-04-01T00:00:00Z"));
+        let w = window_at(
+            Period::Yearly,
+            &TimeZone::get("Asia/Tokyo").unwrap(),
+            ts("2026-12-31T15:00:00Z"),
+        );
+        assert_eq!(w.start, ts("2026-12-31T15:00:00Z")); // 2027-01-01 00:00 +09:00
+    }
+
+    #[test]
+    fn lord_howe_half_hour_dst_shift_keeps_hours_tiling() {
+        // 2026-10-04 02:00 +10:30 -> 02:30 +11:00 (15:30Z on the 3rd).
+        let tz = TimeZone::get("Australia/Lord_Howe").unwrap();
+        let before = window_at(Period::Hourly, &tz, ts("2026-10-03T15:20:00Z"));
+        assert_eq!(
+            (before.start, before.end),
+            (ts("2026-10-03T14:30:00Z"), ts("2026-10-03T15:30:00Z"))
+        );
+        let after = window_at(Period::Hourly, &tz, ts("2026-10-03T15:31:00Z"));
+        assert_eq!(
+            (after.start, after.end),
+            (ts("2026-10-03T15:30:00Z"), ts("2026-10-03T16:00:00Z"))
+        );
+        let day = window_at(Period::Daily, &tz, ts("2026-10-03T20:00:00Z"));
+        assert_eq!(day.end.0 - day.start.0, 23 * HOUR + 30 * MINUTE);
+    }
+
+    #[test]
     fn weekly_starts_monday() {
         let w = window_at(Period::Weekly, &TimeZone::UTC, ts("2026-11-26T09:00:00Z"));
         assert_eq!(w.start, ts("2026-11-23T00:00:00Z"));
         assert_eq!(w.end, ts("2026-11-30T00:00:00Z"));
+    }
+
+    mod props {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        const ZONES: [&str; 9] = [
+            "UTC",
+            "Europe/Warsaw",
+            "America/New_York",
+            "Australia/Lord_Howe",
+            "Asia/Kolkata",
+            "Asia/Kathmandu",
+            "Pacific/Chatham",
+            "America/Sao_Paulo",
+            "Pacific/Apia",
+        ];
+
+        fn any_period() -> impl Strategy<Value = Period> {
+            prop_oneof![
+                Just(Period::Secondly),
+                Just(Period::Minutely),
+                Just(Period::Hourly),
+                Just(Period::Daily),
+                Just(Period::Weekly),
+                Just(Period::Monthly),
+                Just(Period::Quarterly),
+                Just(Period::Yearly),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+            #[test]
+            fn windows_tile_time(p in any_period(), z in 0..ZONES.len(), t in 0i64..4_102_444_800_000) {
+                let tz = TimeZone::get(ZONES[z]).unwrap();
+                let w = window_at(p, &tz, Timestamp(t));
+                prop_assert!(w.start <= Timestamp(t) && Timestamp(t) < w.end, "{p} {} {w:?} at {t}", ZONES[z]);
+                prop_assert_eq!(window_at(p, &tz, w.end).start, w.end, "next window starts at our end");
+                prop_assert_eq!(window_at(p, &tz, w.start), w, "a window's start maps to itself");
+                let len = w.end.0 - w.start.0;
+                let max = match p {
+                    Period::Secondly => SECOND,
+                    Period::Minutely => MINUTE,
+                    Period::Hourly => HOUR,
+                    Period::Daily => 26 * HOUR,
+                    Period::Weekly => 7 * 26 * HOUR,
+                    Period::Monthly => 32 * 26 * HOUR,
+                    Period::Quarterly => 93 * 26 * HOUR,
+                    _ => 367 * 26 * HOUR,
+                };
+                prop_assert!(len > 0 && len <= max, "{p}: {len} ms");
+            }
+
+            #[test]
+            fn dst_days_are_23_or_25_hours_in_europe(t in 0i64..4_102_444_800_000) {
+                let tz = TimeZone::get("Europe/Warsaw").unwrap();
+                let w = window_at(Period::Daily, &tz, Timestamp(t));
+                let h = (w.end.0 - w.start.0) / HOUR;
+                prop_assert!([23, 24, 25].contains(&h));
+            }
+        }
     }
 }
