@@ -24,7 +24,7 @@ mod router;
 pub mod sse;
 pub mod store;
 
-pub use env::{load_config, process_env, ConfigError};
+pub use env::{load_config, load_config_with, process_env, ConfigError};
 pub use error::{RouteError, UpstreamError};
 pub use lease::Lease;
 pub use llmux_core::{self as core, Config, Secret, TargetId, Usage};

@@ -278,13 +278,59 @@ impl GatewayKey {
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:4000";
 
+/// The text of a resources file and the name to report problems under.
+#[derive(Clone, Debug)]
+pub struct ResourcesFile {
+    pub name: String,
+    pub text: String,
+}
+
+impl ResourcesFile {
+    fn parse(&self, out: &mut Issues) -> Option<RawResourcesFile> {
+        let json = self.name.ends_with(".json") || self.text.trim_start().starts_with('{');
+        let parsed = if json {
+            let mut de = serde_json::Deserializer::from_str(&self.text);
+            serde_path_to_error::deserialize(&mut de)
+                .map_err(|e| (e.path().to_string(), e.into_inner().to_string()))
+        } else {
+            match toml::from_str::<toml::Value>(&self.text) {
+                Ok(v) => serde_path_to_error::deserialize(v)
+                    .map_err(|e| (e.path().to_string(), e.into_inner().to_string())),
+                Err(e) => Err((".".to_string(), e.to_string().trim_end().to_string())),
+            }
+        };
+        match parsed {
+            Ok(r) => Some(r),
+            Err((path, msg)) => {
+                let at = if path == "." {
+                    self.name.clone()
+                } else {
+                    format!("{}: {path}", self.name)
+                };
+                out.push(at, msg);
+                None
+            }
+        }
+    }
+}
+
 impl Config {
     /// Parse and validate TOML. `env` resolves `${VAR}` references.
     pub fn from_toml_str(
         text: &str,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Config, Issues> {
+        Config::from_toml_str_with(text, env, None)
+    }
+
+    /// [`Config::from_toml_str`] merged with a resources file.
+    pub fn from_toml_str_with(
+        text: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+        resources_file: Option<&ResourcesFile>,
+    ) -> Result<Config, Issues> {
         let mut issues = Issues::default();
+        let file = resources_file.and_then(|f| f.parse(&mut issues).map(|r| (f.name.as_str(), r)));
         let mut tree: toml::Value = match toml::from_str::<toml::Table>(text) {
             Ok(t) => toml::Value::Table(t),
             Err(e) => {
@@ -302,7 +348,7 @@ impl Config {
                 return Err(issues);
             }
         };
-        let built = Config::from_raw(raw, &mut issues);
+        let built = Config::from_raw_with(raw, file.as_ref().map(|(n, r)| (*n, r)), &mut issues);
         match built {
             Some(c) if issues.is_empty() => Ok(c),
             _ => {
@@ -315,6 +361,15 @@ impl Config {
 
     /// Validate a raw config, recording every problem in `out`.
     pub fn from_raw(raw: RawConfig, out: &mut Issues) -> Option<Config> {
+        Config::from_raw_with(raw, None, out)
+    }
+
+    /// [`Config::from_raw`] merged with a resources file `(name, contents)`.
+    pub fn from_raw_with(
+        raw: RawConfig,
+        file: Option<(&str, &RawResourcesFile)>,
+        out: &mut Issues,
+    ) -> Option<Config> {
         let listen_text = raw.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
         let listen = match listen_text.parse::<SocketAddr>() {
             Ok(a) => a,
@@ -326,7 +381,33 @@ impl Config {
                 DEFAULT_LISTEN.parse().ok()?
             }
         };
-        let timezone = parse_tz(raw.timezone.as_deref(), "timezone", &TimeZone::UTC, out);
+        let file_tz = file.and_then(|(name, f)| {
+            f.timezone
+                .as_deref()
+                .map(|tz| (tz, format!("{name}: timezone")))
+        });
+        let timezone = match (&raw.timezone, &file_tz) {
+            (Some(a), Some((b, at))) if a != b => {
+                out.push(
+                    "timezone",
+                    format!("{a:?} conflicts with {b:?} set in {at}"),
+                );
+                TimeZone::UTC
+            }
+            (Some(_), _) => parse_tz(raw.timezone.as_deref(), "timezone", &TimeZone::UTC, out),
+            (None, Some((tz, at))) => parse_tz(Some(tz), at, &TimeZone::UTC, out),
+            (None, None) => TimeZone::UTC,
+        };
+        if let Some((name, f)) = file {
+            for p in f.providers.keys() {
+                if !raw.providers.contains_key(p) {
+                    out.push(
+                        format!("{name}: providers.{p}"),
+                        format!("no provider {p:?} in config"),
+                    );
+                }
+            }
+        }
         let mut seen_tiers = BTreeSet::new();
         for (i, t) in raw.tier_order.iter().enumerate() {
             if !seen_tiers.insert(t.as_str()) {
@@ -342,7 +423,10 @@ impl Config {
         for (name, p) in &raw.providers {
             let at = format!("providers.{name}");
             check_name(name, &at, out);
-            if let Some(p) = check_provider(name, p, &at, &timezone, &raw.tier_order, out) {
+            let from_file = file.and_then(|(f, r)| r.providers.get(name).map(|p| (f, p)));
+            if let Some(p) =
+                check_provider(name, p, &at, &timezone, &raw.tier_order, from_file, out)
+            {
                 providers.insert(ProviderId::new(name), Arc::new(p));
             }
         }
@@ -574,6 +658,7 @@ fn check_provider(
     at: &str,
     global_tz: &TimeZone,
     tier_order: &[String],
+    from_file: Option<(&str, &RawFileProvider)>,
     out: &mut Issues,
 ) -> Option<Provider> {
     let kind = match ProviderKind::parse(&p.kind) {
@@ -625,13 +710,43 @@ fn check_provider(
             }
         }
     }
-    let timezone = parse_tz(
-        p.timezone.as_deref(),
-        &format!("{at}.timezone"),
-        global_tz,
-        out,
-    );
-    let resources = check_resources(&p.resources, &format!("{at}.resources"), out);
+    let file_tz = from_file.and_then(|(f, fp)| fp.timezone.as_deref().map(|tz| (f, tz)));
+    let timezone = match (&p.timezone, file_tz) {
+        (Some(a), Some((f, b))) if a != b => {
+            out.push(
+                format!("{at}.timezone"),
+                format!("{a:?} conflicts with {b:?} set in {f}: providers.{name}.timezone"),
+            );
+            global_tz.clone()
+        }
+        (Some(a), _) => parse_tz(Some(a), &format!("{at}.timezone"), global_tz, out),
+        (None, Some((f, b))) => parse_tz(
+            Some(b),
+            &format!("{f}: providers.{name}.timezone"),
+            global_tz,
+            out,
+        ),
+        (None, None) => global_tz.clone(),
+    };
+    let mut resources = check_resources(&p.resources, &format!("{at}.resources"), out);
+    if let Some((f, fp)) = from_file {
+        let file_at = format!("{f}: providers.{name}.resources");
+        for (j, r) in check_resources(&fp.resources, &file_at, out)
+            .into_iter()
+            .enumerate()
+        {
+            match resources.iter().position(|x| x.name == r.name) {
+                Some(i) => out.push(
+                    format!("{at}.resources[{i}]"),
+                    format!(
+                        "resource {:?} is defined both here and in {file_at}[{j}]",
+                        &*r.name
+                    ),
+                ),
+                None => resources.push(r),
+            }
+        }
+    }
     if p.timeout_secs == Some(0) {
         out.push(format!("{at}.timeout_secs"), "must be greater than 0");
     }
@@ -933,6 +1048,44 @@ targets = [{ provider = "openai", model = "gpt-4o-mini", weight = 1 }]
             .unwrap_err()
             .to_string();
         assert!(e.contains("providers.a") && e.contains("bogus"), "{e}");
+    }
+
+    #[test]
+    fn resources_files_merge_and_conflicts_name_both_places() {
+        let file = ResourcesFile {
+            name: "limits.json".into(),
+            text: r#"{"timezone": "UTC", "providers": {"openai": {"resources": [
+                {"name": "rpd", "value": 1000, "period": "daily"},
+                {"name": "budget", "value": 50, "period": "custom", "ttl": 3600}
+            ]}}}"#
+                .into(),
+        };
+        let c = Config::from_toml_str_with(DESIGN_EXAMPLE, &env, Some(&file)).unwrap();
+        let names: Vec<&str> = c
+            .provider("openai")
+            .unwrap()
+            .resources
+            .iter()
+            .map(|r| &*r.name)
+            .collect();
+        assert_eq!(names, ["tpm", "rpd", "budget"]);
+        assert_eq!(
+            c.provider("openai").unwrap().resources[2].period,
+            Period::Custom { ttl_secs: 3600 }
+        );
+
+        let toml_file = ResourcesFile {
+            name: "limits.toml".into(),
+            text: "[providers.openai]\nresources = [{ name = \"tpm\", value = 5, period = \"daily\" }]\n[providers.ghost]\n".into(),
+        };
+        let e = Config::from_toml_str_with(DESIGN_EXAMPLE, &env, Some(&toml_file))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("providers.openai.resources[0]: resource \"tpm\" is defined both here and in limits.toml: providers.openai.resources[0]"), "{e}");
+        assert!(
+            e.contains("limits.toml: providers.ghost: no provider \"ghost\" in config"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -144,3 +144,20 @@ pub struct RawGatewayKey {
     #[serde(default)]
     pub resources: Vec<RawResource>,
 }
+
+/// A resources file (`resources_file` / `$LLMUX_RESOURCES_FILE`), JSON or TOML.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawResourcesFile {
+    pub timezone: Option<String>,
+    #[serde(default)]
+    pub providers: BTreeMap<String, RawFileProvider>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFileProvider {
+    pub timezone: Option<String>,
+    #[serde(default)]
+    pub resources: Vec<RawResource>,
+}
