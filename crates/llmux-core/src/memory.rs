@@ -169,6 +169,24 @@ impl Store for MemoryStore {
         Ok(())
     }
 
+    async fn scores(&self, now: Timestamp, subjects: Vec<(Subject, Vec<Line>)>) -> Result<Vec<f64>, StoreError> {
+        let g = self.inner.lock();
+        Ok(subjects
+            .into_iter()
+            .map(|(s, lines)| {
+                let flags = g.flags.get(&s).copied().unwrap_or_default();
+                let counters: Vec<(Line, Option<Counter>)> = lines
+                    .into_iter()
+                    .map(|l| {
+                        let c = g.counters.get(&(l.subject.clone(), l.resource.clone())).copied();
+                        (l, c)
+                    })
+                    .collect();
+                score_of(&flags, &counters, now)
+            })
+            .collect())
+    }
+
     async fn set_disabled(&self, subject: Subject, disabled: bool) -> Result<(), StoreError> {
         self.inner.lock().flags.entry(subject).or_default().disabled = disabled;
         Ok(())

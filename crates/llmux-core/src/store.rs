@@ -264,6 +264,31 @@ pub trait Store: Send + Sync + 'static {
         subject: Subject,
         disabled: bool,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// The score (see [`score`]) of each subject, given the lines of its resources (their
+    /// windows and capacities at `now`; amounts are ignored). One round trip.
+    fn scores(
+        &self,
+        now: Timestamp,
+        subjects: Vec<(Subject, Vec<Line>)>,
+    ) -> impl Future<Output = Result<Vec<f64>, StoreError>> + Send;
+}
+
+/// The score of one subject from its flags and the stored counters of its lines (`None` =
+/// never used): see [`score`].
+pub fn score_of(flags: &Flags, counters: &[(Line, Option<Counter>)], now: Timestamp) -> f64 {
+    let state = SubjectState {
+        subject: String::new(),
+        flags: *flags,
+        resources: counters
+            .iter()
+            .map(|(l, c)| {
+                let mut c = c.unwrap_or_else(|| Counter::fresh(l));
+                c.capacity = l.capacity;
+                (String::new(), c)
+            })
+            .collect(),
+    };
+    score(&state, now)
 }
 
 /// A subject's stored state, for `show-state` and `/admin/state`.

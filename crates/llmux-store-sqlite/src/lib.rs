@@ -10,7 +10,7 @@
 //! Schema changes are append-only migrations keyed by `PRAGMA user_version`.
 
 use llmux_core::store::{
-    decide, AdminOp, Admission, Counter, Flags, LeaseId, Line, Reserve, Store, StoreAdmin,
+    decide, score_of, AdminOp, Admission, Counter, Flags, LeaseId, Line, Reserve, Store, StoreAdmin,
     StoreError, SubjectState,
 };
 use llmux_core::{Subject, Timestamp, Window};
@@ -63,6 +63,7 @@ enum Cmd {
     Update(Line, AdminOp, Timestamp, Reply<Counter>),
     Score(Subject, Option<f64>, Reply<()>),
     Reset(String, Reply<usize>),
+    Scores(Timestamp, Vec<(Subject, Vec<Line>)>, Reply<Vec<f64>>),
 }
 
 /// A [`Store`] on one SQLite file. Cloning shares the writer.
@@ -195,6 +196,7 @@ enum Outcome {
     Snapshot(Vec<SubjectState>),
     Counter(Counter),
     Count(usize),
+    Scores(Vec<f64>),
 }
 
 fn answer(cmd: Cmd, res: Result<Outcome, StoreError>) {
@@ -219,6 +221,10 @@ fn answer(cmd: Cmd, res: Result<Outcome, StoreError>) {
         | Cmd::Disabled(.., tx) => send(tx, res, |o| matches!(o, Outcome::Done).then_some(())),
         Cmd::Update(.., tx) => send(tx, res, |o| match o {
             Outcome::Counter(c) => Some(c),
+            _ => None,
+        }),
+        Cmd::Scores(.., tx) => send(tx, res, |o| match o {
+            Outcome::Scores(v) => Some(v),
             _ => None,
         }),
         Cmd::Reset(_, tx) => send(tx, res, |o| match o {
@@ -326,6 +332,18 @@ impl Writer {
                     c.apply_admin(line, *op, *now);
                     b.set_counter(line.subject.as_str(), &line.resource, c);
                     Outcome::Counter(c)
+                }
+                Cmd::Scores(now, subjects, _) => {
+                    let mut out = Vec::with_capacity(subjects.len());
+                    for (s, lines) in subjects {
+                        let flags = b.flags(s.as_str())?;
+                        let mut counters = Vec::with_capacity(lines.len());
+                        for l in lines {
+                            counters.push((l.clone(), b.counter(l.subject.as_str(), &l.resource)?));
+                        }
+                        out.push(score_of(&flags, &counters, *now));
+                    }
+                    Outcome::Scores(out)
                 }
                 Cmd::Score(subject, score, _) => {
                     b.tx.prepare_cached(
@@ -629,6 +647,9 @@ impl Store for SqliteStore {
     }
     async fn set_disabled(&self, subject: Subject, disabled: bool) -> Result<(), StoreError> {
         self.call(|tx| Cmd::Disabled(subject, disabled, tx)).await
+    }
+    async fn scores(&self, now: Timestamp, subjects: Vec<(Subject, Vec<Line>)>) -> Result<Vec<f64>, StoreError> {
+        self.call(|tx| Cmd::Scores(now, subjects, tx)).await
     }
 }
 

@@ -13,7 +13,7 @@ use crate::store::AnyStore;
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use http::HeaderMap;
-use llmux_core::config::{Config, GatewayKey, ProviderKind};
+use llmux_core::config::{Config, GatewayKey, ProviderKind, Strategy};
 use llmux_core::plan::{gateway_key_bounds, lines, plan_pool, Bound, PlannedPool};
 use llmux_core::select::{order, Candidate};
 use llmux_core::store::{Admission, Denial, DenialReason, LeaseId, Reserve, Store};
@@ -455,14 +455,21 @@ impl Router {
 
     /// Candidate target indices of `pool` in the order to try: the request's tier first, then
     /// each lower tier; without a tier, every target.
-    fn candidates(&self, pool: &Pool, tier: Option<&str>) -> Vec<usize> {
+    async fn candidates(&self, pool: &Pool, tier: Option<&str>, now: Timestamp) -> Result<Vec<usize>, RouteError> {
+        let scores = self.scores(pool, now).await?;
         let targets = &pool.plan.targets;
         let turn = pool.turn.fetch_add(1, Ordering::Relaxed);
         let mut rng = rand::rng();
         let ordered = |subset: &[usize], rng: &mut rand::rngs::ThreadRng| -> Vec<usize> {
             let cands: Vec<Candidate> = subset
                 .iter()
-                .map(|&i| pool.stats[i].candidate(targets[i].weight, targets[i].priority))
+                .map(|&i| {
+                    let mut c = pool.stats[i].candidate(targets[i].weight, targets[i].priority);
+                    if let Some(s) = &scores {
+                        c.score *= s[i];
+                    }
+                    c
+                })
                 .collect();
             order(pool.plan.pool.strategy, &cands, turn, rng)
                 .into_iter()
@@ -471,11 +478,11 @@ impl Router {
         };
         let all: Vec<usize> = (0..targets.len()).collect();
         let Some(tier) = tier else {
-            return ordered(&all, &mut rng);
+            return Ok(ordered(&all, &mut rng));
         };
         let tier_order = &self.inner.config.tier_order;
         let Some(pos) = tier_order.iter().position(|t| t == tier) else {
-            return ordered(&all, &mut rng);
+            return Ok(ordered(&all, &mut rng));
         };
         let mut out = Vec::new();
         for t in tier_order[..=pos].iter().rev() {
@@ -493,7 +500,36 @@ impl Router {
                 .collect();
             out.extend(ordered(&subset, &mut rng));
         }
-        out
+        Ok(out)
+    }
+
+    /// For the `score` strategy: each target's stored score, the lower of its provider's and
+    /// its key's (remaining capacity fraction, 0 while cooling down or disabled, or an
+    /// operator's override). One store round trip; other strategies skip it.
+    async fn scores(&self, pool: &Pool, now: Timestamp) -> Result<Option<Vec<f64>>, RouteError> {
+        if pool.plan.pool.strategy != Strategy::Score {
+            return Ok(None);
+        }
+        let mut subjects: Vec<(Subject, Vec<llmux_core::Line>)> = Vec::new();
+        for t in &pool.plan.targets {
+            for g in &t.gates {
+                if subjects.iter().any(|(s, _)| s == g) {
+                    continue;
+                }
+                let bounds = t.bounds.iter().filter(|b| &b.subject == g);
+                subjects.push((g.clone(), lines(bounds, &Usage::default(), now)));
+            }
+        }
+        let names: Vec<Subject> = subjects.iter().map(|(s, _)| s.clone()).collect();
+        let values = self.inner.store.scores(now, subjects).await?;
+        let of = |s: &Subject| names.iter().position(|n| n == s).map_or(1.0, |i| values[i]);
+        Ok(Some(
+            pool.plan
+                .targets
+                .iter()
+                .map(|t| t.gates.iter().map(of).fold(1.0, f64::min))
+                .collect(),
+        ))
     }
 
     /// Try to reserve `usage` on target `i` of `pool`.
@@ -593,7 +629,7 @@ impl Router {
             .ok_or_else(|| RouteError::UnknownModel(model.to_string()))?;
         let now = self.inner.clock.now();
         let mut out = Outcomes::default();
-        for i in self.candidates(&pool, None) {
+        for i in self.candidates(&pool, None, now).await? {
             match self.try_target(&pool, i, &estimate, now, None).await? {
                 Ok(lease) => return Ok(lease),
                 Err(d) => out.deny(d),
@@ -662,7 +698,7 @@ impl Router {
         let mut out = Outcomes::default();
         for pool in chain {
             let mut tried = 0u32;
-            for i in self.candidates(&pool, tier.as_deref()) {
+            for i in self.candidates(&pool, tier.as_deref(), now).await? {
                 if tried >= pool.plan.pool.max_attempts {
                     break;
                 }
