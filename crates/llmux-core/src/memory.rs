@@ -169,7 +169,11 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    async fn scores(&self, now: Timestamp, subjects: Vec<(Subject, Vec<Line>)>) -> Result<Vec<f64>, StoreError> {
+    async fn scores(
+        &self,
+        now: Timestamp,
+        subjects: Vec<(Subject, Vec<Line>)>,
+    ) -> Result<Vec<f64>, StoreError> {
         let g = self.inner.lock();
         Ok(subjects
             .into_iter()
@@ -178,7 +182,10 @@ impl Store for MemoryStore {
                 let counters: Vec<(Line, Option<Counter>)> = lines
                     .into_iter()
                     .map(|l| {
-                        let c = g.counters.get(&(l.subject.clone(), l.resource.clone())).copied();
+                        let c = g
+                            .counters
+                            .get(&(l.subject.clone(), l.resource.clone()))
+                            .copied();
                         (l, c)
                     })
                     .collect();

@@ -10,8 +10,8 @@
 //! Schema changes are append-only migrations keyed by `PRAGMA user_version`.
 
 use llmux_core::store::{
-    decide, score_of, AdminOp, Admission, Counter, Flags, LeaseId, Line, Reserve, Store, StoreAdmin,
-    StoreError, SubjectState,
+    decide, score_of, AdminOp, Admission, Counter, Flags, LeaseId, Line, Reserve, Store,
+    StoreAdmin, StoreError, SubjectState,
 };
 use llmux_core::{Subject, Timestamp, Window};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
@@ -648,7 +648,11 @@ impl Store for SqliteStore {
     async fn set_disabled(&self, subject: Subject, disabled: bool) -> Result<(), StoreError> {
         self.call(|tx| Cmd::Disabled(subject, disabled, tx)).await
     }
-    async fn scores(&self, now: Timestamp, subjects: Vec<(Subject, Vec<Line>)>) -> Result<Vec<f64>, StoreError> {
+    async fn scores(
+        &self,
+        now: Timestamp,
+        subjects: Vec<(Subject, Vec<Line>)>,
+    ) -> Result<Vec<f64>, StoreError> {
         self.call(|tx| Cmd::Scores(now, subjects, tx)).await
     }
 }

@@ -29,5 +29,8 @@ pub use error::{RouteError, UpstreamError};
 pub use lease::Lease;
 pub use llmux_core::{self as core, Config, Secret, TargetId, Usage};
 pub use provider::Endpoint;
-pub use router::{AuthorizedKey, Request, Response, ResponseBody, Router, RouterBuilder};
+pub use provider::{Call, Provider, Reply, ReplyBody};
+pub use router::{
+    AuthorizedKey, ProviderFactory, Request, Response, ResponseBody, Router, RouterBuilder,
+};
 pub use store::AnyStore;

@@ -246,12 +246,17 @@ impl std::fmt::Debug for Router {
     }
 }
 
+/// Makes the provider of a registered kind from its config.
+pub type ProviderFactory =
+    Arc<dyn Fn(&llmux_core::config::Provider) -> Arc<dyn Provider> + Send + Sync>;
+
 /// Builder for a [`Router`]: store, clock and custom providers.
 pub struct RouterBuilder {
     config: Config,
     store: Option<AnyStore>,
     clock: Arc<dyn Clock>,
     providers: HashMap<ProviderId, Arc<dyn Provider>>,
+    kinds: HashMap<String, ProviderFactory>,
     auto_models: bool,
 }
 
@@ -269,6 +274,17 @@ impl RouterBuilder {
         self.providers.insert(ProviderId::new(name), Arc::new(p));
         self
     }
+    /// Serve every provider whose config says `kind = "<kind>"` with `make(provider_config)`.
+    /// Load the config with `Config::from_toml_str_opts(…, &["<kind>"])` so it accepts the kind.
+    pub fn provider_kind(
+        mut self,
+        kind: &str,
+        make: impl Fn(&llmux_core::config::Provider) -> Arc<dyn Provider> + Send + Sync + 'static,
+    ) -> Self {
+        self.kinds.insert(kind.to_string(), Arc::new(make));
+        self
+    }
+
     pub(crate) fn auto_models(mut self, on: bool) -> Self {
         self.auto_models = on;
         self
@@ -287,8 +303,16 @@ impl RouterBuilder {
             if providers.contains_key(id) {
                 continue;
             }
-            let adapter: Arc<dyn Provider> = match p.kind {
+            let adapter: Arc<dyn Provider> = match &p.kind {
                 ProviderKind::Mock => Arc::new(MockProvider::new(p.mock.clone())),
+                ProviderKind::Custom(kind) => match self.kinds.get(&**kind) {
+                    Some(make) => make(p),
+                    None => {
+                        return Err(RouteError::BadRequest(format!(
+                            "providers.{id}: no provider kind {kind:?} is registered"
+                        )))
+                    }
+                },
                 _ => Arc::new(OpenAiCompatible::new(
                     p.base_url.as_deref().unwrap_or_default(),
                     http.clone(),
@@ -383,6 +407,7 @@ impl Router {
             store: None,
             clock: Arc::new(SystemClock),
             providers: HashMap::new(),
+            kinds: HashMap::new(),
             auto_models: false,
         }
     }
@@ -455,7 +480,12 @@ impl Router {
 
     /// Candidate target indices of `pool` in the order to try: the request's tier first, then
     /// each lower tier; without a tier, every target.
-    async fn candidates(&self, pool: &Pool, tier: Option<&str>, now: Timestamp) -> Result<Vec<usize>, RouteError> {
+    async fn candidates(
+        &self,
+        pool: &Pool,
+        tier: Option<&str>,
+        now: Timestamp,
+    ) -> Result<Vec<usize>, RouteError> {
         let scores = self.scores(pool, now).await?;
         let targets = &pool.plan.targets;
         let turn = pool.turn.fetch_add(1, Ordering::Relaxed);
@@ -702,6 +732,11 @@ impl Router {
                 if tried >= pool.plan.pool.max_attempts {
                     break;
                 }
+                let provider = match self.inner.providers.get(&pool.plan.targets[i].id.provider) {
+                    Some(p) => p.clone(),
+                    None => return Err(RouteError::UnknownModel(model)),
+                };
+                let estimate = provider.estimate_cost(&body).unwrap_or(estimate);
                 let lease = match self
                     .try_target(&pool, i, &estimate, now, gateway_key.as_deref())
                     .await?
@@ -734,10 +769,6 @@ impl Router {
                     secret: lease.secret.clone(),
                     timeout,
                 };
-                let provider = match self.inner.providers.get(&target.provider) {
-                    Some(p) => p.clone(),
-                    None => return Err(RouteError::UnknownModel(model)),
-                };
                 let started = Instant::now();
                 let label = target.to_string();
                 let fallback_on = &pool.plan.pool.fallback_on;
@@ -749,7 +780,10 @@ impl Router {
                             ReplyBody::Full(bytes) => {
                                 let latency = started.elapsed();
                                 metrics::histogram!("llmux_upstream_latency_seconds", "target" => label).record(latency.as_secs_f64());
-                                let usage = usage_of_body(&bytes).unwrap_or(estimate);
+                                let usage = provider
+                                    .actual_cost(&bytes)
+                                    .or_else(|| usage_of_body(&bytes))
+                                    .unwrap_or(estimate);
                                 lease.complete_detached(usage, latency);
                                 ResponseBody::Full(bytes)
                             }

@@ -67,7 +67,11 @@ impl Store for AnyStore {
     async fn set_disabled(&self, subject: Subject, disabled: bool) -> Result<(), StoreError> {
         dispatch!(self, s => s.set_disabled(subject, disabled).await)
     }
-    async fn scores(&self, now: Timestamp, subjects: Vec<(Subject, Vec<Line>)>) -> Result<Vec<f64>, StoreError> {
+    async fn scores(
+        &self,
+        now: Timestamp,
+        subjects: Vec<(Subject, Vec<Line>)>,
+    ) -> Result<Vec<f64>, StoreError> {
         dispatch!(self, s => s.scores(now, subjects).await)
     }
 }

@@ -65,19 +65,28 @@ async fn a_pro_request_tries_pro_targets_then_lower_tiers_never_higher() {
     // Each provider admits one request a minute, so the order of use shows the order tried.
     // "shared" lists no tiers: it serves every tier, including pro's own round.
     let r = router();
-    assert_eq!(targets(&r, Some("pro"), 4).await, ["plus", "shared", "basic", "429"]);
+    assert_eq!(
+        targets(&r, Some("pro"), 4).await,
+        ["plus", "shared", "basic", "429"]
+    );
 }
 
 #[tokio::test]
 async fn a_free_request_only_reaches_free_and_untiered_targets() {
     let r = router();
-    assert_eq!(targets(&r, Some("free"), 3).await, ["basic", "shared", "429"]);
+    assert_eq!(
+        targets(&r, Some("free"), 3).await,
+        ["basic", "shared", "429"]
+    );
 }
 
 #[tokio::test]
 async fn a_request_without_a_tier_skips_tier_filtering() {
     let r = router();
-    assert_eq!(targets(&r, None, 5).await, ["premium", "plus", "basic", "shared", "429"]);
+    assert_eq!(
+        targets(&r, None, 5).await,
+        ["premium", "plus", "basic", "shared", "429"]
+    );
 }
 
 #[tokio::test]
@@ -116,7 +125,10 @@ targets = [{ provider = "p", model = "x" }]
     let second = pick().await;
     assert_ne!(first, second);
     // An operator pins key a low: b takes the traffic until a's usage changes.
-    r.store().set_score(llmux::core::Subject::new("p/a"), Some(0.0)).await.unwrap();
+    r.store()
+        .set_score(llmux::core::Subject::new("p/a"), Some(0.0))
+        .await
+        .unwrap();
     for _ in 0..3 {
         assert_eq!(pick().await, "b");
     }

@@ -84,13 +84,15 @@ pub enum StoreConfig {
     Redis { url: String, prefix: String },
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ProviderKind {
     OpenAi,
     OpenAiCompatible,
     OpenRouter,
     Anthropic,
     Mock,
+    /// A kind registered by a library user (`RouterBuilder::provider_kind`).
+    Custom(Arc<str>),
 }
 
 impl ProviderKind {
@@ -111,8 +113,9 @@ impl ProviderKind {
             _ => return None,
         })
     }
-    pub fn name(self) -> &'static str {
+    pub fn name(&self) -> &str {
         match self {
+            ProviderKind::Custom(name) => name,
             ProviderKind::OpenAi => "openai",
             ProviderKind::OpenAiCompatible => "openai-compatible",
             ProviderKind::OpenRouter => "openrouter",
@@ -329,6 +332,17 @@ impl Config {
         env: &dyn Fn(&str) -> Option<String>,
         resources_file: Option<&ResourcesFile>,
     ) -> Result<Config, Issues> {
+        Config::from_toml_str_opts(text, env, resources_file, &[])
+    }
+
+    /// [`Config::from_toml_str_with`] that also accepts the provider kinds in `custom_kinds`
+    /// (registered by the library user).
+    pub fn from_toml_str_opts(
+        text: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+        resources_file: Option<&ResourcesFile>,
+        custom_kinds: &[&str],
+    ) -> Result<Config, Issues> {
         let mut issues = Issues::default();
         let file = resources_file.and_then(|f| f.parse(&mut issues).map(|r| (f.name.as_str(), r)));
         let mut tree: toml::Value = match toml::from_str::<toml::Table>(text) {
@@ -348,7 +362,12 @@ impl Config {
                 return Err(issues);
             }
         };
-        let built = Config::from_raw_with(raw, file.as_ref().map(|(n, r)| (*n, r)), &mut issues);
+        let built = Config::from_raw_with(
+            raw,
+            file.as_ref().map(|(n, r)| (*n, r)),
+            custom_kinds,
+            &mut issues,
+        );
         match built {
             Some(c) if issues.is_empty() => Ok(c),
             _ => {
@@ -361,13 +380,14 @@ impl Config {
 
     /// Validate a raw config, recording every problem in `out`.
     pub fn from_raw(raw: RawConfig, out: &mut Issues) -> Option<Config> {
-        Config::from_raw_with(raw, None, out)
+        Config::from_raw_with(raw, None, &[], out)
     }
 
     /// [`Config::from_raw`] merged with a resources file `(name, contents)`.
     pub fn from_raw_with(
         raw: RawConfig,
         file: Option<(&str, &RawResourcesFile)>,
+        custom_kinds: &[&str],
         out: &mut Issues,
     ) -> Option<Config> {
         let listen_text = raw.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
@@ -424,9 +444,16 @@ impl Config {
             let at = format!("providers.{name}");
             check_name(name, &at, out);
             let from_file = file.and_then(|(f, r)| r.providers.get(name).map(|p| (f, p)));
-            if let Some(p) =
-                check_provider(name, p, &at, &timezone, &raw.tier_order, from_file, out)
-            {
+            if let Some(p) = check_provider(
+                name,
+                p,
+                &at,
+                &timezone,
+                &raw.tier_order,
+                from_file,
+                custom_kinds,
+                out,
+            ) {
                 providers.insert(ProviderId::new(name), Arc::new(p));
             }
         }
@@ -659,10 +686,14 @@ fn check_provider(
     global_tz: &TimeZone,
     tier_order: &[String],
     from_file: Option<(&str, &RawFileProvider)>,
+    custom_kinds: &[&str],
     out: &mut Issues,
 ) -> Option<Provider> {
     let kind = match ProviderKind::parse(&p.kind) {
         Some(k) => k,
+        None if custom_kinds.contains(&p.kind.as_str()) => {
+            ProviderKind::Custom(Arc::from(p.kind.as_str()))
+        }
         None => {
             out.push(
                 format!("{at}.kind"),
@@ -681,7 +712,7 @@ fn check_provider(
             "provider kind \"anthropic\" is not available in this build yet; use \"openai-compatible\" with an OpenAI-compatible endpoint",
         );
     }
-    let base_url = match (&p.base_url, kind) {
+    let base_url = match (&p.base_url, &kind) {
         (Some(u), _) => {
             if !(u.starts_with("http://") || u.starts_with("https://")) {
                 out.push(
@@ -701,7 +732,7 @@ fn check_provider(
             );
             None
         }
-        (None, ProviderKind::Mock) => None,
+        (None, ProviderKind::Mock | ProviderKind::Custom(_)) => None,
     };
     if let Some(tiers) = &p.tiers {
         for (i, t) in tiers.iter().enumerate() {
@@ -762,9 +793,9 @@ fn check_provider(
                 format!("duplicate key id {:?} in provider {name:?}", k.id),
             );
         }
-        let secret = match (&k.secret, kind) {
+        let secret = match (&k.secret, &kind) {
             (Some(s), _) if !s.is_empty() => Secret::new(s),
-            (_, ProviderKind::Mock) => Secret::new(""),
+            (_, ProviderKind::Mock | ProviderKind::Custom(_)) => Secret::new(""),
             _ => {
                 out.push(
                     format!("{kat}.secret"),
@@ -784,7 +815,7 @@ fn check_provider(
         });
     }
     if keys.is_empty() {
-        if kind == ProviderKind::Mock {
+        if matches!(kind, ProviderKind::Mock | ProviderKind::Custom(_)) {
             keys.push(Key {
                 id: KeyId::new("default"),
                 secret: Secret::new(""),

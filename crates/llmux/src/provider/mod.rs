@@ -9,7 +9,7 @@ use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use futures_util::stream::BoxStream;
 use http::HeaderMap;
-use llmux_core::Secret;
+use llmux_core::{Secret, Usage};
 use std::time::Duration;
 
 /// The OpenAI-compatible operations llmux routes.
@@ -75,9 +75,24 @@ pub struct Reply {
     pub body: ReplyBody,
 }
 
-/// An upstream API. `send` must not retry: the router does failover.
+/// An upstream API. Users register their own with `RouterBuilder::provider_kind` and name the
+/// kind in config.
 pub trait Provider: Send + Sync + 'static {
+    /// Send one call. Must not retry: the router does failover.
     fn send(&self, call: Call) -> BoxFuture<'static, Result<Reply, UpstreamError>>;
+
+    /// What `request` (the OpenAI-shaped JSON body) will cost, reserved before sending.
+    /// `None`: llmux's estimate (prompt length / 4 plus `max_tokens`).
+    fn estimate_cost(&self, request: &serde_json::Map<String, serde_json::Value>) -> Option<Usage> {
+        let _ = request;
+        None
+    }
+
+    /// What a whole (non-streamed) response body cost. `None`: read the OpenAI `usage` block.
+    fn actual_cost(&self, body: &[u8]) -> Option<Usage> {
+        let _ = body;
+        None
+    }
 }
 
 /// How long a 429 asks us to wait: `retry-after-ms`, `retry-after` (seconds), then the
