@@ -439,21 +439,17 @@ impl Config {
         }
         let store = check_store(&raw.store, out);
 
+        let shared = Shared {
+            global_tz: &timezone,
+            tier_order: &raw.tier_order,
+            custom_kinds,
+        };
         let mut providers = BTreeMap::new();
         for (name, p) in &raw.providers {
             let at = format!("providers.{name}");
             check_name(name, &at, out);
             let from_file = file.and_then(|(f, r)| r.providers.get(name).map(|p| (f, p)));
-            if let Some(p) = check_provider(
-                name,
-                p,
-                &at,
-                &timezone,
-                &raw.tier_order,
-                from_file,
-                custom_kinds,
-                out,
-            ) {
+            if let Some(p) = check_provider(name, p, &at, &shared, from_file, out) {
                 providers.insert(ProviderId::new(name), Arc::new(p));
             }
         }
@@ -679,16 +675,26 @@ pub fn check_resources(list: &[RawResource], at: &str, out: &mut Issues) -> Vec<
     result
 }
 
+/// What every provider's checks share.
+struct Shared<'a> {
+    global_tz: &'a TimeZone,
+    tier_order: &'a [String],
+    custom_kinds: &'a [&'a str],
+}
+
 fn check_provider(
     name: &str,
     p: &RawProvider,
     at: &str,
-    global_tz: &TimeZone,
-    tier_order: &[String],
+    shared: &Shared<'_>,
     from_file: Option<(&str, &RawFileProvider)>,
-    custom_kinds: &[&str],
     out: &mut Issues,
 ) -> Option<Provider> {
+    let Shared {
+        global_tz,
+        tier_order,
+        custom_kinds,
+    } = *shared;
     let kind = match ProviderKind::parse(&p.kind) {
         Some(k) => k,
         None if custom_kinds.contains(&p.kind.as_str()) => {
