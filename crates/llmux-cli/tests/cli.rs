@@ -189,6 +189,20 @@ fn run_ok(cfg: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.get_output().stdout).into_owned()
 }
 
+/// Wait until `demo/k1`'s rpm shows `used` and nothing reserved.
+fn wait_for_rpm(cfg: &Path, used: u64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let v = json_state(cfg, "demo/k1");
+        let rpm = &v["subjects"][0]["resources"]["rpm"];
+        if rpm["used"] == used && rpm["reserved"] == 0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "rpm never reached {used}: {v}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn mutations_while_serving_are_seen_on_the_next_request() {
     let dir = tempfile::tempdir().unwrap();
@@ -196,6 +210,8 @@ fn mutations_while_serving_are_seen_on_the_next_request() {
     let cfg = write_config_rpm(dir.path(), port, 10);
     let _gw = Serving(serve(&cfg, port));
     assert_eq!(chat(port), Some(200));
+    // The reconcile is asynchronous: let it land before overwriting the counter.
+    wait_for_rpm(&cfg, 1);
     // Use up the key from the CLI: the running gateway refuses the next request.
     let out = run_ok(&cfg, &["set-resource-used", "demo/k1", "rpm", "10"]);
     assert!(out.contains("used 10"), "{out}");
@@ -204,6 +220,7 @@ fn mutations_while_serving_are_seen_on_the_next_request() {
     run_ok(&cfg, &["adjust-resource-used", "demo/k1", "rpm", "-3"]);
     let statuses: Vec<_> = (0..4).map(|_| chat(port)).collect();
     assert_eq!(statuses, [Some(200), Some(200), Some(200), Some(429)]);
+    wait_for_rpm(&cfg, 10);
     // reset-state --dry-run changes nothing; reset-state clears.
     let out = run_ok(&cfg, &["reset-state", "demo", "--dry-run"]);
     assert!(out.contains("rpm: used 10"), "{out}");

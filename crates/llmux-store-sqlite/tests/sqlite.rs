@@ -95,3 +95,24 @@ async fn cooldown_gates_reservations() {
         Admission::Granted(_)
     ));
 }
+
+#[tokio::test]
+async fn detached_commits_reach_the_file_without_further_calls() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.db");
+    let s = SqliteStore::open(&path).unwrap();
+    let Admission::Granted(id) = s.reserve(reserve(0, 5)).await.unwrap() else {
+        panic!()
+    };
+    s.commit_detached(id, Timestamp(5), vec![line(5, 3)]);
+    // Another connection (as the CLI would be) sees it once the background flush has run.
+    let other = SqliteStore::open(&path).unwrap();
+    for _ in 0..200 {
+        let snap = other.snapshot("p/k").await.unwrap();
+        if snap[0].resources[0].1.used == 3 {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    panic!("detached commit never flushed");
+}
