@@ -1,6 +1,6 @@
 //! What the gateway adds: latency (p50/p99) at a fixed rate and throughput at saturation, of
 //! requests through llmux (sqlite store by default) against the same requests sent straight to
-//! a fast upstream, measured in one run on this machine.
+//! a fast upstream and through a bare hyper proxy (the floor), measured in one run.
 //!
 //! cargo bench -p llmux-gateway --bench overhead
 //! Knobs: BENCH_RATE (1000 req/s), BENCH_SECS (5), BENCH_CONC (32), BENCH_STORE (sqlite|memory).
@@ -70,6 +70,48 @@ async fn upstream() -> SocketAddr {
 
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
+/// The floor: a bare hyper proxy that reads the body, parses the JSON (as any gateway must, to
+/// read `model`) and forwards it over a pooled connection. What any proxy hop costs here.
+async fn floor_proxy(upstream: SocketAddr) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+    let uri: Arc<str> = format!("http://{upstream}/v1/chat/completions").into();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let (client, uri) = (client.clone(), uri.clone());
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let (client, uri) = (client.clone(), uri.clone());
+                    async move {
+                        let body = req
+                            .into_body()
+                            .collect()
+                            .await
+                            .map_err(std::io::Error::other)?
+                            .to_bytes();
+                        let _: serde_json::Value =
+                            serde_json::from_slice(&body).unwrap_or_default();
+                        let up = hyper::Request::post(&*uri)
+                            .header("content-type", "application/json")
+                            .body(Full::new(body))
+                            .unwrap();
+                        client.request(up).await.map_err(std::io::Error::other)
+                    }
+                });
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
 async fn one(client: &HttpClient, uri: &str) -> bool {
     let req = hyper::Request::post(uri)
         .header("content-type", "application/json")
@@ -92,7 +134,7 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
-/// Open loop at `rate` req/s for `secs`: latency from the scheduled send time, in µs.
+/// Open loop at `rate` req/s for `secs`: latency of each request in µs.
 async fn fixed_rate(client: &HttpClient, uri: &str, rate: u64, secs: u64) -> (Vec<u64>, u64) {
     let total = rate * secs;
     let start = Instant::now();
@@ -103,10 +145,13 @@ async fn fixed_rate(client: &HttpClient, uri: &str, rate: u64, secs: u64) -> (Ve
         tokio::time::sleep_until(at.into()).await;
         let (client, uri, errors) = (client.clone(), uri.to_string(), errors.clone());
         tasks.push(tokio::spawn(async move {
+            // From the actual send: tokio's timer has 1 ms granularity, so the scheduled
+            // instant would add up to 1 ms of noise to both paths.
+            let sent = Instant::now();
             if !one(&client, &uri).await {
                 errors.fetch_add(1, Ordering::Relaxed);
             }
-            at.elapsed().as_micros() as u64
+            sent.elapsed().as_micros() as u64
         }));
     }
     let mut lat = Vec::with_capacity(tasks.len());
@@ -195,6 +240,7 @@ targets = [{{ provider = "mock", model = "gpt-4o-mini" }}]
 "#
     );
     let gw_rt = single_runtime("bench-gateway");
+    let floor = gw_rt.block_on(floor_proxy(up));
     let gw = gw_rt.block_on(async {
         let config = llmux::Config::from_toml_str(&config, &|_| None).unwrap();
         let router = llmux::Router::from_config(config).unwrap();
@@ -211,47 +257,35 @@ targets = [{{ provider = "mock", model = "gpt-4o-mini" }}]
     let load = single_runtime("bench-load");
     let direct = format!("http://{up}/v1/chat/completions");
     let via = format!("http://{gw}/v1/chat/completions");
+    let via_floor = format!("http://{floor}/v1/chat/completions");
     load.block_on(async {
         let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
         // Warm up both paths (connections, sqlite pages).
         let _ = fixed_rate(&client, &direct, rate, 1).await;
         let _ = fixed_rate(&client, &via, rate, 1).await;
 
-        let (d, de) = fixed_rate(&client, &direct, rate, secs).await;
-        let (g, ge) = fixed_rate(&client, &via, rate, secs).await;
-        let (dsat, dse) = saturate(&client, &direct, conc, secs).await;
-        let (gsat, gse) = saturate(&client, &via, conc, secs).await;
-
-        let (dp50, dp99) = (percentile(&d, 0.5), percentile(&d, 0.99));
-        let (gp50, gp99) = (percentile(&g, 0.5), percentile(&g, 0.99));
-        println!(
-            "llmux overhead bench: store={store}, {rate} req/s for {secs} s, saturation c={conc}"
-        );
-        println!(
-            "machine: {} cpus, {}",
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(0),
-            cpu_model()
-        );
+        let _ = fixed_rate(&client, &via_floor, rate, 1).await;
+        let mut rows = Vec::new();
+        for (name, uri) in [("direct", &direct), ("floor", &via_floor), ("llmux", &via)] {
+            let (lat, e1) = fixed_rate(&client, uri, rate, secs).await;
+            let (sat, e2) = saturate(&client, uri, conc, secs).await;
+            rows.push((name, percentile(&lat, 0.5), percentile(&lat, 0.99), sat, e1 + e2));
+        }
+        let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+        println!("llmux overhead bench: store={store}, {rate} req/s for {secs} s, saturation c={conc}");
+        println!("machine: {cpus} cpus, {}", cpu_model());
         println!();
-        println!("| path    | p50 (µs) | p99 (µs) | req/s at c={conc} | errors |");
-        println!("|---------|----------|----------|-------------------|--------|");
-        println!(
-            "| direct  | {dp50:>8} | {dp99:>8} | {dsat:>17.0} | {:>6} |",
-            de + dse
-        );
-        println!(
-            "| llmux   | {gp50:>8} | {gp99:>8} | {gsat:>17.0} | {:>6} |",
-            ge + gse
-        );
-        println!();
-        println!(
-            "added: p50 {} µs, p99 {} µs; throughput {:.0}% of direct",
-            gp50 as i64 - dp50 as i64,
-            gp99 as i64 - dp99 as i64,
-            100.0 * gsat / dsat.max(1.0)
-        );
+        println!("| path | p50 µs | p99 µs | added p50 | added p99 | req/s c={conc} | of direct | errors |");
+        println!("|---|---|---|---|---|---|---|---|");
+        let (_, dp50, dp99, dsat, _) = rows[0];
+        for (name, p50, p99, sat, errors) in &rows {
+            println!(
+                "| {name} | {p50} | {p99} | {} | {} | {sat:.0} | {:.0}% | {errors} |",
+                *p50 as i64 - dp50 as i64,
+                *p99 as i64 - dp99 as i64,
+                100.0 * sat / dsat.max(1.0)
+            );
+        }
     });
     drop(gw_rt);
     drop(up_rt);
