@@ -5,6 +5,8 @@
 //! env arrive as parameters.
 
 pub mod config;
+#[doc(hidden)]
+pub mod conformance;
 pub mod ids;
 pub mod memory;
 pub mod plan;

@@ -28,6 +28,8 @@
 //! # }
 //! ```
 
+pub mod redis;
+
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;

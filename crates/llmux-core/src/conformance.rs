@@ -1,0 +1,297 @@
+//! The behaviour every [`Store`] must show, written once and run from each store's
+//! `tests/conformance.rs` (memory, sqlite, and redis against a real server). Each check panics
+//! with a message naming what broke.
+#![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
+
+use crate::ids::Subject;
+use crate::store::*;
+use crate::time::Timestamp;
+use crate::window::Window;
+use std::sync::Arc;
+
+fn line(subject: &str, resource: &str, capacity: u64, amount: u64, window_end: i64) -> Line {
+    Line {
+        subject: Subject::new(subject),
+        resource: Arc::from(resource),
+        window: Window {
+            start: Timestamp(window_end - 60_000),
+            end: Timestamp(window_end),
+        },
+        capacity,
+        amount,
+    }
+}
+
+fn reserve(now: i64, lines: Vec<Line>, gates: &[&str]) -> Reserve {
+    Reserve {
+        now: Timestamp(now),
+        lease_ttl_ms: 10_000,
+        lines,
+        gates: gates.iter().map(|g| Subject::new(g)).collect(),
+    }
+}
+
+async fn counter<S: StoreAdmin>(s: &S, subject: &str, resource: &str) -> Counter {
+    let states = s.snapshot(subject).await.unwrap();
+    let st = states
+        .iter()
+        .find(|x| x.subject == subject)
+        .unwrap_or_else(|| panic!("no state for {subject}: {states:?}"));
+    st.resources
+        .iter()
+        .find(|(n, _)| n == resource)
+        .unwrap_or_else(|| panic!("no {resource} on {subject}"))
+        .1
+}
+
+async fn granted<S: Store>(s: &S, r: Reserve) -> LeaseId {
+    match s.reserve(r).await.unwrap() {
+        Admission::Granted(id) => id,
+        Admission::Denied(d) => panic!("expected a grant, got {d:?}"),
+    }
+}
+
+async fn denied<S: Store>(s: &S, r: Reserve) -> Denial {
+    match s.reserve(r).await.unwrap() {
+        Admission::Granted(id) => panic!("expected a denial, got lease {id:?}"),
+        Admission::Denied(d) => d,
+    }
+}
+
+/// Run every check. `ns` keeps subjects of different runs apart on a shared server.
+pub async fn run<S: Store + StoreAdmin>(s: &S, ns: &str) {
+    // Time only moves forward across the checks, as it does for a real store.
+    all_or_nothing(s, &format!("{ns}a")).await;
+    commit_reconciles(s, &format!("{ns}b")).await;
+    leases_expire(s, &format!("{ns}d")).await;
+    gates(s, &format!("{ns}e")).await;
+    admin(s, &format!("{ns}f")).await;
+    windows_roll(s, &format!("{ns}c")).await;
+}
+
+async fn all_or_nothing<S: Store + StoreAdmin>(s: &S, p: &str) {
+    let k = format!("{p}/k");
+    let id = granted(
+        s,
+        reserve(
+            1_000,
+            vec![
+                line(p, "tpm", 100, 60, 60_000),
+                line(&k, "rpm", 2, 1, 60_000),
+            ],
+            &[],
+        ),
+    )
+    .await;
+    let d = denied(
+        s,
+        reserve(
+            1_000,
+            vec![
+                line(p, "tpm", 100, 50, 60_000),
+                line(&k, "rpm", 2, 1, 60_000),
+            ],
+            &[],
+        ),
+    )
+    .await;
+    assert_eq!(d.subject.as_str(), p, "the tpm line refuses");
+    assert!(
+        matches!(
+            d.reason,
+            DenialReason::Exhausted {
+                used: 0,
+                reserved: 60,
+                amount: 50,
+                ..
+            }
+        ),
+        "{d:?}"
+    );
+    assert_eq!(d.retry_at, Some(Timestamp(60_000)));
+    assert_eq!(
+        counter(s, &k, "rpm").await.reserved,
+        1,
+        "a denial writes nothing"
+    );
+    let d = denied(
+        s,
+        reserve(1_000, vec![line(p, "tpm", 100, 101, 60_000)], &[]),
+    )
+    .await;
+    assert!(
+        matches!(d.reason, DenialReason::NeverFits { .. }) && d.retry_at.is_none(),
+        "{d:?}"
+    );
+    s.release(id).await.unwrap();
+    assert_eq!(counter(s, p, "tpm").await.reserved, 0);
+    assert_eq!(counter(s, &k, "rpm").await.reserved, 0);
+}
+
+async fn commit_reconciles<S: Store + StoreAdmin>(s: &S, p: &str) {
+    let id = granted(
+        s,
+        reserve(1_000, vec![line(p, "tpm", 100, 30, 60_000)], &[]),
+    )
+    .await;
+    s.commit(id, Timestamp(2_000), vec![line(p, "tpm", 100, 45, 60_000)])
+        .await
+        .unwrap();
+    let c = counter(s, p, "tpm").await;
+    assert_eq!(
+        (c.used, c.reserved, c.capacity),
+        (45, 0, 100),
+        "usage may exceed the estimate"
+    );
+    // A commit of an unknown (expired, swept) lease still records usage.
+    s.commit(
+        LeaseId(u64::MAX / 2),
+        Timestamp(3_000),
+        vec![line(p, "tpm", 100, 5, 60_000)],
+    )
+    .await
+    .unwrap();
+    assert_eq!(counter(s, p, "tpm").await.used, 50);
+    let d = denied(
+        s,
+        reserve(3_000, vec![line(p, "tpm", 100, 51, 60_000)], &[]),
+    )
+    .await;
+    assert!(
+        matches!(d.reason, DenialReason::Exhausted { used: 50, .. }),
+        "{d:?}"
+    );
+}
+
+async fn windows_roll<S: Store + StoreAdmin>(s: &S, p: &str) {
+    let id = granted(s, reserve(1_000, vec![line(p, "rpm", 1, 1, 60_000)], &[])).await;
+    denied(s, reserve(9_999, vec![line(p, "rpm", 1, 1, 60_000)], &[])).await;
+    s.commit(id, Timestamp(2_000), vec![line(p, "rpm", 1, 1, 60_000)])
+        .await
+        .unwrap();
+    // The next window starts afresh.
+    let id2 = granted(s, reserve(60_000, vec![line(p, "rpm", 1, 1, 120_000)], &[])).await;
+    let c = counter(s, p, "rpm").await;
+    assert_eq!(
+        (c.used, c.reserved, c.window.end),
+        (0, 1, Timestamp(120_000))
+    );
+    s.release(id2).await.unwrap();
+}
+
+async fn leases_expire<S: Store + StoreAdmin>(s: &S, p: &str) {
+    let _lost = granted(s, reserve(1_000, vec![line(p, "rpm", 1, 1, 60_000)], &[])).await;
+    denied(s, reserve(5_000, vec![line(p, "rpm", 1, 1, 60_000)], &[])).await;
+    // lease_ttl_ms = 10 s: after it, the reservation is swept.
+    let id = granted(s, reserve(11_001, vec![line(p, "rpm", 1, 1, 60_000)], &[])).await;
+    assert_eq!(counter(s, p, "rpm").await.reserved, 1);
+    s.release(id).await.unwrap();
+}
+
+async fn gates<S: Store + StoreAdmin>(s: &S, p: &str) {
+    let k = format!("{p}/k");
+    s.set_cooldown(Subject::new(&k), Timestamp(25000))
+        .await
+        .unwrap();
+    s.set_cooldown(Subject::new(&k), Timestamp(24000))
+        .await
+        .unwrap(); // never shortens
+    let d = denied(
+        s,
+        reserve(21000, vec![line(p, "rpm", 10, 1, 60_000)], &[p, &k]),
+    )
+    .await;
+    assert_eq!(
+        (d.reason.clone(), d.retry_at),
+        (DenialReason::Cooldown, Some(Timestamp(25000)))
+    );
+    assert_eq!(d.subject.as_str(), k);
+    let id = granted(
+        s,
+        reserve(25000, vec![line(p, "rpm", 10, 1, 60_000)], &[p, &k]),
+    )
+    .await;
+    s.release(id).await.unwrap();
+    s.set_disabled(Subject::new(p), true).await.unwrap();
+    let d = denied(s, reserve(26000, vec![], &[p, &k])).await;
+    assert_eq!((d.reason, d.retry_at), (DenialReason::Disabled, None));
+    s.set_disabled(Subject::new(p), false).await.unwrap();
+    granted(s, reserve(26000, vec![], &[p, &k])).await;
+}
+
+async fn admin<S: Store + StoreAdmin>(s: &S, p: &str) {
+    let k = format!("{p}/k");
+    let l = line(&k, "rpm", 10, 0, 60_000);
+    let c = s
+        .update(l.clone(), AdminOp::SetUsed(7), Timestamp(21000))
+        .await
+        .unwrap();
+    assert_eq!((c.used, c.capacity), (7, 10));
+    let c = s
+        .update(l.clone(), AdminOp::AdjustUsed(-9), Timestamp(21000))
+        .await
+        .unwrap();
+    assert_eq!(c.used, 0, "floored at 0");
+    let c = s
+        .update(l.clone(), AdminOp::AdjustUsed(4), Timestamp(21000))
+        .await
+        .unwrap();
+    assert_eq!(c.used, 4);
+    let c = s
+        .update(l.clone(), AdminOp::SetTtl { secs: 3600 }, Timestamp(22000))
+        .await
+        .unwrap();
+    assert_eq!(
+        (c.window.start, c.window.end, c.used),
+        (Timestamp(22000), Timestamp(3_622_000), 4)
+    );
+    let mut bigger = l.clone();
+    bigger.capacity = 20;
+    let c = s
+        .update(
+            bigger,
+            AdminOp::Sync {
+                custom_ttl_ms: None,
+            },
+            Timestamp(23000),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (c.capacity, c.used, c.window.end),
+        (20, 4, Timestamp(60_000))
+    );
+
+    s.set_score(Subject::new(&k), Some(0.25)).await.unwrap();
+    let sc = s
+        .scores(
+            Timestamp(23000),
+            vec![(Subject::new(&k), vec![line(&k, "rpm", 20, 0, 60_000)])],
+        )
+        .await
+        .unwrap();
+    assert_eq!(sc, vec![0.25]);
+    let id = granted(s, reserve(23000, vec![line(&k, "rpm", 20, 1, 60_000)], &[])).await;
+    s.commit(id, Timestamp(23000), vec![line(&k, "rpm", 20, 1, 60_000)])
+        .await
+        .unwrap();
+    let sc = s
+        .scores(
+            Timestamp(23000),
+            vec![(Subject::new(&k), vec![line(&k, "rpm", 20, 0, 60_000)])],
+        )
+        .await
+        .unwrap();
+    assert!(
+        (sc[0] - 0.75).abs() < 1e-9,
+        "a usage change ends the override: {sc:?}"
+    );
+
+    let snap = s.snapshot(p).await.unwrap();
+    assert!(snap.iter().any(|x| x.subject == k), "{snap:?}");
+    assert_eq!(s.reset(p).await.unwrap(), 1);
+    assert!(
+        s.snapshot(p).await.unwrap().is_empty(),
+        "reset clears the provider and its keys"
+    );
+}

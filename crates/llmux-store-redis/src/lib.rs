@@ -1,0 +1,545 @@
+//! `RedisStore`: the store several gateway replicas share. Nothing home-made replaces Redis:
+//! every check-and-write is one Lua script (`src/lua/*_v1.lua`), one round trip, atomic on the
+//! server, so no replica slips between another's check and write.
+//!
+//! Key layout under `PREFIX:v1:{PREFIX}:` (the `{PREFIX}` hash tag puts every key of one llmux
+//! deployment in one slot, so a reservation across provider, key and model subjects stays one
+//! atomic script on Redis Cluster and Valkey too):
+//! `c:SUBJECT|RESOURCE` counter hashes (`cap used res ws we`, expiring an hour after their
+//! window ends), `f:SUBJECT` flag hashes (`cool dis score`), `leases` + `lexp` (reservations
+//! and their expiry), `seq`, and the `index` / `fidx` sets the CLI lists state from.
+//!
+//! The connection is made lazily and then kept by redis' `ConnectionManager`, which reconnects
+//! by itself: a gateway starts while Redis is down (calls fail with `StoreError::Unavailable`)
+//! and recovers when it returns.
+
+use llmux_core::store::{
+    score, score_of, AdminOp, Admission, Counter, Denial, DenialReason, Flags, LeaseId, Line,
+    Reserve, Store, StoreAdmin, StoreError, SubjectState,
+};
+use llmux_core::{Subject, Timestamp, Window};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{Script, Value};
+use std::sync::Arc;
+use std::time::Duration;
+
+struct Scripts {
+    reserve: Script,
+    commit: Script,
+    release: Script,
+    cooldown: Script,
+    admin: Script,
+    reset: Script,
+}
+
+/// A [`Store`] in Redis. Cloning shares the connection.
+#[derive(Clone)]
+pub struct RedisStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: redis::Client,
+    conn: parking_lot::Mutex<Option<ConnectionManager>>,
+    /// `PREFIX:v1:{PREFIX}:`
+    base: String,
+    scripts: Scripts,
+    /// Keeps counters this long past their window so late commits find them.
+    linger_ms: i64,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL may hold a password: never print it.
+        f.debug_struct("RedisStore")
+            .field("base", &self.inner.base)
+            .finish()
+    }
+}
+
+fn unavailable(e: redis::RedisError) -> StoreError {
+    StoreError::Unavailable(format!("redis: {e}"))
+}
+
+/// How long a call may take before the store counts as unreachable.
+const TIMEOUT: Duration = Duration::from_secs(2);
+
+impl RedisStore {
+    /// A store at `url` (`redis://…`) under `prefix`. Connects on first use.
+    pub fn open(url: &str, prefix: &str) -> Result<RedisStore, StoreError> {
+        let client = redis::Client::open(url)
+            .map_err(|e| StoreError::Unavailable(format!("invalid redis url: {e}")))?;
+        Ok(RedisStore {
+            inner: Arc::new(Inner {
+                client,
+                conn: parking_lot::Mutex::new(None),
+                base: format!("{prefix}:v1:{{{prefix}}}:"),
+                scripts: Scripts {
+                    reserve: Script::new(include_str!("lua/reserve_v1.lua")),
+                    commit: Script::new(include_str!("lua/commit_v1.lua")),
+                    release: Script::new(include_str!("lua/release_v1.lua")),
+                    cooldown: Script::new(include_str!("lua/cooldown_v1.lua")),
+                    admin: Script::new(include_str!("lua/admin_v1.lua")),
+                    reset: Script::new(include_str!("lua/reset_v1.lua")),
+                },
+                linger_ms: 3_600_000,
+            }),
+        })
+    }
+
+    /// Connect now (e.g. to report an unreachable Redis at start-up).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let mut c = self.conn().await?;
+        redis::cmd("PING")
+            .query_async::<String>(&mut c)
+            .await
+            .map(|_| ())
+            .map_err(unavailable)
+    }
+
+    async fn conn(&self) -> Result<ConnectionManager, StoreError> {
+        if let Some(c) = self.inner.conn.lock().clone() {
+            return Ok(c);
+        }
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(TIMEOUT))
+            .set_response_timeout(Some(TIMEOUT))
+            .set_number_of_retries(1);
+        let c = tokio::time::timeout(
+            TIMEOUT * 2,
+            ConnectionManager::new_with_config(self.inner.client.clone(), config),
+        )
+        .await
+        .map_err(|_| StoreError::Unavailable("redis: connection timed out".into()))?
+        .map_err(unavailable)?;
+        *self.inner.conn.lock() = Some(c.clone());
+        Ok(c)
+    }
+
+    fn key(&self, rest: &str) -> String {
+        format!("{}{rest}", self.inner.base)
+    }
+    fn counter_key(&self, subject: &str, resource: &str) -> String {
+        format!("{}c:{subject}|{resource}", self.inner.base)
+    }
+    fn flags_key(&self, subject: &str) -> String {
+        format!("{}f:{subject}", self.inner.base)
+    }
+
+    async fn flags(
+        &self,
+        c: &mut ConnectionManager,
+        subjects: &[&str],
+    ) -> Result<Vec<Flags>, StoreError> {
+        if subjects.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for s in subjects {
+            pipe.cmd("HMGET")
+                .arg(self.flags_key(s))
+                .arg("cool")
+                .arg("dis")
+                .arg("score");
+        }
+        let rows: Vec<(Option<i64>, Option<String>, Option<f64>)> =
+            pipe.query_async(c).await.map_err(unavailable)?;
+        Ok(rows
+            .into_iter()
+            .map(|(cool, dis, score)| Flags {
+                cooldown_until: cool.map(Timestamp),
+                disabled: dis.as_deref() == Some("1"),
+                score,
+            })
+            .collect())
+    }
+
+    async fn counters(
+        &self,
+        c: &mut ConnectionManager,
+        keys: &[String],
+    ) -> Result<Vec<Option<Counter>>, StoreError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for k in keys {
+            pipe.cmd("HMGET")
+                .arg(k)
+                .arg("cap")
+                .arg("used")
+                .arg("res")
+                .arg("ws")
+                .arg("we");
+        }
+        type Row = (
+            Option<u64>,
+            Option<u64>,
+            Option<u64>,
+            Option<i64>,
+            Option<i64>,
+        );
+        let rows: Vec<Row> = pipe.query_async(c).await.map_err(unavailable)?;
+        Ok(rows
+            .into_iter()
+            .map(|r| match r {
+                (Some(capacity), used, reserved, Some(ws), Some(we)) => Some(Counter {
+                    capacity,
+                    used: used.unwrap_or(0),
+                    reserved: reserved.unwrap_or(0),
+                    window: Window {
+                        start: Timestamp(ws),
+                        end: Timestamp(we),
+                    },
+                }),
+                _ => None,
+            })
+            .collect())
+    }
+}
+
+fn line_args(inv: &mut redis::ScriptInvocation<'_>, l: &Line) {
+    inv.arg(format!("{}|{}", l.subject, l.resource))
+        .arg(l.window.start.0)
+        .arg(l.window.end.0)
+        .arg(l.capacity)
+        .arg(l.amount);
+}
+
+fn int(v: &Value) -> i64 {
+    match v {
+        Value::Int(i) => *i,
+        Value::BulkString(b) => std::str::from_utf8(b)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0),
+        _ => 0,
+    }
+}
+
+fn text(v: &Value) -> String {
+    match v {
+        Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+        Value::SimpleString(s) => s.clone(),
+        other => format!("{other:?}"),
+    }
+}
+
+impl Store for RedisStore {
+    async fn reserve(&self, r: Reserve) -> Result<Admission, StoreError> {
+        let mut c = self.conn().await?;
+        let s = &self.inner.scripts.reserve;
+        let mut inv = s.prepare_invoke();
+        inv.key(self.key("seq"))
+            .key(self.key("leases"))
+            .key(self.key("lexp"))
+            .key(self.key("index"));
+        for l in &r.lines {
+            inv.key(self.counter_key(l.subject.as_str(), &l.resource));
+        }
+        for g in &r.gates {
+            inv.key(self.flags_key(g.as_str()));
+        }
+        inv.arg(r.now.0)
+            .arg(r.lease_ttl_ms)
+            .arg(r.lines.len())
+            .arg(r.gates.len());
+        for l in &r.lines {
+            line_args(&mut inv, l);
+        }
+        let out: Vec<Value> = inv.invoke_async(&mut c).await.map_err(unavailable)?;
+        if out.first().map(int) == Some(1) {
+            return Ok(Admission::Granted(LeaseId(
+                out.get(1).map(int).unwrap_or(0) as u64,
+            )));
+        }
+        let kind = out.get(1).map(text).unwrap_or_default();
+        let idx = out.get(2).map(int).unwrap_or(1).max(1) as usize - 1;
+        let num = |i: usize| out.get(i).map(int).unwrap_or(0);
+        let retry_at = (num(7) >= 0).then(|| Timestamp(num(7)));
+        let denial = match kind.as_str() {
+            "disabled" | "cooldown" => Denial {
+                subject: r
+                    .gates
+                    .get(idx)
+                    .cloned()
+                    .unwrap_or_else(|| Subject::new("?")),
+                reason: if kind == "disabled" {
+                    DenialReason::Disabled
+                } else {
+                    DenialReason::Cooldown
+                },
+                retry_at,
+            },
+            _ => {
+                let line = r
+                    .lines
+                    .get(idx)
+                    .ok_or_else(|| StoreError::Backend("bad reply from reserve_v1".into()))?;
+                let (capacity, used, reserved, amount) =
+                    (num(3) as u64, num(4) as u64, num(5) as u64, num(6) as u64);
+                Denial {
+                    subject: line.subject.clone(),
+                    reason: if kind == "never" {
+                        DenialReason::NeverFits {
+                            resource: line.resource.clone(),
+                            capacity,
+                            amount,
+                        }
+                    } else {
+                        DenialReason::Exhausted {
+                            resource: line.resource.clone(),
+                            capacity,
+                            used,
+                            reserved,
+                            amount,
+                        }
+                    },
+                    retry_at,
+                }
+            }
+        };
+        Ok(Admission::Denied(denial))
+    }
+
+    async fn commit(
+        &self,
+        lease: LeaseId,
+        now: Timestamp,
+        used: Vec<Line>,
+    ) -> Result<(), StoreError> {
+        let mut c = self.conn().await?;
+        let mut inv = self.inner.scripts.commit.prepare_invoke();
+        inv.key(self.key("leases"))
+            .key(self.key("lexp"))
+            .key(self.key("index"));
+        for l in &used {
+            inv.key(self.counter_key(l.subject.as_str(), &l.resource));
+        }
+        for l in &used {
+            inv.key(self.flags_key(l.subject.as_str()));
+        }
+        inv.arg(lease.0)
+            .arg(now.0)
+            .arg(used.len())
+            .arg(self.inner.linger_ms);
+        for l in &used {
+            line_args(&mut inv, l);
+        }
+        inv.invoke_async::<i64>(&mut c).await.map_err(unavailable)?;
+        Ok(())
+    }
+
+    fn commit_detached(&self, lease: LeaseId, now: Timestamp, used: Vec<Line>) {
+        let store = self.clone();
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) => {
+                h.spawn(async move {
+                    if let Err(e) = store.commit(lease, now, used).await {
+                        tracing::warn!(error = %e, "could not record usage in redis");
+                    }
+                });
+            }
+            Err(_) => tracing::warn!("no runtime to record usage in redis"),
+        }
+    }
+
+    async fn release(&self, lease: LeaseId) -> Result<(), StoreError> {
+        let mut c = self.conn().await?;
+        self.inner
+            .scripts
+            .release
+            .key(self.key("leases"))
+            .key(self.key("lexp"))
+            .arg(lease.0)
+            .invoke_async::<i64>(&mut c)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn set_cooldown(&self, subject: Subject, until: Timestamp) -> Result<(), StoreError> {
+        let mut c = self.conn().await?;
+        self.inner
+            .scripts
+            .cooldown
+            .key(self.flags_key(subject.as_str()))
+            .key(self.key("fidx"))
+            .arg(until.0)
+            .arg(subject.as_str())
+            .invoke_async::<i64>(&mut c)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn set_disabled(&self, subject: Subject, disabled: bool) -> Result<(), StoreError> {
+        let mut c = self.conn().await?;
+        redis::pipe()
+            .atomic()
+            .cmd("HSET")
+            .arg(self.flags_key(subject.as_str()))
+            .arg("dis")
+            .arg(if disabled { "1" } else { "0" })
+            .ignore()
+            .cmd("SADD")
+            .arg(self.key("fidx"))
+            .arg(subject.as_str())
+            .ignore()
+            .query_async::<()>(&mut c)
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn scores(
+        &self,
+        now: Timestamp,
+        subjects: Vec<(Subject, Vec<Line>)>,
+    ) -> Result<Vec<f64>, StoreError> {
+        let mut c = self.conn().await?;
+        let names: Vec<&str> = subjects.iter().map(|(s, _)| s.as_str()).collect();
+        let flags = self.flags(&mut c, &names).await?;
+        let keys: Vec<String> = subjects
+            .iter()
+            .flat_map(|(_, ls)| {
+                ls.iter()
+                    .map(|l| self.counter_key(l.subject.as_str(), &l.resource))
+            })
+            .collect();
+        let mut counters = self.counters(&mut c, &keys).await?.into_iter();
+        Ok(subjects
+            .iter()
+            .zip(flags)
+            .map(|((_, ls), f)| {
+                let pairs: Vec<(Line, Option<Counter>)> = ls
+                    .iter()
+                    .map(|l| (l.clone(), counters.next().flatten()))
+                    .collect();
+                score_of(&f, &pairs, now)
+            })
+            .collect())
+    }
+}
+
+impl StoreAdmin for RedisStore {
+    async fn snapshot(&self, subject: &str) -> Result<Vec<SubjectState>, StoreError> {
+        let mut c = self.conn().await?;
+        let matches = |s: &str| s == subject || s.starts_with(&format!("{subject}/"));
+        let members: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(self.key("index"))
+            .query_async(&mut c)
+            .await
+            .map_err(unavailable)?;
+        let mut pairs: Vec<(String, String)> = members
+            .iter()
+            .filter_map(|m| m.rsplit_once('|'))
+            .filter(|(s, _)| matches(s))
+            .map(|(s, r)| (s.to_string(), r.to_string()))
+            .collect();
+        pairs.sort();
+        let keys: Vec<String> = pairs.iter().map(|(s, r)| self.counter_key(s, r)).collect();
+        let counters = self.counters(&mut c, &keys).await?;
+        let mut out: std::collections::BTreeMap<String, SubjectState> = Default::default();
+        for ((s, r), ctr) in pairs.into_iter().zip(counters) {
+            let Some(ctr) = ctr else { continue }; // expired with its window
+            out.entry(s.clone())
+                .or_insert_with(|| SubjectState {
+                    subject: s,
+                    ..Default::default()
+                })
+                .resources
+                .push((r, ctr));
+        }
+        let flagged: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(self.key("fidx"))
+            .query_async(&mut c)
+            .await
+            .map_err(unavailable)?;
+        let flagged: Vec<&str> = flagged
+            .iter()
+            .map(String::as_str)
+            .filter(|s| matches(s))
+            .collect();
+        let flags = self.flags(&mut c, &flagged).await?;
+        for (s, f) in flagged.into_iter().zip(flags) {
+            out.entry(s.to_string())
+                .or_insert_with(|| SubjectState {
+                    subject: s.to_string(),
+                    ..Default::default()
+                })
+                .flags = f;
+        }
+        let _ = score;
+        Ok(out.into_values().collect())
+    }
+
+    async fn update(&self, line: Line, op: AdminOp, now: Timestamp) -> Result<Counter, StoreError> {
+        let mut c = self.conn().await?;
+        let (name, value): (&str, i64) = match op {
+            AdminOp::SetUsed(v) => ("set_used", v as i64),
+            AdminOp::AdjustUsed(d) => ("adjust", d),
+            AdminOp::SetTtl { secs } => ("ttl", secs as i64),
+            AdminOp::Sync { custom_ttl_ms } => ("sync", custom_ttl_ms.unwrap_or(-1)),
+        };
+        let out: Vec<i64> = self
+            .inner
+            .scripts
+            .admin
+            .key(self.counter_key(line.subject.as_str(), &line.resource))
+            .key(self.key("index"))
+            .arg(name)
+            .arg(now.0)
+            .arg(format!("{}|{}", line.subject, line.resource))
+            .arg(line.window.start.0)
+            .arg(line.window.end.0)
+            .arg(line.capacity)
+            .arg(value)
+            .arg(self.inner.linger_ms)
+            .invoke_async(&mut c)
+            .await
+            .map_err(unavailable)?;
+        let get = |i: usize| out.get(i).copied().unwrap_or(0);
+        Ok(Counter {
+            capacity: get(0) as u64,
+            used: get(1) as u64,
+            reserved: get(2) as u64,
+            window: Window {
+                start: Timestamp(get(3)),
+                end: Timestamp(get(4)),
+            },
+        })
+    }
+
+    async fn set_score(&self, subject: Subject, score: Option<f64>) -> Result<(), StoreError> {
+        let mut c = self.conn().await?;
+        let key = self.flags_key(subject.as_str());
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        match score {
+            Some(v) => pipe.cmd("HSET").arg(&key).arg("score").arg(v).ignore(),
+            None => pipe.cmd("HDEL").arg(&key).arg("score").ignore(),
+        };
+        pipe.cmd("SADD")
+            .arg(self.key("fidx"))
+            .arg(subject.as_str())
+            .ignore();
+        pipe.query_async::<()>(&mut c).await.map_err(unavailable)
+    }
+
+    async fn reset(&self, subject: &str) -> Result<usize, StoreError> {
+        let mut c = self.conn().await?;
+        let n: i64 = self
+            .inner
+            .scripts
+            .reset
+            .key(self.key("index"))
+            .key(self.key("fidx"))
+            .arg(subject)
+            .arg(self.key("c:"))
+            .arg(self.key("f:"))
+            .invoke_async(&mut c)
+            .await
+            .map_err(unavailable)?;
+        Ok(n as usize)
+    }
+}

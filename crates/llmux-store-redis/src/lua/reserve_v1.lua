@@ -1,0 +1,72 @@
+-- llmux reserve_v1: check every line and gate, then write all or nothing.
+-- Versioned name: a rolling deploy may run two versions of llmux on one Redis; a changed
+-- script gets a new name (reserve_v2) instead of changing meaning under old callers.
+-- KEYS: seq, leases, lease_expiry, index, then nl counter keys, then ng flag keys.
+-- ARGV: now_ms, lease_ttl_ms, nl, ng, then per line: member, window_start, window_end,
+--       capacity, amount.
+-- Returns {1, lease_id} or {0, kind, line_or_gate, capacity, used, reserved, amount, retry_at}.
+local now = tonumber(ARGV[1])
+local ttl = tonumber(ARGV[2])
+local nl = tonumber(ARGV[3])
+local ng = tonumber(ARGV[4])
+
+local function release(id)
+  local rec = redis.call('HGET', KEYS[2], id)
+  redis.call('HDEL', KEYS[2], id)
+  redis.call('ZREM', KEYS[3], id)
+  if not rec then return end
+  for k, a in string.gmatch(rec, '([^\t\n]+)\t(%d+)') do
+    if redis.call('EXISTS', k) == 1 then
+      local r = tonumber(redis.call('HGET', k, 'res') or '0') - tonumber(a)
+      if r < 0 then r = 0 end
+      redis.call('HSET', k, 'res', r)
+    end
+  end
+end
+
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, 100)) do
+  release(id)
+end
+
+for g = 1, ng do
+  local f = redis.call('HMGET', KEYS[4 + nl + g], 'cool', 'dis')
+  if f[2] == '1' then return {0, 'disabled', g, 0, 0, 0, 0, -1} end
+  if f[1] and tonumber(f[1]) > now then return {0, 'cooldown', g, 0, 0, 0, 0, tonumber(f[1])} end
+end
+
+local state = {}
+local worst = nil
+for i = 1, nl do
+  local b = 4 + (i - 1) * 5
+  local ws, we = tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3])
+  local cap, amt = tonumber(ARGV[b + 4]), tonumber(ARGV[b + 5])
+  local c = redis.call('HMGET', KEYS[4 + i], 'used', 'res', 'ws', 'we')
+  local used, res = tonumber(c[1] or '0'), tonumber(c[2] or '0')
+  local cws, cwe = tonumber(c[3] or ws), tonumber(c[4] or we)
+  if now >= cwe then used = 0; cws = ws; cwe = we end
+  state[i] = {used, res, cws, cwe, cap, amt}
+  if used + res + amt > cap then
+    local d
+    if amt > cap then
+      d = {0, 'never', i, cap, used, res, amt, -1}
+    else
+      d = {0, 'exhausted', i, cap, used, res, amt, cwe}
+    end
+    if worst == nil or (worst[8] ~= -1 and (d[8] == -1 or d[8] > worst[8])) then worst = d end
+  end
+end
+if worst then return worst end
+
+local id = redis.call('INCR', KEYS[1])
+local rec = {}
+for i = 1, nl do
+  local s = state[i]
+  local k = KEYS[4 + i]
+  redis.call('HSET', k, 'cap', s[5], 'used', s[1], 'res', s[2] + s[6], 'ws', s[3], 'we', s[4])
+  redis.call('PEXPIRE', k, math.max(s[4] - now, 0) + ttl)
+  redis.call('SADD', KEYS[4], ARGV[4 + (i - 1) * 5 + 1])
+  rec[#rec + 1] = k .. '\t' .. s[6]
+end
+redis.call('HSET', KEYS[2], id, table.concat(rec, '\n'))
+redis.call('ZADD', KEYS[3], now + ttl, id)
+return {1, id}
