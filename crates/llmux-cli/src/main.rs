@@ -209,7 +209,16 @@ fn serve(config: llmux::Config) -> anyhow::Result<()> {
         .init();
     runtime()?.block_on(async move {
         let addr = config.listen;
+        let policy = config.on_store_error;
         let router = llmux::Router::from_config(config).context("cannot start the router")?;
+        if let Err(e) = router.store().ping().await {
+            tracing::error!(
+                error = %e,
+                policy = ?policy,
+                "the {} store is unreachable; serving by the on_store_error policy and reconnecting by itself",
+                router.store().kind()
+            );
+        }
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen on {addr}"))?;

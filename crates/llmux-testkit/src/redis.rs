@@ -48,6 +48,19 @@ impl RedisServer {
                 dir: None,
             });
         }
+        RedisServer::start_owned()
+    }
+
+    /// A server of this test's own, which it may stop and restart (outage tests), even when
+    /// `LLMUX_TEST_REDIS_URL` names a shared one.
+    ///
+    /// # Panics
+    /// Under `CI` when `redis-server` is not installed.
+    #[allow(
+        clippy::panic,
+        reason = "test support: under CI a missing Redis must fail the test"
+    )]
+    pub fn start_owned() -> Option<RedisServer> {
         let found = Command::new("redis-server")
             .arg("--version")
             .stdout(Stdio::null())

@@ -36,6 +36,8 @@ pub struct Lease {
     pub(crate) stats: Arc<TargetStats>,
     pub(crate) _slot: Option<PoolSlot>,
     pub(crate) settled: bool,
+    /// Reserved in the process-local fallback store (fail-open while the store was down).
+    pub(crate) local: bool,
 }
 
 impl std::fmt::Debug for Lease {
@@ -83,8 +85,24 @@ impl Lease {
         self.settled = true;
         self.stats.record_success(latency);
         let used = self.used_lines(&usage);
+        self.commit_lines(used).await
+    }
+
+    async fn commit_lines(&self, used: Vec<llmux_core::Line>) -> Result<(), StoreError> {
         let now = self.inner.clock.now();
-        self.inner.store.commit(self.id, now, used).await
+        if self.local {
+            self.inner.fallback.commit(self.id, now, used).await
+        } else {
+            self.inner.store.commit(self.id, now, used).await
+        }
+    }
+
+    async fn release_now(&self) -> Result<(), StoreError> {
+        if self.local {
+            self.inner.fallback.release(self.id).await
+        } else {
+            self.inner.store.release(self.id).await
+        }
     }
 
     /// The upstream answered 429: release the reservation and cool the key down for
@@ -107,14 +125,13 @@ impl Lease {
         self.settled = true;
         self.stats.record_failure();
         let used = self.used_lines(&Usage::default());
-        let now = self.inner.clock.now();
-        self.inner.store.commit(self.id, now, used).await
+        self.commit_lines(used).await
     }
 
     /// Give the reservation back: the upstream never saw the request.
     pub async fn release(mut self) -> Result<(), StoreError> {
         self.settled = true;
-        self.inner.store.release(self.id).await
+        self.release_now().await
     }
 
     /// Settle as [`Lease::complete`] without waiting (the gateway's path: the client never
@@ -124,7 +141,11 @@ impl Lease {
         self.stats.record_success(latency);
         let used = self.used_lines(&usage);
         let now = self.inner.clock.now();
-        self.inner.store.commit_detached(self.id, now, used);
+        if self.local {
+            self.inner.fallback.commit_detached(self.id, now, used);
+        } else {
+            self.inner.store.commit_detached(self.id, now, used);
+        }
     }
 }
 
@@ -132,7 +153,7 @@ impl Drop for Lease {
     fn drop(&mut self) {
         self.stats.finish();
         if !self.settled {
-            let _ = self.inner.orphans.send(self.id);
+            let _ = self.inner.orphans.send((self.id, self.local));
         }
     }
 }

@@ -13,11 +13,13 @@ use crate::store::AnyStore;
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use http::HeaderMap;
-use llmux_core::config::{Config, GatewayKey, ProviderKind, Strategy};
+use llmux_core::config::{Config, GatewayKey, OnStoreError, ProviderKind, Strategy};
 use llmux_core::plan::{gateway_key_bounds, lines, plan_pool, Bound, PlannedPool};
 use llmux_core::select::{order, Candidate};
 use llmux_core::store::{Admission, Denial, DenialReason, LeaseId, Reserve, Store};
-use llmux_core::{Clock, ProviderId, Subject, SystemClock, TargetId, Timestamp, Usage};
+use llmux_core::{
+    Clock, MemoryStore, ProviderId, Subject, SystemClock, TargetId, Timestamp, Usage,
+};
 use parking_lot::Mutex;
 use serde_json::{Map, Value};
 use std::collections::HashMap;
@@ -130,7 +132,9 @@ pub(crate) struct Inner {
     auto_models: bool,
     auto_pools: Mutex<HashMap<String, Arc<Pool>>>,
     cooldowns: Mutex<HashMap<Subject, Timestamp>>,
-    pub(crate) orphans: mpsc::UnboundedSender<LeaseId>,
+    pub(crate) orphans: mpsc::UnboundedSender<(LeaseId, bool)>,
+    /// Counts in this process while the store is unreachable (`on_store_error = "fail-open"`).
+    pub(crate) fallback: MemoryStore,
 }
 
 impl Inner {
@@ -138,6 +142,10 @@ impl Inner {
         let mut c = self.cooldowns.lock();
         let e = c.entry(subject.clone()).or_insert(until);
         *e = (*e).max(until);
+    }
+    /// Remember a disabled key locally too, so it stays out while the store is unreachable.
+    pub(crate) fn note_disabled(&self, subject: &Subject) {
+        self.note_cooldown(subject, Timestamp(i64::MAX));
     }
     fn known_cooldown(&self, subject: &Subject, now: Timestamp) -> Option<Timestamp> {
         let c = self.cooldowns.lock();
@@ -338,13 +346,20 @@ impl RouterBuilder {
                 )
             })
             .collect();
-        let (orphans, mut rx) = mpsc::unbounded_channel::<LeaseId>();
+        let (orphans, mut rx) = mpsc::unbounded_channel::<(LeaseId, bool)>();
         let reaper_store = store.clone();
+        let fallback = MemoryStore::new();
+        let reaper_fallback = fallback.clone();
         tokio::runtime::Handle::try_current()
             .map_err(|_| RouteError::BadRequest("Router::build needs a tokio runtime".into()))?
             .spawn(async move {
-                while let Some(id) = rx.recv().await {
-                    if let Err(e) = reaper_store.release(id).await {
+                while let Some((id, local)) = rx.recv().await {
+                    let done = if local {
+                        reaper_fallback.release(id).await
+                    } else {
+                        reaper_store.release(id).await
+                    };
+                    if let Err(e) = done {
                         tracing::warn!(error = %e, "could not release an abandoned reservation");
                     }
                 }
@@ -361,6 +376,7 @@ impl RouterBuilder {
                 auto_pools: Mutex::new(HashMap::new()),
                 cooldowns: Mutex::new(HashMap::new()),
                 orphans,
+                fallback,
             }),
         })
     }
@@ -551,7 +567,14 @@ impl Router {
             }
         }
         let names: Vec<Subject> = subjects.iter().map(|(s, _)| s.clone()).collect();
-        let values = self.inner.store.scores(now, subjects).await?;
+        let values = match self.inner.store.scores(now, subjects).await {
+            Ok(v) => v,
+            Err(e) if self.inner.config.on_store_error == OnStoreError::FailOpen => {
+                tracing::error!(error = %e, "store unreachable: scoring on local figures only");
+                return Ok(None);
+            }
+            Err(e) => return Err(e.into()),
+        };
         let of = |s: &Subject| names.iter().position(|n| n == s).map_or(1.0, |i| values[i]);
         Ok(Some(
             pool.plan
@@ -611,7 +634,28 @@ impl Router {
             lines: ls,
             gates: t.gates.clone(),
         };
-        match self.inner.store.reserve(reserve).await? {
+        let fail_open = self.inner.config.on_store_error == OnStoreError::FailOpen;
+        let (admission, local) = if fail_open {
+            match self.inner.store.reserve(reserve.clone()).await {
+                Ok(a) => (a, false),
+                Err(e) => {
+                    tracing::error!(error = %e, "store unreachable: serving fail-open, counting in this process only");
+                    metrics::counter!("llmux_store_errors_total", "policy" => "fail-open")
+                        .increment(1);
+                    (self.inner.fallback.reserve(reserve).await?, true)
+                }
+            }
+        } else {
+            match self.inner.store.reserve(reserve).await {
+                Ok(a) => (a, false),
+                Err(e) => {
+                    metrics::counter!("llmux_store_errors_total", "policy" => "fail-closed")
+                        .increment(1);
+                    return Err(e.into());
+                }
+            }
+        };
+        match admission {
             Admission::Denied(d) => {
                 if let (DenialReason::Cooldown, Some(until)) = (&d.reason, d.retry_at) {
                     self.inner.note_cooldown(&d.subject, until);
@@ -635,6 +679,7 @@ impl Router {
                     stats,
                     _slot: slot,
                     settled: false,
+                    local,
                 }))
             }
         }
@@ -830,7 +875,10 @@ impl Router {
                             tracing::warn!(target = %label, status, "upstream refused the key: disabling it");
                             let subject = lease.key_subject.clone();
                             lease.failed().await?;
-                            self.inner.store.set_disabled(subject, true).await?;
+                            self.inner.note_disabled(&subject);
+                            if let Err(e) = self.inner.store.set_disabled(subject, true).await {
+                                tracing::error!(error = %e, "could not record the disabled key in the store");
+                            }
                             out.failure = Some((format!("{label} answered {status}"), false));
                             continue;
                         } else {

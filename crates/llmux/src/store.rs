@@ -6,12 +6,14 @@ use llmux_core::store::{
     SubjectState,
 };
 use llmux_core::{MemoryStore, Subject, Timestamp};
+use llmux_store_redis::RedisStore;
 use llmux_store_sqlite::SqliteStore;
 
 #[derive(Clone, Debug)]
 pub enum AnyStore {
     Memory(MemoryStore),
     Sqlite(SqliteStore),
+    Redis(RedisStore),
 }
 
 impl AnyStore {
@@ -20,9 +22,17 @@ impl AnyStore {
         match config {
             StoreConfig::Memory => Ok(AnyStore::Memory(MemoryStore::new())),
             StoreConfig::Sqlite { path } => Ok(AnyStore::Sqlite(SqliteStore::open(path)?)),
-            StoreConfig::Redis { .. } => Err(StoreError::Unavailable(
-                "the redis store is not available in this build yet; use kind = \"sqlite\"".into(),
-            )),
+            StoreConfig::Redis { url, prefix } => {
+                Ok(AnyStore::Redis(RedisStore::open(url, prefix)?))
+            }
+        }
+    }
+
+    /// Check the store answers (a network store may be down at start-up).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        match self {
+            AnyStore::Redis(r) => r.ping().await,
+            _ => Ok(()),
         }
     }
 
@@ -30,6 +40,7 @@ impl AnyStore {
         match self {
             AnyStore::Memory(_) => "memory",
             AnyStore::Sqlite(_) => "sqlite",
+            AnyStore::Redis(_) => "redis",
         }
     }
 }
@@ -39,6 +50,7 @@ macro_rules! dispatch {
         match $self {
             AnyStore::Memory($s) => $e,
             AnyStore::Sqlite($s) => $e,
+            AnyStore::Redis($s) => $e,
         }
     };
 }

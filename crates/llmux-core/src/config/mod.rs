@@ -72,9 +72,20 @@ pub struct Config {
     pub request_timeout_secs: u64,
     pub lease_ttl_secs: u64,
     pub store: StoreConfig,
+    pub on_store_error: OnStoreError,
     pub providers: BTreeMap<ProviderId, Arc<Provider>>,
     pub models: BTreeMap<String, Arc<ModelPool>>,
     pub gateway_keys: Vec<GatewayKey>,
+}
+
+/// What the gateway does when the store cannot be reached.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OnStoreError {
+    /// Refuse requests with 503 until the store is back (the default).
+    #[default]
+    FailClosed,
+    /// Serve, counting in this process only, and log loudly.
+    FailOpen,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -438,6 +449,35 @@ impl Config {
             }
         }
         let store = check_store(&raw.store, out);
+        let on_store_error = match (
+            raw.on_store_error.as_deref(),
+            raw.store.on_store_error.as_deref(),
+        ) {
+            (Some(a), Some(b)) if a != b => {
+                out.push(
+                    "on_store_error",
+                    format!("{a:?} conflicts with store.on_store_error = {b:?}"),
+                );
+                OnStoreError::FailClosed
+            }
+            (Some(v), _) | (None, Some(v)) => match v {
+                "fail-closed" => OnStoreError::FailClosed,
+                "fail-open" => OnStoreError::FailOpen,
+                other => {
+                    let at = if raw.on_store_error.is_some() {
+                        "on_store_error"
+                    } else {
+                        "store.on_store_error"
+                    };
+                    out.push(
+                        at,
+                        format!("unknown policy {other:?}; expected fail-closed or fail-open"),
+                    );
+                    OnStoreError::FailClosed
+                }
+            },
+            (None, None) => OnStoreError::FailClosed,
+        };
 
         let shared = Shared {
             global_tz: &timezone,
@@ -519,6 +559,7 @@ impl Config {
             request_timeout_secs,
             lease_ttl_secs,
             store,
+            on_store_error,
             providers,
             models,
             gateway_keys,
@@ -581,10 +622,15 @@ fn check_store(s: &RawStore, out: &mut Issues) -> StoreConfig {
             } else if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
                 out.push("store.url", "must start with redis:// or rediss://");
             }
-            out.push(
-                "store.kind",
-                "the redis store is not available in this build yet; use \"sqlite\" or \"memory\"",
-            );
+            if s.prefix
+                .as_deref()
+                .is_some_and(|p| p.is_empty() || p.contains(['{', '}', ' ']))
+            {
+                out.push(
+                    "store.prefix",
+                    "must be non-empty, without braces or spaces",
+                );
+            }
             StoreConfig::Redis {
                 url,
                 prefix: s.prefix.clone().unwrap_or_else(|| "llmux".to_string()),

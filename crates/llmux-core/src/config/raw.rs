@@ -15,6 +15,8 @@ pub struct RawConfig {
     pub max_body_bytes: Option<u64>,
     pub request_timeout_secs: Option<u64>,
     pub lease_ttl_secs: Option<u64>,
+    /// Same as `store.on_store_error`.
+    pub on_store_error: Option<String>,
     #[serde(default)]
     pub store: RawStore,
     #[serde(default)]
@@ -32,6 +34,8 @@ pub struct RawStore {
     pub path: Option<String>,
     pub url: Option<String>,
     pub prefix: Option<String>,
+    /// What to do when the store cannot be reached: fail-closed | fail-open.
+    pub on_store_error: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

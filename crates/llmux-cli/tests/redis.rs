@@ -1,0 +1,309 @@
+//! Several `llmux serve` processes on one Redis share one exact truth, and a Redis outage is
+//! handled by the declared policy, without panics, with recovery when Redis returns.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use llmux_testkit::redis::RedisServer;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn write_config(
+    dir: &Path,
+    name: &str,
+    port: u16,
+    url: &str,
+    prefix: &str,
+    policy: &str,
+    resources: &str,
+) -> std::path::PathBuf {
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+listen = "127.0.0.1:{port}"
+on_store_error = "{policy}"
+[store]
+kind = "redis"
+url = "{url}"
+prefix = "{prefix}"
+[providers.demo]
+kind = "mock"
+mock = {{ prompt_tokens = 7, completion_tokens = 3 }}
+[[providers.demo.keys]]
+id = "k1"
+resources = [{resources}]
+[models.m]
+targets = [{{ provider = "demo", model = "x" }}]
+"#
+        ),
+    )
+    .unwrap();
+    path
+}
+
+struct Serving(std::process::Child);
+impl Drop for Serving {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn serve(cfg: &Path, port: u16) -> Serving {
+    let child = std::process::Command::new(assert_cmd::cargo::cargo_bin("llmux"))
+        .args(["serve", "--config"])
+        .arg(cfg)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "gateway did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Serving(child)
+}
+
+fn chat(port: u16) -> Option<u16> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(20))).ok()?;
+    let body = r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#;
+    write!(
+        s,
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    out.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// 400 requests at once, spread over `ports`; returns (200s, 429s).
+fn burst(ports: &[u16], n: usize) -> (usize, usize) {
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(n));
+    let handles: Vec<_> = (0..n)
+        .map(|i| {
+            let port = ports[i % ports.len()];
+            let b = barrier.clone();
+            std::thread::spawn(move || {
+                b.wait();
+                chat(port)
+            })
+        })
+        .collect();
+    let mut ok = 0;
+    let mut limited = 0;
+    for h in handles {
+        match h.join().unwrap() {
+            Some(200) => ok += 1,
+            Some(429) => limited += 1,
+            other => panic!("unexpected answer {other:?}"),
+        }
+    }
+    (ok, limited)
+}
+
+fn show_state(cfg: &Path) -> serde_json::Value {
+    let out = std::process::Command::new(assert_cmd::cargo::cargo_bin("llmux"))
+        .args(["show-state", "demo/k1", "--json", "--config"])
+        .arg(cfg)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn three_gateways(
+    server: &RedisServer,
+    prefix: &str,
+    resources: &str,
+) -> (
+    tempfile::TempDir,
+    Vec<Serving>,
+    Vec<u16>,
+    std::path::PathBuf,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut procs = Vec::new();
+    let mut ports = Vec::new();
+    let mut first = None;
+    for i in 0..3 {
+        let port = free_port();
+        let cfg = write_config(
+            dir.path(),
+            &format!("gw{i}"),
+            port,
+            server.url(),
+            prefix,
+            "fail-closed",
+            resources,
+        );
+        procs.push(serve(&cfg, port));
+        ports.push(port);
+        first.get_or_insert(cfg);
+    }
+    (dir, procs, ports, first.unwrap())
+}
+
+#[test]
+fn three_gateways_on_one_redis_admit_exactly_rpm_100_of_400() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let prefix = format!("rpm{}", std::process::id());
+    let (_dir, _procs, ports, cfg) = three_gateways(
+        &server,
+        &prefix,
+        r#"{ name = "rpm", value = 100, period = "minutely" }"#,
+    );
+    assert_eq!(burst(&ports, 400), (100, 300));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let v = show_state(&cfg);
+        let rpm = &v["subjects"][0]["resources"]["rpm"];
+        if rpm["used"] == 100 && rpm["reserved"] == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{v}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn three_gateways_share_a_token_limit_with_reconciliation() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let prefix = format!("tpm{}", std::process::id());
+    // Each request estimates about 8 tokens (no max_tokens) and reports 7 + 3 = 10.
+    // 1000 tokens admit at most 100 requests at once; reconciled, exactly 1000 are used.
+    let (_dir, _procs, ports, cfg) = three_gateways(
+        &server,
+        &prefix,
+        r#"{ name = "tpm", value = 1000, period = "minutely" }"#,
+    );
+    let (ok, limited) = burst(&ports, 400);
+    assert_eq!(ok + limited, 400);
+    assert!(ok >= 100, "at least capacity/actual requests fit: {ok}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut used = 0;
+    while Instant::now() < deadline {
+        let v = show_state(&cfg);
+        let tpm = &v["subjects"][0]["resources"]["tpm"];
+        used = tpm["used"].as_u64().unwrap();
+        if tpm["reserved"] == 0 && used == ok as u64 * 10 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        used,
+        ok as u64 * 10,
+        "every admitted request reconciled to its reported usage"
+    );
+    // Reservations were checked against the limit: the estimates admitted never exceeded it.
+    assert!(ok as u64 * 8 <= 1000 + 8, "{ok} admitted");
+    // Now the counter is past capacity (reported usage exceeded the estimates): nothing more fits.
+    if used >= 1000 {
+        assert_eq!(chat(ports[0]), Some(429));
+    }
+}
+
+#[test]
+fn a_redis_outage_follows_the_policy_and_service_resumes() {
+    let Some(mut server) = RedisServer::start_owned() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (closed_port, open_port) = (free_port(), free_port());
+    let prefix = format!("out{}", std::process::id());
+    let res = r#"{ name = "rpm", value = 1000, period = "minutely" }"#;
+    let closed = write_config(
+        dir.path(),
+        "closed",
+        closed_port,
+        server.url(),
+        &prefix,
+        "fail-closed",
+        res,
+    );
+    let open = write_config(
+        dir.path(),
+        "open",
+        open_port,
+        server.url(),
+        &prefix,
+        "fail-open",
+        res,
+    );
+    let mut gw_closed = serve(&closed, closed_port);
+    let mut gw_open = serve(&open, open_port);
+    assert_eq!(chat(closed_port), Some(200));
+    assert_eq!(chat(open_port), Some(200));
+
+    server.stop();
+    for _ in 0..5 {
+        assert_eq!(
+            chat(closed_port),
+            Some(503),
+            "fail-closed refuses while redis is down"
+        );
+        assert_eq!(
+            chat(open_port),
+            Some(200),
+            "fail-open serves while redis is down"
+        );
+    }
+    server.restart();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while chat(closed_port) != Some(200) {
+        assert!(Instant::now() < deadline, "service did not resume");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(chat(open_port), Some(200));
+    // Neither process died.
+    assert!(gw_closed.0.try_wait().unwrap().is_none());
+    assert!(gw_open.0.try_wait().unwrap().is_none());
+}
+
+#[test]
+fn a_gateway_starts_while_redis_is_down_and_recovers() {
+    let Some(mut server) = RedisServer::start_owned() else {
+        return;
+    };
+    server.stop();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let cfg = write_config(
+        dir.path(),
+        "late",
+        port,
+        server.url(),
+        "late",
+        "fail-closed",
+        r#"{ name = "rpm", value = 10, period = "minutely" }"#,
+    );
+    let _gw = serve(&cfg, port);
+    assert_eq!(chat(port), Some(503));
+    server.restart();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while chat(port) != Some(200) {
+        assert!(Instant::now() < deadline, "never recovered");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
