@@ -3,7 +3,9 @@
 //! a fast upstream and through a bare hyper proxy (the floor), measured in one run.
 //!
 //! cargo bench -p llmux-gateway --bench overhead
-//! Knobs: BENCH_RATE (1000 req/s), BENCH_SECS (5), BENCH_CONC (32), BENCH_STORE (sqlite|memory).
+//! Knobs: BENCH_RATE (1000 req/s), BENCH_SECS (5), BENCH_CONC (32), BENCH_STORES
+//! (comma-separated rows: sqlite, redis, memory; default sqlite,redis — redis starts its own
+//! redis-server, or uses LLMUX_TEST_REDIS_URL).
 //!
 //! The upstream, the gateway and the load generator each run on their own single-threaded
 //! runtime (own OS thread), so the gateway gets about one core, as in ../shared/bench.
@@ -210,21 +212,52 @@ fn main() {
     let rate = env_u64("BENCH_RATE", 1000);
     let secs = env_u64("BENCH_SECS", 5);
     let conc = env_u64("BENCH_CONC", 32);
-    let store = std::env::var("BENCH_STORE").unwrap_or_else(|_| "sqlite".into());
+    let stores = std::env::var("BENCH_STORES").unwrap_or_else(|_| "sqlite,redis".into());
 
     let up_rt = single_runtime("bench-upstream");
     let up = up_rt.block_on(upstream());
 
     let dir = tempfile::tempdir().unwrap();
-    let store_cfg = match store.as_str() {
-        "memory" => "kind = \"memory\"".to_string(),
-        _ => format!(
-            "kind = \"sqlite\"\npath = \"{}\"",
-            dir.path().join("bench.db").display()
+    // A redis-server of the bench's own (or LLMUX_TEST_REDIS_URL), when the redis row is asked.
+    let redis = stores
+        .split(',')
+        .any(|s| s == "redis")
+        .then(llmux_testkit::redis::RedisServer::start)
+        .flatten();
+    let gw_rt = single_runtime("bench-gateway");
+    let floor = gw_rt.block_on(floor_proxy(up));
+    let mut paths = vec![
+        (
+            "direct".to_string(),
+            format!("http://{up}/v1/chat/completions"),
         ),
-    };
-    let config = format!(
-        r#"
+        (
+            "floor".to_string(),
+            format!("http://{floor}/v1/chat/completions"),
+        ),
+    ];
+    for store in stores.split(',') {
+        let store_cfg = match store {
+            "memory" => "kind = \"memory\"".to_string(),
+            "sqlite" => format!(
+                "kind = \"sqlite\"\npath = \"{}\"",
+                dir.path().join("bench.db").display()
+            ),
+            "redis" => match &redis {
+                Some(r) => format!(
+                    "kind = \"redis\"\nurl = \"{}\"\nprefix = \"bench{}\"",
+                    r.url(),
+                    std::process::id()
+                ),
+                None => {
+                    eprintln!("no redis-server: skipping the redis row");
+                    continue;
+                }
+            },
+            other => panic!("unknown store {other:?} in BENCH_STORES"),
+        };
+        let config = format!(
+            r#"
 [store]
 {store_cfg}
 [providers.mock]
@@ -238,41 +271,40 @@ resources = [{{ name = "rpm", value = 1000000000, period = "minutely" }},
 [models.bench]
 targets = [{{ provider = "mock", model = "gpt-4o-mini" }}]
 "#
-    );
-    let gw_rt = single_runtime("bench-gateway");
-    let floor = gw_rt.block_on(floor_proxy(up));
-    let gw = gw_rt.block_on(async {
-        let config = llmux::Config::from_toml_str(&config, &|_| None).unwrap();
-        let router = llmux::Router::from_config(config).unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(llmux_gateway::serve(
-            router,
-            listener,
-            std::future::pending(),
+        );
+        let gw = gw_rt.block_on(async {
+            let config = llmux::Config::from_toml_str(&config, &|_| None).unwrap();
+            let router = llmux::Router::from_config(config).unwrap();
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            tokio::spawn(llmux_gateway::serve(
+                router,
+                listener,
+                std::future::pending(),
+            ));
+            addr
+        });
+        paths.push((
+            format!("llmux ({store})"),
+            format!("http://{gw}/v1/chat/completions"),
         ));
-        addr
-    });
+    }
 
     let load = single_runtime("bench-load");
-    let direct = format!("http://{up}/v1/chat/completions");
-    let via = format!("http://{gw}/v1/chat/completions");
-    let via_floor = format!("http://{floor}/v1/chat/completions");
     load.block_on(async {
         let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
-        // Warm up both paths (connections, sqlite pages).
-        let _ = fixed_rate(&client, &direct, rate, 1).await;
-        let _ = fixed_rate(&client, &via, rate, 1).await;
-
-        let _ = fixed_rate(&client, &via_floor, rate, 1).await;
+        // Warm up every path (connections, store pages, scripts).
+        for (_, uri) in &paths {
+            let _ = fixed_rate(&client, uri, rate, 1).await;
+        }
         let mut rows = Vec::new();
-        for (name, uri) in [("direct", &direct), ("floor", &via_floor), ("llmux", &via)] {
+        for (name, uri) in &paths {
             let (lat, e1) = fixed_rate(&client, uri, rate, secs).await;
             let (sat, e2) = saturate(&client, uri, conc, secs).await;
             rows.push((name, percentile(&lat, 0.5), percentile(&lat, 0.99), sat, e1 + e2));
         }
         let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
-        println!("llmux overhead bench: store={store}, {rate} req/s for {secs} s, saturation c={conc}");
+        println!("llmux overhead bench: {rate} req/s for {secs} s, saturation c={conc}");
         println!("machine: {cpus} cpus, {}", cpu_model());
         println!();
         println!("| path | p50 µs | p99 µs | added p50 | added p99 | req/s c={conc} | of direct | errors |");
