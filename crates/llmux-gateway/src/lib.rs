@@ -9,6 +9,7 @@ use axum::body::Body;
 use axum::extract::{Request as HttpRequest, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::serve::ListenerExt;
 use error::ApiError;
 use futures_util::StreamExt;
 use http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -63,6 +64,12 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    // Small SSE chunks must leave at once: no Nagle delay on client connections.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "could not set TCP_NODELAY");
+        }
+    });
     axum::serve(listener, app(router))
         .with_graceful_shutdown(shutdown)
         .await
