@@ -307,3 +307,51 @@ fn a_gateway_starts_while_redis_is_down_and_recovers() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+#[test]
+fn a_429_seen_by_one_replica_cools_the_key_for_all() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = format!("cool{}", std::process::id());
+    let (a_port, b_port) = (free_port(), free_port());
+    let res = r#"{ name = "rpm", value = 1000, period = "minutely" }"#;
+    let a = write_config(
+        dir.path(),
+        "a",
+        a_port,
+        server.url(),
+        &prefix,
+        "fail-closed",
+        res,
+    );
+    let b = write_config(
+        dir.path(),
+        "b",
+        b_port,
+        server.url(),
+        &prefix,
+        "fail-closed",
+        res,
+    );
+    // Replica A's upstream answers 429 (retry-after 30 s) from its first request on.
+    let text = std::fs::read_to_string(&a).unwrap().replace(
+        "mock = { prompt_tokens = 7, completion_tokens = 3 }",
+        "mock = { prompt_tokens = 7, completion_tokens = 3, rate_limit_after = 0, retry_after_secs = 30 }",
+    );
+    std::fs::write(&a, text).unwrap();
+    let _a = serve(&a, a_port);
+    let _b = serve(&b, b_port);
+    assert_eq!(chat(b_port), Some(200), "B serves before the 429");
+    assert_eq!(
+        chat(a_port),
+        Some(429),
+        "A's upstream refused: the key cools down"
+    );
+    // B never called its upstream for this: the shared cooldown refuses it.
+    assert_eq!(chat(b_port), Some(429));
+    let v = show_state(&b);
+    let secs = v["subjects"][0]["cooldown_secs"].as_u64().unwrap();
+    assert!((25..=30).contains(&secs), "{v}");
+}
