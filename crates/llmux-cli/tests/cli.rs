@@ -2,9 +2,9 @@
 //! --json`, and usage surviving `kill -9` of a serving gateway.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
 use assert_cmd::Command;
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use common::{chat, free_port, serve};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -123,53 +123,6 @@ fn show_state_of_an_unknown_subject_exits_1() {
         .code(1);
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn chat(port: u16) -> Option<u16> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    let body = r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#;
-    write!(
-        s,
-        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    out.split_whitespace().nth(1)?.parse().ok()
-}
-
-fn serve(cfg: &Path, port: u16) -> std::process::Child {
-    let bin = assert_cmd::cargo::cargo_bin("llmux");
-    let child = std::process::Command::new(bin)
-        .args(["serve", "--config"])
-        .arg(cfg)
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "gateway did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    child
-}
-
-/// Kills the gateway when a test ends, even when it fails.
-struct Serving(std::process::Child);
-impl Drop for Serving {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn json_state(cfg: &Path, subject: &str) -> serde_json::Value {
     let out = llmux()
         .args(["show-state", subject, "--json", "--config"])
@@ -208,7 +161,7 @@ fn mutations_while_serving_are_seen_on_the_next_request() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let cfg = write_config_rpm(dir.path(), port, 10);
-    let _gw = Serving(serve(&cfg, port));
+    let _gw = serve(&cfg, port);
     assert_eq!(chat(port), Some(200));
     // The reconcile is asynchronous: let it land before overwriting the counter.
     wait_for_rpm(&cfg, 1);
@@ -265,7 +218,7 @@ fn set_score_and_set_ttl_show_up_and_a_usage_change_ends_the_override() {
         .assert()
         .code(1);
 
-    let _gw = Serving(serve(&cfg, port));
+    let _gw = serve(&cfg, port);
     assert_eq!(chat(port), Some(200));
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -313,7 +266,7 @@ fn usage_survives_kill_9_of_the_gateway() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let cfg = write_config(dir.path(), port);
-    let mut child = serve(&cfg, port);
+    let mut gw = serve(&cfg, port);
     for _ in 0..7 {
         assert_eq!(chat(port), Some(200));
     }
@@ -332,8 +285,8 @@ fn usage_survives_kill_9_of_the_gateway() {
         assert!(Instant::now() < deadline, "usage never reached 7: {v}");
         std::thread::sleep(Duration::from_millis(50));
     }
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
+    gw.0.kill().unwrap(); // SIGKILL
+    gw.0.wait().unwrap();
 
     let out = llmux()
         .args(["show-state", "demo/k1", "--json", "--config"])

@@ -2,19 +2,11 @@
 //! handled by the declared policy, without panics, with recovery when Redis returns.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+use common::{chat, free_port, serve, Serving};
 use llmux_testkit::redis::RedisServer;
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn write_config(
     dir: &Path,
@@ -51,45 +43,6 @@ targets = [{{ provider = "demo", model = "x" }}]
     path
 }
 
-struct Serving(std::process::Child);
-impl Drop for Serving {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn serve(cfg: &Path, port: u16) -> Serving {
-    let child = std::process::Command::new(assert_cmd::cargo::cargo_bin("llmux"))
-        .args(["serve", "--config"])
-        .arg(cfg)
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "gateway did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Serving(child)
-}
-
-fn chat(port: u16) -> Option<u16> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(20))).ok()?;
-    let body = r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#;
-    write!(
-        s,
-        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    out.split_whitespace().nth(1)?.parse().ok()
-}
-
-/// 400 requests at once, spread over `ports`; returns (200s, 429s).
 fn burst(ports: &[u16], n: usize) -> (usize, usize) {
     let barrier = std::sync::Arc::new(std::sync::Barrier::new(n));
     let handles: Vec<_> = (0..n)
