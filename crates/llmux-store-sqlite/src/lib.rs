@@ -22,7 +22,6 @@ use parking_lot::Mutex;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::oneshot;
@@ -85,8 +84,6 @@ pub struct SqliteStore {
 struct Core {
     queue: Mutex<Vec<Cmd>>,
     writer: Mutex<Writer>,
-    /// Set when the store is dropped: the background thread stops.
-    closed: AtomicBool,
 }
 
 impl Core {
@@ -124,12 +121,13 @@ impl Core {
     }
 }
 
-impl Drop for SqliteStore {
+impl Drop for Core {
+    /// The last handle is gone (store handles and the background thread alike): write what is
+    /// still queued, so usage reported just before shutdown is kept.
     fn drop(&mut self) {
-        // The background thread holds a Weak; the last handle flushes what is queued.
-        if Arc::strong_count(&self.core) == 1 {
-            self.core.closed.store(true, Ordering::Release);
-            self.core.drain_blocking();
+        let batch = std::mem::take(self.queue.get_mut());
+        if !batch.is_empty() {
+            self.writer.get_mut().run(batch);
         }
     }
 }
@@ -167,7 +165,6 @@ impl SqliteStore {
                 cache: Cache::default(),
                 next_sweep: Timestamp(0),
             }),
-            closed: AtomicBool::new(false),
         });
         let weak = Arc::downgrade(&core);
         std::thread::Builder::new()
@@ -197,9 +194,6 @@ fn background(core: std::sync::Weak<Core>, checkpointer: Connection) {
     loop {
         std::thread::sleep(FLUSH_EVERY);
         let Some(core) = core.upgrade() else { return };
-        if core.closed.load(Ordering::Acquire) {
-            return;
-        }
         if !core.queue.lock().is_empty() {
             core.drain_blocking();
         }

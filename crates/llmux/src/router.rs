@@ -7,6 +7,9 @@ use crate::error::{RouteError, UpstreamError};
 use crate::lease::{Lease, PoolSlot};
 use crate::provider::mock::MockProvider;
 use crate::provider::openai::{http_client, OpenAiCompatible};
+/// A response body: the whole body, or SSE bytes as they arrive (usage is reconciled when the
+/// stream ends or is dropped).
+pub use crate::provider::ReplyBody as ResponseBody;
 use crate::provider::{retry_after, ByteStream, Call, Endpoint, Provider, ReplyBody};
 use crate::sse::{usage_of_body, UsageScanner};
 use crate::store::AnyStore;
@@ -187,21 +190,6 @@ impl Request {
             _ => Err(RouteError::BadRequest(
                 "the body must be a JSON object".into(),
             )),
-        }
-    }
-}
-
-pub enum ResponseBody {
-    Full(Bytes),
-    /// SSE bytes as they arrive; usage is reconciled when it ends or is dropped.
-    Stream(ByteStream),
-}
-
-impl std::fmt::Debug for ResponseBody {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ResponseBody::Full(b) => write!(f, "Full({} bytes)", b.len()),
-            ResponseBody::Stream(_) => f.write_str("Stream"),
         }
     }
 }
@@ -889,17 +877,12 @@ impl Router {
                             }
                         }
                         // Not a failover status: the client gets the upstream's answer.
-                        let headers = client_headers(&reply.headers);
-                        let body = match reply.body {
-                            ReplyBody::Full(b) => ResponseBody::Full(b),
-                            ReplyBody::Stream(s) => ResponseBody::Stream(s),
-                        };
                         return Ok(Response {
                             target,
                             attempts: out.attempts,
                             status,
-                            headers,
-                            body,
+                            headers: client_headers(&reply.headers),
+                            body: reply.body,
                         });
                     }
                     Err(e) => {
