@@ -36,6 +36,11 @@ use tokio::sync::mpsc;
 /// Live figures of one target, for strategies and health.
 #[derive(Debug, Default)]
 pub struct TargetStats {
+    /// `provider/key/model`, the metrics label.
+    label: String,
+    /// Metric handles of the success path, registered on first use (after the gateway has
+    /// installed its recorder), so a request does no label allocation or registry lookup.
+    ok_metrics: std::sync::OnceLock<(metrics::Counter, metrics::Histogram)>,
     in_flight: AtomicU64,
     /// Latency EWMA in microseconds, as f64 bits.
     latency_us: AtomicU64,
@@ -44,10 +49,23 @@ pub struct TargetStats {
 }
 
 impl TargetStats {
-    fn new() -> Self {
+    fn new(label: String) -> Self {
         TargetStats {
+            label,
             success: AtomicU64::new(1f64.to_bits()),
             ..Default::default()
+        }
+    }
+    fn record_ok(&self, latency: Option<Duration>) {
+        let (count, hist) = self.ok_metrics.get_or_init(|| {
+            (
+                metrics::counter!("llmux_upstream_requests_total", "target" => self.label.clone(), "outcome" => "ok"),
+                metrics::histogram!("llmux_upstream_latency_seconds", "target" => self.label.clone()),
+            )
+        });
+        count.increment(1);
+        if let Some(l) = latency {
+            hist.record(l.as_secs_f64());
         }
     }
     fn start(&self) {
@@ -112,7 +130,7 @@ impl Pool {
         let stats = plan
             .targets
             .iter()
-            .map(|_| Arc::new(TargetStats::new()))
+            .map(|t| Arc::new(TargetStats::new(t.id.to_string())))
             .collect();
         Pool {
             plan,
@@ -803,16 +821,15 @@ impl Router {
                     timeout,
                 };
                 let started = Instant::now();
-                let label = target.to_string();
+                let label = &pool.stats[i].label;
                 let fallback_on = &pool.plan.pool.fallback_on;
                 match provider.send(call).await {
                     Ok(reply) if reply.status < 400 => {
-                        metrics::counter!("llmux_upstream_requests_total", "target" => label.clone(), "outcome" => "ok").increment(1);
                         let headers = client_headers(&reply.headers);
                         let body = match reply.body {
                             ReplyBody::Full(bytes) => {
                                 let latency = started.elapsed();
-                                metrics::histogram!("llmux_upstream_latency_seconds", "target" => label).record(latency.as_secs_f64());
+                                pool.stats[i].record_ok(Some(latency));
                                 let usage = provider
                                     .actual_cost(&bytes)
                                     .or_else(|| usage_of_body(&bytes))
@@ -820,16 +837,19 @@ impl Router {
                                 lease.complete_detached(usage, latency);
                                 ResponseBody::Full(bytes)
                             }
-                            ReplyBody::Stream(s) => ResponseBody::Stream(
-                                Tracked {
-                                    inner: s,
-                                    scanner: UsageScanner::new(!client_wants_usage),
-                                    lease: Some(lease),
-                                    started,
-                                    done: false,
-                                }
-                                .boxed(),
-                            ),
+                            ReplyBody::Stream(s) => {
+                                pool.stats[i].record_ok(None);
+                                ResponseBody::Stream(
+                                    Tracked {
+                                        inner: s,
+                                        scanner: UsageScanner::new(!client_wants_usage),
+                                        lease: Some(lease),
+                                        started,
+                                        done: false,
+                                    }
+                                    .boxed(),
+                                )
+                            }
                         };
                         return Ok(Response {
                             target,

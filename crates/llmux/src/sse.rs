@@ -106,8 +106,50 @@ pub fn usage_of(v: &serde_json::Value) -> Option<Usage> {
     Some(Usage::new(input, output))
 }
 
+/// The `"usage": {…}` object of a JSON body, found without parsing the rest: the usage block is
+/// flat (numbers and small objects), so matching braces from its opening one is enough.
+fn usage_object(body: &[u8]) -> Option<&[u8]> {
+    let key = b"\"usage\"";
+    let at = body.windows(key.len()).rposition(|w| w == key)?;
+    let rest = &body[at + key.len()..];
+    let open = rest.iter().position(|b| !b" \t\r\n:".contains(b))?;
+    if rest[open] != b'{' {
+        return None;
+    }
+    let mut depth = 0usize;
+    for (i, b) in rest[open..].iter().enumerate() {
+        match b {
+            b'{' => depth += 1,
+            b'}' => {
+                depth -= 1;
+                if depth == 0 {
+                    return Some(&rest[open..=open + i]);
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
 /// Usage from a whole JSON body (non-streamed answers).
 pub fn usage_of_body(body: &[u8]) -> Option<Usage> {
+    #[derive(serde::Deserialize)]
+    struct Block {
+        prompt_tokens: u64,
+        #[serde(default)]
+        completion_tokens: u64,
+    }
+    if let Some(obj) = usage_object(body) {
+        if let Ok(u) = serde_json::from_slice::<Block>(obj) {
+            return Some(Usage::new(u.prompt_tokens, u.completion_tokens));
+        }
+    }
+    usage_of_whole_body(body)
+}
+
+/// The slow path: parse the whole body (a usage key inside a string, say).
+fn usage_of_whole_body(body: &[u8]) -> Option<Usage> {
     #[derive(serde::Deserialize)]
     struct Block {
         prompt_tokens: u64,
@@ -159,5 +201,9 @@ mod tests {
         );
         assert_eq!(u, Some(Usage::new(5, 2)));
         assert_eq!(usage_of_body(b"not json"), None);
+        let nested = br#"{"choices":[{"message":{"content":"say \"usage\" {"}}],"usage":{"prompt_tokens":9,"completion_tokens":4,"prompt_tokens_details":{"cached_tokens":0}}}"#;
+        assert_eq!(usage_of_body(nested), Some(Usage::new(9, 4)));
+        let no_usage = br#"{"choices":[{"message":{"content":"the \"usage\": {x"}}]}"#;
+        assert_eq!(usage_of_body(no_usage), None);
     }
 }
