@@ -66,6 +66,7 @@ pub async fn run<S: Store + StoreAdmin>(s: &S, ns: &str) {
     leases_expire(s, &format!("{ns}d")).await;
     gates(s, &format!("{ns}e")).await;
     admin(s, &format!("{ns}f")).await;
+    reset_forgets_leases(s, &format!("{ns}g")).await;
     windows_roll(s, &format!("{ns}c")).await;
 }
 
@@ -294,4 +295,29 @@ async fn admin<S: Store + StoreAdmin>(s: &S, p: &str) {
         s.snapshot(p).await.unwrap().is_empty(),
         "reset clears the provider and its keys"
     );
+}
+
+async fn reset_forgets_leases<S: Store + StoreAdmin>(s: &S, p: &str) {
+    let k = format!("{p}/k");
+    let a = granted(
+        s,
+        reserve(
+            30_000,
+            vec![
+                line(&k, "rpm", 1, 1, 60_000),
+                line("other", "rpm", 5, 1, 60_000),
+            ],
+            &[],
+        ),
+    )
+    .await;
+    assert_eq!(s.reset(p).await.unwrap(), 1);
+    let b = granted(s, reserve(30_100, vec![line(&k, "rpm", 1, 1, 60_000)], &[])).await;
+    // The old lease settles after the reset: it must not free B's reservation...
+    s.release(a).await.unwrap();
+    assert_eq!(counter(s, &k, "rpm").await.reserved, 1);
+    denied(s, reserve(30_200, vec![line(&k, "rpm", 1, 1, 60_000)], &[])).await;
+    // ...while its lines on subjects not reset are given back as usual.
+    assert_eq!(counter(s, "other", "rpm").await.reserved, 0);
+    s.release(b).await.unwrap();
 }

@@ -254,6 +254,10 @@ impl StoreAdmin for MemoryStore {
         let before = g.counters.len();
         g.counters.retain(|(s, _), _| !matches(s));
         g.flags.retain(|s, _| !matches(s));
+        // Leases in flight must not give back amounts on counters that no longer exist.
+        for lease in g.leases.values_mut() {
+            lease.lines.retain(|((s, _), _)| !matches(s));
+        }
         Ok(before - g.counters.len())
     }
 }

@@ -84,7 +84,7 @@ impl Usage {
     pub fn amount(&self, measure: Measure) -> u64 {
         match measure {
             Measure::Requests => 1,
-            Measure::Tokens => self.input_tokens + self.output_tokens,
+            Measure::Tokens => self.input_tokens.saturating_add(self.output_tokens),
             Measure::InputTokens => self.input_tokens,
             Measure::OutputTokens => self.output_tokens,
             Measure::CostMicroUsd => self.cost_micro_usd,

@@ -534,6 +534,7 @@ impl StoreAdmin for RedisStore {
             .reset
             .key(self.key("index"))
             .key(self.key("fidx"))
+            .key(self.key("leases"))
             .arg(subject)
             .arg(self.key("c:"))
             .arg(self.key("f:"))

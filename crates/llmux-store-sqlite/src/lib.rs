@@ -445,16 +445,13 @@ impl Writer {
                 }
                 Cmd::Reset(subject, _) => {
                     b.flush()?;
-                    let below = format!("{subject}/%");
+                    let below = format!("{subject}/");
                     let n =
-                        b.tx.prepare_cached(
-                            "DELETE FROM counters WHERE subject = ?1 OR subject LIKE ?2",
-                        )?
+                        b.tx.prepare_cached(&format!("DELETE FROM counters WHERE {UNDER}"))?
+                            .execute(params![subject, below])?;
+                    b.tx.prepare_cached(&format!("DELETE FROM subjects WHERE {UNDER}"))?
                         .execute(params![subject, below])?;
-                    b.tx.prepare_cached(
-                        "DELETE FROM subjects WHERE subject = ?1 OR subject LIKE ?2",
-                    )?
-                    .execute(params![subject, below])?;
+                    forget_lease_lines(b.tx, subject)?;
                     // Simplest correct cache after a bulk delete: start over.
                     b.cache.counters.clear();
                     b.cache.flags.clear();
@@ -661,12 +658,46 @@ fn load_flags(tx: &rusqlite::Transaction, s: &str) -> rusqlite::Result<Flags> {
         .unwrap_or_default())
 }
 
+/// `subject = ?1` or below it (`?2` = `subject/`): an exact prefix, unlike LIKE, where `_` is a
+/// wildcard and case is folded.
+const UNDER: &str = "(subject = ?1 OR substr(subject, 1, length(?2)) = ?2)";
+
+fn is_under(s: &str, subject: &str) -> bool {
+    s == subject || s.strip_prefix(subject).is_some_and(|r| r.starts_with('/'))
+}
+
+/// After a reset, leases in flight must not give back, at settle or expiry, amounts reserved on
+/// counters that no longer exist: drop their lines on the reset subjects.
+fn forget_lease_lines(tx: &rusqlite::Transaction, subject: &str) -> rusqlite::Result<()> {
+    let leases: Vec<(i64, String)> = tx
+        .prepare_cached("SELECT id, lines FROM leases")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    for (id, text) in leases {
+        let kept: Vec<&str> = text
+            .lines()
+            .filter(|l| !is_under(l.split('\t').next().unwrap_or(""), subject))
+            .collect();
+        if kept.len() == text.lines().count() {
+            continue;
+        }
+        let mut joined = kept.join("\n");
+        if !joined.is_empty() {
+            joined.push('\n');
+        }
+        tx.prepare_cached("UPDATE leases SET lines = ?2 WHERE id = ?1")?
+            .execute(params![id, joined])?;
+    }
+    Ok(())
+}
+
 fn snapshot(tx: &rusqlite::Transaction, subject: &str) -> rusqlite::Result<Vec<SubjectState>> {
-    let below = format!("{subject}/%");
+    let below = format!("{subject}/");
     let mut out: std::collections::BTreeMap<String, SubjectState> = Default::default();
     let mut stmt = tx.prepare_cached(
         "SELECT subject, resource, capacity, used, reserved, window_start, window_end
-         FROM counters WHERE subject = ?1 OR subject LIKE ?2 ORDER BY subject, resource",
+         FROM counters WHERE (subject = ?1 OR substr(subject, 1, length(?2)) = ?2)
+         ORDER BY subject, resource",
     )?;
     let rows = stmt.query_map(params![subject, below], |r| {
         Ok((
@@ -693,8 +724,7 @@ fn snapshot(tx: &rusqlite::Transaction, subject: &str) -> rusqlite::Result<Vec<S
             .resources
             .push((res, c));
     }
-    let mut stmt =
-        tx.prepare_cached("SELECT subject FROM subjects WHERE subject = ?1 OR subject LIKE ?2")?;
+    let mut stmt = tx.prepare_cached(&format!("SELECT subject FROM subjects WHERE {UNDER}"))?;
     let subjects: Vec<String> = stmt
         .query_map(params![subject, below], |r| r.get(0))?
         .collect::<Result<_, _>>()?;

@@ -111,13 +111,23 @@ impl Lease {
         self.settled = true;
         self.stats.record_failure();
         let wait = retry_after.unwrap_or(Duration::from_secs(1));
-        let until = self.inner.clock.now().plus_millis(wait.as_millis() as i64);
+        let wait_ms = i64::try_from(wait.as_millis()).unwrap_or(i64::MAX);
+        let until = self.inner.clock.now().plus_millis(wait_ms);
         self.inner.note_cooldown(&self.key_subject, until);
-        self.inner.store.release(self.id).await?;
-        self.inner
+        self.release_now().await?;
+        match self
+            .inner
             .store
             .set_cooldown(self.key_subject.clone(), until)
             .await
+        {
+            // Fail-open: the cooldown holds in this process until the store is back.
+            Err(e) if self.local => {
+                tracing::error!(error = %e, "could not share a cooldown: the store is unreachable");
+                Ok(())
+            }
+            other => other,
+        }
     }
 
     /// The request failed upstream: it counts as one request and no tokens.

@@ -33,6 +33,20 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
+/// Largest `max_tokens` accepted: beyond any model's output, and far from u64 overflow.
+const MAX_OUTPUT_TOKENS: u64 = 100_000_000;
+
+/// How long a key that answered 401/403 stays out in this process without asking the store.
+const LOCAL_DISABLE_MS: i64 = 60_000;
+
+/// A settle that failed in the store: the reservation expires with its lease; the request
+/// goes on (failover, or the upstream's answer) rather than failing on bookkeeping.
+fn log_settle(r: Result<(), llmux_core::StoreError>) {
+    if let Err(e) = r {
+        tracing::error!(error = %e, "could not settle a reservation; it expires with its lease");
+    }
+}
+
 /// Live figures of one target, for strategies and health.
 #[derive(Debug, Default)]
 pub struct TargetStats {
@@ -164,9 +178,10 @@ impl Inner {
         let e = c.entry(subject.clone()).or_insert(until);
         *e = (*e).max(until);
     }
-    /// Remember a disabled key locally too, so it stays out while the store is unreachable.
-    pub(crate) fn note_disabled(&self, subject: &Subject) {
-        self.note_cooldown(subject, Timestamp(i64::MAX));
+    /// Keep a key that answered 401/403 out locally for a while, even if the store is
+    /// unreachable; the store's disabled flag (cleared by `reset-state`) is the lasting record.
+    pub(crate) fn note_disabled(&self, subject: &Subject, now: Timestamp) {
+        self.note_cooldown(subject, now.plus_millis(LOCAL_DISABLE_MS));
     }
     fn known_cooldown(&self, subject: &Subject, now: Timestamp) -> Option<Timestamp> {
         let c = self.cooldowns.lock();
@@ -765,6 +780,11 @@ impl Router {
             .iter()
             .find_map(|k| body.get(*k).and_then(Value::as_u64))
             .unwrap_or(0);
+        if max_out > MAX_OUTPUT_TOKENS {
+            return Err(RouteError::BadRequest(format!(
+                "max_tokens {max_out} is larger than any model allows ({MAX_OUTPUT_TOKENS})"
+            )));
+        }
         let estimate = Usage::new(llmux_core::usage::estimate_input_tokens(&body), max_out);
         let now = self.inner.clock.now();
 
@@ -777,9 +797,11 @@ impl Router {
             }
         }
         let mut out = Outcomes::default();
-        for pool in chain {
+        'chain: for pool in chain {
             let mut tried = 0u32;
             for i in self.candidates(&pool, tier.as_deref(), now).await? {
+                // Read per attempt: an earlier attempt may have waited for a timeout.
+                let now = self.inner.clock.now();
                 if tried >= pool.plan.pool.max_attempts {
                     break;
                 }
@@ -865,11 +887,10 @@ impl Router {
                         metrics::counter!("llmux_upstream_requests_total", "target" => label.clone(), "outcome" => outcome).increment(1);
                         if status == 429 {
                             let wait = retry_after(&reply.headers);
-                            let until = now.plus_millis(
-                                wait.unwrap_or(Duration::from_secs(1)).as_millis() as i64,
-                            );
+                            let wait_ms = wait.unwrap_or(Duration::from_secs(1)).as_millis();
+                            let until = now.plus_millis(i64::try_from(wait_ms).unwrap_or(i64::MAX));
                             let subject = lease.key_subject.clone();
-                            lease.rate_limited(wait).await?;
+                            log_settle(lease.rate_limited(wait).await);
                             tracing::info!(target = %label, retry_after_ms = until.0 - now.0, "upstream 429: key cooling down");
                             if fallback_on.status(429) {
                                 out.deny(Denial {
@@ -882,15 +903,15 @@ impl Router {
                         } else if status == 401 || status == 403 {
                             tracing::warn!(target = %label, status, "upstream refused the key: disabling it");
                             let subject = lease.key_subject.clone();
-                            lease.failed().await?;
-                            self.inner.note_disabled(&subject);
+                            log_settle(lease.failed().await);
+                            self.inner.note_disabled(&subject, now);
                             if let Err(e) = self.inner.store.set_disabled(subject, true).await {
                                 tracing::error!(error = %e, "could not record the disabled key in the store");
                             }
                             out.failure = Some((format!("{label} answered {status}"), false));
                             continue;
                         } else {
-                            lease.failed().await?;
+                            log_settle(lease.failed().await);
                             if fallback_on.status(status) {
                                 out.failure = Some((format!("{label} answered {status}"), false));
                                 continue;
@@ -910,15 +931,15 @@ impl Router {
                         metrics::counter!("llmux_upstream_requests_total", "target" => label.clone(), "outcome" => if timeout { "timeout" } else { "error" }).increment(1);
                         tracing::info!(target = %label, error = %e, "upstream attempt failed");
                         if timeout {
-                            lease.failed().await?;
+                            log_settle(lease.failed().await);
                         } else {
                             // The request may never have left: give the reservation back.
                             lease.stats.record_failure();
-                            lease.release().await?;
+                            log_settle(lease.release().await);
                         }
                         out.failure = Some((format!("{label}: {e}"), timeout));
                         if timeout && !fallback_on.timeout {
-                            break;
+                            break 'chain;
                         }
                     }
                 }

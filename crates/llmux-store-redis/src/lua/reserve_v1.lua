@@ -65,7 +65,7 @@ for i = 1, nl do
   redis.call('HSET', k, 'cap', s[5], 'used', s[1], 'res', s[2] + s[6], 'ws', s[3], 'we', s[4])
   redis.call('PEXPIRE', k, math.max(s[4] - now, 0) + ttl)
   redis.call('SADD', KEYS[4], ARGV[4 + (i - 1) * 5 + 1])
-  rec[#rec + 1] = k .. '\t' .. s[6]
+  rec[#rec + 1] = k .. '\t' .. string.format('%d', s[6])
 end
 redis.call('HSET', KEYS[2], id, table.concat(rec, '\n'))
 redis.call('ZADD', KEYS[3], now + ttl, id)

@@ -100,16 +100,24 @@ pub trait Provider: Send + Sync + 'static {
 pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     if let Some(ms) = get("retry-after-ms").and_then(|v| v.trim().parse::<f64>().ok()) {
-        return Some(Duration::from_secs_f64(ms.max(0.0) / 1000.0));
+        return secs(ms / 1000.0);
     }
     if let Some(s) = get("retry-after").and_then(|v| v.trim().parse::<f64>().ok()) {
-        return Some(Duration::from_secs_f64(s.clamp(0.0, 86_400.0)));
+        return secs(s);
     }
     let resets = ["x-ratelimit-reset-requests", "x-ratelimit-reset-tokens"];
     resets
         .iter()
         .filter_map(|h| get(h).and_then(parse_go_duration))
         .max()
+}
+
+/// Longest wait an upstream hint can impose (a day); NaN, infinite and negative hints are
+/// ignored rather than trusted.
+const MAX_HINT_SECS: f64 = 86_400.0;
+
+fn secs(s: f64) -> Option<Duration> {
+    (s.is_finite() && s >= 0.0).then(|| Duration::from_secs_f64(s.min(MAX_HINT_SECS)))
 }
 
 /// Parse durations like `"1m30.5s"`, `"6ms"`, `"2h"`, `"0.5s"`.
@@ -147,7 +155,11 @@ pub fn parse_go_duration(s: &str) -> Option<Duration> {
         total += num.parse::<f64>().ok()?;
         any = true;
     }
-    any.then(|| Duration::from_secs_f64(total))
+    if any {
+        secs(total)
+    } else {
+        None
+    }
 }
 
 #[cfg(test)]
@@ -168,5 +180,19 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("x-ratelimit-reset-requests", "2s".parse().unwrap());
         assert_eq!(retry_after(&h), Some(Duration::from_secs(2)));
+        for bad in ["inf", "nan", "-5", "1e400"] {
+            let mut h = HeaderMap::new();
+            h.insert("retry-after", bad.parse().unwrap());
+            assert!(
+                retry_after(&h).is_none_or(|d| d <= Duration::from_secs(86_400)),
+                "{bad}"
+            );
+        }
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x-ratelimit-reset-tokens",
+            "99999999999999999999999s".parse().unwrap(),
+        );
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(86_400)));
     }
 }
