@@ -235,6 +235,11 @@ pub async fn reset(config: &Config, subject: &str, dry_run: bool) -> anyhow::Res
     Ok(())
 }
 
+/// Largest amount an operator may set or add (exact in every store, Lua's doubles included).
+const MAX_AMOUNT: f64 = 9_007_199_254_740_992.0;
+/// Longest window an operator may set.
+const MAX_TTL_SECS: u64 = 10 * 365 * 24 * 3600;
+
 /// What `set-resource-used`, `adjust-resource-used` and `set-resource-ttl` do.
 pub enum Change {
     SetUsed(f64),
@@ -258,20 +263,20 @@ pub async fn change(
     };
     let op = match change {
         Change::SetUsed(v) => {
-            if !(v.is_finite() && v >= 0.0) {
-                bail!("VALUE must be a number >= 0, got {v}");
+            if !(v.is_finite() && v >= 0.0 && in_units(v) <= MAX_AMOUNT) {
+                bail!("VALUE must be a number from 0 to {MAX_AMOUNT}, got {v}");
             }
             AdminOp::SetUsed(in_units(v).round() as u64)
         }
         Change::AdjustUsed(d) => {
-            if !d.is_finite() {
-                bail!("DELTA must be a number, got {d}");
+            if !(d.is_finite() && in_units(d).abs() <= MAX_AMOUNT) {
+                bail!("DELTA must be a number from -{MAX_AMOUNT} to {MAX_AMOUNT}, got {d}");
             }
             AdminOp::AdjustUsed(in_units(d).round() as i64)
         }
         Change::SetTtl(secs) => {
-            if secs == 0 {
-                bail!("SECONDS must be greater than 0");
+            if secs == 0 || secs > MAX_TTL_SECS {
+                bail!("SECONDS must be from 1 to {MAX_TTL_SECS} (ten years), got {secs}");
             }
             AdminOp::SetTtl { secs }
         }

@@ -120,9 +120,15 @@ async fn route(s: &AppState, endpoint: Endpoint, req: HttpRequest) -> Result<Res
         return Err(ApiError::PayloadTooLarge { limit });
     }
     let key = s.router.authorize(bearer(&parts.headers))?;
-    let bytes = axum::body::to_bytes(body, limit)
-        .await
-        .map_err(|_| ApiError::PayloadTooLarge { limit })?;
+    let bytes = axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let too_large = std::error::Error::source(&e)
+            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+        if too_large {
+            ApiError::PayloadTooLarge { limit }
+        } else {
+            ApiError::BadRequest(format!("could not read the request body: {e}"))
+        }
+    })?;
     let body: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?;
     let tier = match parts.headers.get("x-llmux-tier") {

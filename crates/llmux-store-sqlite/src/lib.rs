@@ -94,7 +94,9 @@ impl Core {
             let Some(mut w) = self.writer.try_lock() else {
                 return;
             };
-            loop {
+            // A bounded turn, so one caller does not serve a busy queue forever; whatever is
+            // left is taken by the next caller or the background flush.
+            for _ in 0..MAX_TURN_BATCHES {
                 let batch = std::mem::take(&mut *self.queue.lock());
                 if batch.is_empty() {
                     break;
@@ -110,16 +112,16 @@ impl Core {
 
     /// Run queued commands, waiting for the writer (background thread only).
     fn drain_blocking(&self) {
-        let mut w = self.writer.lock();
-        loop {
+        while !self.queue.lock().is_empty() {
+            let mut w = self.writer.lock();
             let batch = std::mem::take(&mut *self.queue.lock());
-            if batch.is_empty() {
-                break;
-            }
             w.run(batch);
         }
     }
 }
+
+/// Transactions one caller runs for others before it returns to its own request.
+const MAX_TURN_BATCHES: usize = 8;
 
 impl Drop for Core {
     /// The last handle is gone (store handles and the background thread alike): write what is
@@ -264,15 +266,23 @@ impl Writer {
                 if let Some(now) = sweep_now {
                     self.next_sweep = now.plus_millis(1000);
                 }
+                let mut orphans = Vec::new();
                 for (cmd, res) in batch.into_iter().zip(results) {
-                    answer(cmd, Ok(res));
+                    orphans.extend(answer(cmd, Ok(res)));
+                }
+                if !orphans.is_empty() {
+                    let releases = orphans
+                        .into_iter()
+                        .map(|id| Cmd::Release(id, oneshot::channel().0))
+                        .collect();
+                    self.run(releases);
                 }
             }
             Err(e) => {
                 self.cache = Cache::default();
                 tracing::error!(error = %e, "sqlite store transaction failed");
                 for cmd in batch {
-                    answer(cmd, Err(StoreError::Backend(e.to_string())));
+                    let _ = answer(cmd, Err(StoreError::Backend(e.to_string())));
                 }
             }
         }
@@ -288,16 +298,26 @@ enum Outcome {
     Scores(Vec<f64>),
 }
 
-fn answer(cmd: Cmd, res: Result<Outcome, StoreError>) {
+/// Answer one command; returns a lease granted to a caller that is no longer waiting.
+fn answer(cmd: Cmd, res: Result<Outcome, StoreError>) -> Option<LeaseId> {
     fn send<T>(tx: Reply<T>, r: Result<Outcome, StoreError>, f: impl FnOnce(Outcome) -> Option<T>) {
         let r = r.and_then(|o| f(o).ok_or_else(|| StoreError::Backend("unexpected reply".into())));
         let _ = tx.send(r);
     }
     match cmd {
-        Cmd::Reserve(_, tx) => send(tx, res, |o| match o {
-            Outcome::Admission(a) => Some(a),
-            _ => None,
-        }),
+        Cmd::Reserve(_, tx) => {
+            // A caller that went away (client hung up) cannot settle its grant: release it now
+            // rather than holding the capacity for the whole lease TTL.
+            if let Ok(Outcome::Admission(Admission::Granted(id))) = &res {
+                if tx.is_closed() {
+                    return Some(*id);
+                }
+            }
+            send(tx, res, |o| match o {
+                Outcome::Admission(a) => Some(a),
+                _ => None,
+            })
+        }
         Cmd::Commit(.., None) => {
             if let Err(e) = res {
                 tracing::warn!(error = %e, "could not record usage");
@@ -325,6 +345,7 @@ fn answer(cmd: Cmd, res: Result<Outcome, StoreError>) {
             _ => None,
         }),
     }
+    None
 }
 
 fn key_of(subject: &str, resource: &str) -> CounterKey {

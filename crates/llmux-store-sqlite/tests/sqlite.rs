@@ -116,3 +116,28 @@ async fn detached_commits_reach_the_file_without_further_calls() {
     }
     panic!("detached commit never flushed");
 }
+
+#[tokio::test]
+async fn a_grant_nobody_waits_for_is_released() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = SqliteStore::open(dir.path().join("s.db")).unwrap();
+    // The caller queues its reserve and gives up before it runs (a client that hung up).
+    use futures_util::FutureExt;
+    assert!(
+        s.reserve(reserve(0, 5)).now_or_never().is_none(),
+        "the reserve was still queued"
+    );
+    // The background flush runs it, finds nobody waiting, and gives the capacity back.
+    for _ in 0..200 {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        let snap = s.snapshot("p/k").await.unwrap();
+        if let Some(st) = snap.first() {
+            let c = st.resources[0].1;
+            assert_eq!(c.used, 0);
+            if c.reserved == 0 {
+                return;
+            }
+        }
+    }
+    panic!("the orphaned grant kept its reservation");
+}

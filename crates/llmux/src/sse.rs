@@ -8,6 +8,9 @@
 use bytes::{Bytes, BytesMut};
 use llmux_core::Usage;
 
+/// Most bytes held back while waiting for the end of an event.
+const MAX_PENDING: usize = 1 << 20;
+
 #[derive(Debug, Default)]
 pub struct UsageScanner {
     buf: BytesMut,
@@ -47,6 +50,12 @@ impl UsageScanner {
         let ends_clean = chunk.ends_with(b"\n\n") || chunk.ends_with(b"\r\n\r\n");
         if self.buf.is_empty() && ends_clean && !has_usage_object(&chunk) {
             return Some(chunk); // the common case: whole events, no usage, zero copies
+        }
+        if self.buf.len() + chunk.len() > MAX_PENDING {
+            // An upstream that never ends its event: stop holding bytes back.
+            let mut out = std::mem::take(&mut self.buf);
+            out.extend_from_slice(&chunk);
+            return Some(out.freeze());
         }
         self.buf.extend_from_slice(&chunk);
         let mut out = BytesMut::new();
