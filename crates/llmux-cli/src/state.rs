@@ -6,7 +6,7 @@ use crate::NotFound;
 use anyhow::bail;
 use llmux::core::config::{Provider, Resource};
 use llmux::core::store::{score, AdminOp, Counter, StoreAdmin, SubjectState};
-use llmux::core::{window_at, Clock, Line, Period, Subject, SystemClock, Timestamp};
+use llmux::core::{window_at, Clock, Line, Measure, Period, Subject, SystemClock, Timestamp};
 use llmux::{AnyStore, Config};
 use std::io::Write;
 use std::sync::Arc;
@@ -126,24 +126,66 @@ async fn states(
     Ok(states)
 }
 
-fn counter_json(c: &Counter, now: Timestamp) -> serde_json::Value {
-    let expired = now >= c.window.end;
+/// The unit of `resource` on `subject` in config (requests when unknown).
+fn measure(config: &Config, subject: &str, resource: &str) -> Measure {
+    target(config, subject)
+        .ok()
+        .and_then(|t| {
+            t.resources
+                .iter()
+                .find(|r| &*r.name == resource)
+                .map(|r| r.measure)
+        })
+        .unwrap_or(Measure::Requests)
+}
+
+/// An amount in the resource's own unit for people: USD for cost resources (stored as micro-USD).
+fn amount_json(m: Measure, v: u64) -> serde_json::Value {
+    match m {
+        Measure::CostMicroUsd => serde_json::json!(v as f64 / 1_000_000.0),
+        _ => serde_json::json!(v),
+    }
+}
+
+fn amount_text(m: Measure, v: u64) -> String {
+    match m {
+        Measure::CostMicroUsd => format!("${:.6}", v as f64 / 1_000_000.0),
+        _ => v.to_string(),
+    }
+}
+
+fn unit_name(m: Measure) -> &'static str {
+    match m {
+        Measure::Requests => "requests",
+        Measure::Tokens => "tokens",
+        Measure::InputTokens => "input_tokens",
+        Measure::OutputTokens => "output_tokens",
+        Measure::CostMicroUsd => "usd",
+    }
+}
+
+fn counter_json(c: &Counter, m: Measure, now: Timestamp) -> serde_json::Value {
+    let used = if now >= c.window.end { 0 } else { c.used };
     serde_json::json!({
-        "capacity": c.capacity,
-        "used": if expired { 0 } else { c.used },
-        "reserved": c.reserved,
-        "remaining": c.capacity.saturating_sub((if expired { 0 } else { c.used }).saturating_add(c.reserved)),
+        "unit": unit_name(m),
+        "capacity": amount_json(m, c.capacity),
+        "used": amount_json(m, used),
+        "reserved": amount_json(m, c.reserved),
+        "remaining": amount_json(m, c.capacity.saturating_sub(used.saturating_add(c.reserved))),
         "window_start_ms": c.window.start.0,
         "window_end_ms": c.window.end.0,
         "ttl_secs": now.secs_until_ceil(c.window.end),
     })
 }
 
-fn state_json(s: &SubjectState, now: Timestamp) -> serde_json::Value {
+fn state_json(config: &Config, s: &SubjectState, now: Timestamp) -> serde_json::Value {
     let resources: serde_json::Map<String, serde_json::Value> = s
         .resources
         .iter()
-        .map(|(name, c)| (name.clone(), counter_json(c, now)))
+        .map(|(name, c)| {
+            let m = measure(config, &s.subject, name);
+            (name.clone(), counter_json(c, m, now))
+        })
         .collect();
     let cooling = s.flags.cooldown_until.filter(|u| *u > now);
     serde_json::json!({
@@ -157,7 +199,12 @@ fn state_json(s: &SubjectState, now: Timestamp) -> serde_json::Value {
     })
 }
 
-fn print_text(out: &mut impl Write, states: &[SubjectState], now: Timestamp) -> anyhow::Result<()> {
+fn print_text(
+    config: &Config,
+    out: &mut impl Write,
+    states: &[SubjectState],
+    now: Timestamp,
+) -> anyhow::Result<()> {
     for s in states {
         let mut status = Vec::new();
         if s.flags.disabled {
@@ -182,12 +229,14 @@ fn print_text(out: &mut impl Write, states: &[SubjectState], now: Timestamp) -> 
             status.join(", ")
         )?;
         for (name, c) in &s.resources {
+            let m = measure(config, &s.subject, name);
             let used = if now >= c.window.end { 0 } else { c.used };
             writeln!(
                 out,
-                "  {name}: used {used} + reserved {} of {} (window ends in {} s)",
-                c.reserved,
-                c.capacity,
+                "  {name}: used {} + reserved {} of {} (window ends in {} s)",
+                amount_text(m, used),
+                amount_text(m, c.reserved),
+                amount_text(m, c.capacity),
                 now.secs_until_ceil(c.window.end)
             )?;
         }
@@ -195,14 +244,20 @@ fn print_text(out: &mut impl Write, states: &[SubjectState], now: Timestamp) -> 
     Ok(())
 }
 
-fn print(states: &[SubjectState], subject: &str, json: bool, now: Timestamp) -> anyhow::Result<()> {
+fn print(
+    config: &Config,
+    states: &[SubjectState],
+    subject: &str,
+    json: bool,
+    now: Timestamp,
+) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     if json {
-        let v: Vec<serde_json::Value> = states.iter().map(|s| state_json(s, now)).collect();
+        let v: Vec<serde_json::Value> = states.iter().map(|s| state_json(config, s, now)).collect();
         let doc = serde_json::json!({"subject": subject, "subjects": v});
         writeln!(out, "{}", serde_json::to_string_pretty(&doc)?)?;
     } else {
-        print_text(&mut out, states, now)?;
+        print_text(config, &mut out, states, now)?;
     }
     Ok(())
 }
@@ -212,7 +267,7 @@ pub async fn show(config: &Config, subject: &str, json: bool) -> anyhow::Result<
     let store = open(config)?;
     let now = SystemClock.now();
     let states = states(config, &store, &t, now).await?;
-    print(&states, subject, json, now)
+    print(config, &states, subject, json, now)
 }
 
 pub async fn reset(config: &Config, subject: &str, dry_run: bool) -> anyhow::Result<()> {
@@ -225,7 +280,7 @@ pub async fn reset(config: &Config, subject: &str, dry_run: bool) -> anyhow::Res
             std::io::stdout(),
             "dry run: would reset this state of {subject}:"
         )?;
-        return print(&states, subject, false, now);
+        return print(config, &states, subject, false, now);
     }
     let n = store.reset(t.subject.as_str()).await?;
     writeln!(
@@ -285,12 +340,13 @@ pub async fn change(
     let now = SystemClock.now();
     let c = store.update(t.line(r, now), op, now).await?;
     let mut out = std::io::stdout().lock();
+    let m = r.measure;
     writeln!(
         out,
         "{subject} {resource}: used {} + reserved {} of {} (window ends in {} s)",
-        c.used,
-        c.reserved,
-        c.capacity,
+        amount_text(m, c.used),
+        amount_text(m, c.reserved),
+        amount_text(m, c.capacity),
         now.secs_until_ceil(c.window.end)
     )?;
     Ok(())
@@ -343,5 +399,5 @@ pub async fn sync(config: &Config, only: Option<&str>) -> anyhow::Result<()> {
         std::io::stdout(),
         "synced capacities and windows from config; used and reserved kept:"
     )?;
-    print(&all, only.unwrap_or("*"), false, now)
+    print(config, &all, only.unwrap_or("*"), false, now)
 }

@@ -310,3 +310,34 @@ fn usage_survives_kill_9_of_the_gateway() {
     let text = String::from_utf8_lossy(&out.get_output().stdout).into_owned();
     assert!(text.contains("rpm: used 7 + reserved 0 of 100"), "{text}");
 }
+
+#[test]
+fn cost_resources_are_shown_and_set_in_usd() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("llmux.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[store]\nkind = \"sqlite\"\npath = \"{}\"\n[providers.demo]\nkind = \"mock\"\n[[providers.demo.keys]]\nid = \"k1\"\nresources = [{{ name = \"budget\", value = 50, period = \"monthly\" }}]\n[models.m]\ntargets = [{{ provider = \"demo\", model = \"x\" }}]\n",
+            dir.path().join("s.db").display()
+        ),
+    )
+    .unwrap();
+    let out = run_ok(&cfg, &["set-resource-used", "demo/k1", "budget", "2.5"]);
+    assert!(
+        out.contains("used $2.500000") && out.contains("of $50.000000"),
+        "{out}"
+    );
+    let v = json_state(&cfg, "demo/k1");
+    let b = &v["subjects"][0]["resources"]["budget"];
+    assert_eq!(
+        (
+            b["unit"].as_str(),
+            b["used"].as_f64(),
+            b["capacity"].as_f64()
+        ),
+        (Some("usd"), Some(2.5), Some(50.0)),
+        "{v}"
+    );
+    assert_eq!(b["remaining"].as_f64(), Some(47.5));
+}
