@@ -20,7 +20,7 @@ use llmux_core::store::{
 use llmux_core::{Subject, Timestamp, Window};
 use parking_lot::Mutex;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -231,18 +231,23 @@ fn open_conn(path: &Path) -> rusqlite::Result<Connection> {
     Ok(conn)
 }
 
-type CounterKey = (Box<str>, Box<str>);
+/// A cached counter: `None` = known to be absent; `dirty` = changed in this transaction.
+#[derive(Clone, Copy, Default)]
+struct Cached {
+    counter: Option<Counter>,
+    dirty: bool,
+}
 
 /// What the writer knows of the file. Valid while `PRAGMA data_version` is unchanged, i.e. no
 /// other connection (another gateway, the CLI) has committed since our last transaction.
 #[derive(Default)]
 struct Cache {
     version: Option<i64>,
-    /// `None` = known to be absent.
-    counters: HashMap<CounterKey, Option<Counter>>,
+    /// subject -> resource -> counter: looked up by `&str` with no allocation; changed
+    /// counters are written once before the transaction commits.
+    counters: HashMap<Box<str>, HashMap<Box<str>, Cached>>,
     flags: HashMap<Box<str>, Flags>,
-    /// Counters changed in this transaction, written once before it commits.
-    dirty: HashSet<CounterKey>,
+    any_dirty: bool,
 }
 
 struct Writer {
@@ -346,10 +351,6 @@ fn answer(cmd: Cmd, res: Result<Outcome, StoreError>) -> Option<LeaseId> {
         }),
     }
     None
-}
-
-fn key_of(subject: &str, resource: &str) -> CounterKey {
-    (subject.into(), resource.into())
 }
 
 /// Lease lines as stored: `subject\tresource\tamount` per line. Names never hold tabs or
@@ -493,20 +494,48 @@ struct Batch<'a> {
 }
 
 impl Batch<'_> {
+    /// The cache slot of a counter, created on a miss (the only place that allocates).
+    fn slot(&mut self, subject: &str, resource: &str) -> &mut Cached {
+        self.cache
+            .counters
+            .entry(subject.into())
+            .or_default()
+            .entry(resource.into())
+            .or_default()
+    }
+
     fn counter(&mut self, subject: &str, resource: &str) -> rusqlite::Result<Option<Counter>> {
-        let key = key_of(subject, resource);
-        if let Some(c) = self.cache.counters.get(&key) {
-            return Ok(*c);
+        if let Some(c) = self
+            .cache
+            .counters
+            .get(subject)
+            .and_then(|m| m.get(resource))
+        {
+            return Ok(c.counter);
         }
-        let c = load_counter(self.tx, subject, resource)?;
-        self.cache.counters.insert(key, c);
-        Ok(c)
+        let counter = load_counter(self.tx, subject, resource)?;
+        *self.slot(subject, resource) = Cached {
+            counter,
+            dirty: false,
+        };
+        Ok(counter)
     }
 
     fn set_counter(&mut self, subject: &str, resource: &str, c: Counter) {
-        let key = key_of(subject, resource);
-        self.cache.dirty.insert(key.clone());
-        self.cache.counters.insert(key, Some(c));
+        self.cache.any_dirty = true;
+        let cached = Cached {
+            counter: Some(c),
+            dirty: true,
+        };
+        match self
+            .cache
+            .counters
+            .get_mut(subject)
+            .and_then(|m| m.get_mut(resource))
+        {
+            Some(slot) => *slot = cached,
+            None => *self.slot(subject, resource) = cached,
+        }
     }
 
     fn flags(&mut self, subject: &str) -> rusqlite::Result<Flags> {
@@ -520,9 +549,15 @@ impl Batch<'_> {
 
     /// Write every changed counter once.
     fn flush(&mut self) -> rusqlite::Result<()> {
-        for key in std::mem::take(&mut self.cache.dirty) {
-            if let Some(Some(c)) = self.cache.counters.get(&key) {
-                save_counter(self.tx, &key.0, &key.1, c)?;
+        if !std::mem::take(&mut self.cache.any_dirty) {
+            return Ok(());
+        }
+        for (subject, per) in self.cache.counters.iter_mut() {
+            for (resource, cached) in per.iter_mut() {
+                if let (true, Some(c)) = (cached.dirty, &cached.counter) {
+                    save_counter(self.tx, subject, resource, c)?;
+                    cached.dirty = false;
+                }
             }
         }
         Ok(())
