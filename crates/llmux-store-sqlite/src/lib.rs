@@ -183,7 +183,9 @@ impl SqliteStore {
     async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Cmd) -> Result<T, StoreError> {
         let (tx, rx) = oneshot::channel();
         self.core.queue.lock().push(make(tx));
-        // Let other ready tasks queue theirs first, so one transaction serves them all.
+        // Let other ready tasks queue theirs first, so one transaction serves them all. Without
+        // this yield each request ran its own transaction: 137 us of CPU per request and 7.2k
+        // req/s at c=64 in ../shared/bench, against 56 us and 17k with it.
         tokio::task::yield_now().await;
         self.core.drain();
         rx.await
