@@ -82,7 +82,6 @@ fn open(config: &Config) -> anyhow::Result<AnyStore> {
 
 /// Stored state of `subject` and below, with configured resources not used yet filled in.
 async fn states(
-    config: &Config,
     store: &AnyStore,
     t: &Target<'_>,
     now: Timestamp,
@@ -121,7 +120,6 @@ async fn states(
         }
         s.resources.sort_by(|a, b| a.0.cmp(&b.0));
     }
-    let _ = config;
     states.sort_by(|a, b| a.subject.cmp(&b.subject));
     Ok(states)
 }
@@ -266,7 +264,7 @@ pub async fn show(config: &Config, subject: &str, json: bool) -> anyhow::Result<
     let t = target(config, subject)?;
     let store = open(config)?;
     let now = SystemClock.now();
-    let states = states(config, &store, &t, now).await?;
+    let states = states(&store, &t, now).await?;
     print(config, &states, subject, json, now)
 }
 
@@ -275,7 +273,7 @@ pub async fn reset(config: &Config, subject: &str, dry_run: bool) -> anyhow::Res
     let store = open(config)?;
     let now = SystemClock.now();
     if dry_run {
-        let states = states(config, &store, &t, now).await?;
+        let states = states(&store, &t, now).await?;
         writeln!(
             std::io::stdout(),
             "dry run: would reset this state of {subject}:"
@@ -393,7 +391,7 @@ pub async fn sync(config: &Config, only: Option<&str>) -> anyhow::Result<()> {
                     .await?;
             }
         }
-        all.extend(states(config, &store, &subjects[0], now).await?);
+        all.extend(states(&store, &subjects[0], now).await?);
     }
     writeln!(
         std::io::stdout(),

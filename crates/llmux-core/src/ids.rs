@@ -53,6 +53,14 @@ impl Subject {
     }
 }
 
+/// Whether `subject` is `parent` or below it (`openai` covers `openai/k1`, not `openai-eu`).
+/// What `show-state` and `reset-state` mean by a SUBJECT.
+pub fn at_or_below(subject: &str, parent: &str) -> bool {
+    subject
+        .strip_prefix(parent)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
 /// A credential. Debug, Display and Serialize print `*****`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(Arc<str>);
@@ -102,6 +110,12 @@ impl fmt::Display for TargetId {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn subjects_cover_their_keys_only() {
+        assert!(at_or_below("openai", "openai") && at_or_below("openai/k1", "openai"));
+        assert!(!at_or_below("openai-eu/k1", "openai") && !at_or_below("open", "openai"));
+    }
 
     #[test]
     fn secret_never_prints() {

@@ -1,7 +1,7 @@
 //! `MemoryStore`: the store in one process's memory (tests, demos). One mutex section per call
 //! makes check-and-write atomic; nothing survives a restart.
 
-use crate::ids::Subject;
+use crate::ids::{at_or_below, Subject};
 use crate::store::*;
 use crate::time::Timestamp;
 use parking_lot::Mutex;
@@ -203,7 +203,7 @@ impl Store for MemoryStore {
 impl StoreAdmin for MemoryStore {
     async fn snapshot(&self, subject: &str) -> Result<Vec<SubjectState>, StoreError> {
         let g = self.inner.lock();
-        let matches = |s: &str| s == subject || s.starts_with(&format!("{subject}/"));
+        let matches = |s: &str| at_or_below(s, subject);
         let mut out: std::collections::BTreeMap<String, SubjectState> = Default::default();
         for ((s, r), c) in &g.counters {
             if matches(s.as_str()) {
@@ -249,8 +249,7 @@ impl StoreAdmin for MemoryStore {
 
     async fn reset(&self, subject: &str) -> Result<usize, StoreError> {
         let mut g = self.inner.lock();
-        let matches =
-            |s: &Subject| s.as_str() == subject || s.as_str().starts_with(&format!("{subject}/"));
+        let matches = |s: &Subject| at_or_below(s.as_str(), subject);
         let before = g.counters.len();
         g.counters.retain(|(s, _), _| !matches(s));
         g.flags.retain(|s, _| !matches(s));

@@ -13,9 +13,10 @@
 //! by itself: a gateway starts while Redis is down (calls fail with `StoreError::Unavailable`)
 //! and recovers when it returns.
 
+use llmux_core::ids::at_or_below;
 use llmux_core::store::{
-    score, score_of, AdminOp, Admission, Counter, Denial, DenialReason, Flags, LeaseId, Line,
-    Reserve, Store, StoreAdmin, StoreError, SubjectState,
+    score_of, AdminOp, Admission, Counter, Denial, DenialReason, Flags, LeaseId, Line, Reserve,
+    Store, StoreAdmin, StoreError, SubjectState,
 };
 use llmux_core::{Subject, Timestamp, Window};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -424,7 +425,7 @@ impl Store for RedisStore {
 impl StoreAdmin for RedisStore {
     async fn snapshot(&self, subject: &str) -> Result<Vec<SubjectState>, StoreError> {
         let mut c = self.conn().await?;
-        let matches = |s: &str| s == subject || s.starts_with(&format!("{subject}/"));
+        let matches = |s: &str| at_or_below(s, subject);
         let members: Vec<String> = redis::cmd("SMEMBERS")
             .arg(self.key("index"))
             .query_async(&mut c)
@@ -469,7 +470,6 @@ impl StoreAdmin for RedisStore {
                 })
                 .flags = f;
         }
-        let _ = score;
         Ok(out.into_values().collect())
     }
 

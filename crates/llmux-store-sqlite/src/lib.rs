@@ -13,6 +13,7 @@
 //!
 //! Schema changes are append-only migrations keyed by `PRAGMA user_version`.
 
+use llmux_core::ids::at_or_below;
 use llmux_core::store::{
     decide, score_of, AdminOp, Admission, Counter, Flags, LeaseId, Line, Reserve, Store,
     StoreAdmin, StoreError, SubjectState,
@@ -720,10 +721,6 @@ fn load_flags(tx: &rusqlite::Transaction, s: &str) -> rusqlite::Result<Flags> {
 /// wildcard and case is folded.
 const UNDER: &str = "(subject = ?1 OR substr(subject, 1, length(?2)) = ?2)";
 
-fn is_under(s: &str, subject: &str) -> bool {
-    s == subject || s.strip_prefix(subject).is_some_and(|r| r.starts_with('/'))
-}
-
 /// After a reset, leases in flight must not give back, at settle or expiry, amounts reserved on
 /// counters that no longer exist: drop their lines on the reset subjects.
 fn forget_lease_lines(tx: &rusqlite::Transaction, subject: &str) -> rusqlite::Result<()> {
@@ -734,7 +731,7 @@ fn forget_lease_lines(tx: &rusqlite::Transaction, subject: &str) -> rusqlite::Re
     for (id, text) in leases {
         let kept: Vec<&str> = text
             .lines()
-            .filter(|l| !is_under(l.split('\t').next().unwrap_or(""), subject))
+            .filter(|l| !at_or_below(l.split('\t').next().unwrap_or(""), subject))
             .collect();
         if kept.len() == text.lines().count() {
             continue;

@@ -7,7 +7,7 @@
 use crate::router::{Inner, TargetStats};
 use llmux_core::plan::{lines, Bound};
 use llmux_core::store::{LeaseId, Store};
-use llmux_core::{Secret, StoreError, Subject, TargetId, Usage};
+use llmux_core::{Secret, StoreError, Subject, TargetId, Timestamp, Usage};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -71,8 +71,8 @@ impl Lease {
         self.id
     }
 
-    fn used_lines(&self, usage: &Usage) -> Vec<llmux_core::Line> {
-        let now = self.inner.clock.now();
+    /// The lines to commit for `usage`, in the windows of `now`.
+    fn used_lines(&self, usage: &Usage, now: Timestamp) -> Vec<llmux_core::Line> {
         let mut v = lines(self.bounds.iter(), usage, now);
         if let Some(extra) = &self.extra {
             v.extend(lines(extra.iter(), usage, now));
@@ -84,12 +84,12 @@ impl Lease {
     pub async fn complete(mut self, usage: Usage, latency: Duration) -> Result<(), StoreError> {
         self.settled = true;
         self.stats.record_success(latency);
-        let used = self.used_lines(&usage);
-        self.commit_lines(used).await
+        self.commit_usage(&usage).await
     }
 
-    async fn commit_lines(&self, used: Vec<llmux_core::Line>) -> Result<(), StoreError> {
+    async fn commit_usage(&self, usage: &Usage) -> Result<(), StoreError> {
         let now = self.inner.clock.now();
+        let used = self.used_lines(usage, now);
         if self.local {
             self.inner.fallback.commit(self.id, now, used).await
         } else {
@@ -134,8 +134,7 @@ impl Lease {
     pub async fn failed(mut self) -> Result<(), StoreError> {
         self.settled = true;
         self.stats.record_failure();
-        let used = self.used_lines(&Usage::default());
-        self.commit_lines(used).await
+        self.commit_usage(&Usage::default()).await
     }
 
     /// Give the reservation back: the upstream never saw the request.
@@ -149,8 +148,8 @@ impl Lease {
     pub(crate) fn complete_detached(mut self, usage: Usage, latency: Duration) {
         self.settled = true;
         self.stats.record_success(latency);
-        let used = self.used_lines(&usage);
         let now = self.inner.clock.now();
+        let used = self.used_lines(&usage, now);
         if self.local {
             self.inner.fallback.commit_detached(self.id, now, used);
         } else {
