@@ -54,6 +54,16 @@ const MIGRATIONS: &[&str] = &[
     // v2: the sweep scans the (small) table of leases in flight once a second; an index on
     // expires_at cost a page write in every transaction.
     "DROP INDEX IF EXISTS leases_expires_at;",
+    // v3: lease ids are drawn at random (never reused, as AUTOINCREMENT promised) without the
+    // sqlite_sequence page AUTOINCREMENT wrote in every transaction.
+    "CREATE TABLE leases_v3 (
+        id INTEGER PRIMARY KEY,
+        expires_at INTEGER NOT NULL,
+        lines TEXT NOT NULL
+    );
+    INSERT INTO leases_v3 (id, expires_at, lines) SELECT id, expires_at, lines FROM leases;
+    DROP TABLE leases;
+    ALTER TABLE leases_v3 RENAME TO leases;",
 ];
 
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
@@ -250,8 +260,14 @@ struct Cache {
     /// counters are written once before the transaction commits.
     counters: HashMap<Box<str>, HashMap<Box<str>, Cached>>,
     flags: HashMap<Box<str>, Flags>,
+    /// The lines of leases this writer granted, so settling one needs no read or parse of
+    /// its row (the row is still deleted, and only a deleted row is settled).
+    leases: HashMap<u64, Box<[Held]>>,
     any_dirty: bool,
 }
+
+/// One reserved line of a lease: subject, resource, amount.
+type Held = (Subject, Arc<str>, u64);
 
 struct Writer {
     conn: Connection,
@@ -359,26 +375,22 @@ fn answer(cmd: Cmd, res: Result<Outcome, StoreError>) -> Option<LeaseId> {
 /// Lease lines as stored: `subject\tresource\tamount` per line. Names never hold tabs or
 /// newlines (config validation).
 fn encode_lines(lines: &[Line]) -> String {
-    let mut s = String::with_capacity(lines.len() * 32);
+    use std::fmt::Write;
+    let mut s = String::with_capacity(lines.len() * 48);
     for l in lines {
-        s.push_str(l.subject.as_str());
-        s.push('\t');
-        s.push_str(&l.resource);
-        s.push('\t');
-        s.push_str(&l.amount.to_string());
-        s.push('\n');
+        let _ = writeln!(s, "{}\t{}\t{}", l.subject, l.resource, l.amount);
     }
     s
 }
 
-fn decode_lines(text: &str) -> Vec<(String, String, u64)> {
+fn decode_lines(text: &str) -> Vec<Held> {
     text.lines()
         .filter_map(|l| {
             let mut parts = l.split('\t');
             let s = parts.next()?;
             let r = parts.next()?;
             let a = parts.next()?.parse().ok()?;
-            Some((s.to_string(), r.to_string(), a))
+            Some((Subject::new(s), Arc::from(r), a))
         })
         .collect()
 }
@@ -390,8 +402,32 @@ impl Writer {
         sweep_now: Option<Timestamp>,
     ) -> rusqlite::Result<Vec<Outcome>> {
         let Writer { conn, cache, .. } = self;
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let version: i64 = tx
+        // BEGIN and COMMIT as cached statements: `Connection::transaction` parses them anew
+        // each time, a measurable share of a small transaction.
+        conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
+        let result = Self::apply(conn, cache, batch, sweep_now);
+        match result {
+            Ok(out) => match conn.prepare_cached("COMMIT")?.execute([]) {
+                Ok(_) => Ok(out),
+                Err(e) => {
+                    rollback(conn);
+                    Err(e)
+                }
+            },
+            Err(e) => {
+                rollback(conn);
+                Err(e)
+            }
+        }
+    }
+
+    fn apply(
+        conn: &Connection,
+        cache: &mut Cache,
+        batch: &[Cmd],
+        sweep_now: Option<Timestamp>,
+    ) -> rusqlite::Result<Vec<Outcome>> {
+        let version: i64 = conn
             .prepare_cached("PRAGMA data_version")?
             .query_row([], |r| r.get(0))?;
         if cache.version != Some(version) {
@@ -400,7 +436,7 @@ impl Writer {
                 ..Cache::default()
             };
         }
-        let mut b = Batch { tx: &tx, cache };
+        let mut b = Batch { tx: conn, cache };
         if let Some(now) = sweep_now {
             b.sweep(now)?;
         }
@@ -480,19 +516,28 @@ impl Writer {
                     // Simplest correct cache after a bulk delete: start over.
                     b.cache.counters.clear();
                     b.cache.flags.clear();
+                    b.cache.leases.clear();
                     Outcome::Count(n)
                 }
             });
         }
         b.flush()?;
-        tx.commit()?;
         Ok(out)
+    }
+}
+
+/// Undo a failed transaction, if SQLite has not already.
+fn rollback(conn: &Connection) {
+    if !conn.is_autocommit() {
+        if let Err(e) = conn.execute_batch("ROLLBACK") {
+            tracing::error!(error = %e, "sqlite rollback failed");
+        }
     }
 }
 
 /// One transaction's view: the cache in front of the file.
 struct Batch<'a> {
-    tx: &'a rusqlite::Transaction<'a>,
+    tx: &'a Connection,
     cache: &'a mut Cache,
 }
 
@@ -582,19 +627,42 @@ impl Batch<'_> {
         for (l, c) in r.lines.iter().zip(counters) {
             self.set_counter(l.subject.as_str(), &l.resource, c);
         }
-        self.tx
-            .prepare_cached("INSERT INTO leases (expires_at, lines) VALUES (?1, ?2)")?
-            .execute(params![
-                r.now.plus_millis(r.lease_ttl_ms).0,
-                encode_lines(&r.lines)
-            ])?;
-        Ok(Admission::Granted(LeaseId(
-            self.tx.last_insert_rowid() as u64
-        )))
+        let expires_at = r.now.plus_millis(r.lease_ttl_ms).0;
+        let text = encode_lines(&r.lines);
+        let mut insert = self.tx.prepare_cached(
+            "INSERT OR IGNORE INTO leases (id, expires_at, lines) VALUES (?1, ?2, ?3)",
+        )?;
+        // A random positive 63-bit id: unique across processes on the file and never reused
+        // (a late settle of an expired lease cannot touch a newer one); a clash draws again.
+        let id = loop {
+            let id = rand::random::<u64>() >> 1;
+            if id != 0 && insert.execute(params![id as i64, expires_at, text])? == 1 {
+                break id;
+            }
+        };
+        let held = r
+            .lines
+            .iter()
+            .map(|l| (l.subject.clone(), l.resource.clone(), l.amount))
+            .collect();
+        self.cache.leases.insert(id, held);
+        Ok(Admission::Granted(LeaseId(id)))
     }
 
-    /// Remove a lease; returns its lines `(subject, resource, amount)`.
-    fn take_lease(&mut self, id: LeaseId) -> rusqlite::Result<Vec<(String, String, u64)>> {
+    /// Remove a lease; returns its lines, or none when the lease is gone (settled, expired
+    /// or reset elsewhere).
+    fn take_lease(&mut self, id: LeaseId) -> rusqlite::Result<Vec<Held>> {
+        if let Some(held) = self.cache.leases.remove(&id.0) {
+            let deleted = self
+                .tx
+                .prepare_cached("DELETE FROM leases WHERE id = ?1")?
+                .execute([id.0 as i64])?;
+            return Ok(if deleted == 1 {
+                held.into()
+            } else {
+                Vec::new()
+            });
+        }
         let text: Option<String> = self
             .tx
             .prepare_cached("DELETE FROM leases WHERE id = ?1 RETURNING lines")?
@@ -613,7 +681,7 @@ impl Batch<'_> {
 
     fn release(&mut self, id: LeaseId) -> rusqlite::Result<()> {
         for (s, r, amount) in self.take_lease(id)? {
-            self.unreserve(&s, &r, amount)?;
+            self.unreserve(s.as_str(), &r, amount)?;
         }
         Ok(())
     }
@@ -623,7 +691,7 @@ impl Batch<'_> {
         for l in used {
             let pos = held
                 .iter()
-                .position(|(s, r, _)| s == l.subject.as_str() && r == &*l.resource);
+                .position(|(s, r, _)| *s == l.subject && *r == l.resource);
             let reserved = pos.map(|i| held.swap_remove(i).2).unwrap_or(0);
             let mut c = self
                 .counter(l.subject.as_str(), &l.resource)?
@@ -639,7 +707,7 @@ impl Batch<'_> {
             }
         }
         for (s, r, amount) in held {
-            self.unreserve(&s, &r, amount)?;
+            self.unreserve(s.as_str(), &r, amount)?;
         }
         Ok(())
     }
@@ -658,7 +726,7 @@ impl Batch<'_> {
 }
 
 fn load_counter(
-    tx: &rusqlite::Transaction,
+    tx: &Connection,
     subject: &str,
     resource: &str,
 ) -> rusqlite::Result<Option<Counter>> {
@@ -681,7 +749,7 @@ fn load_counter(
 }
 
 fn save_counter(
-    tx: &rusqlite::Transaction,
+    tx: &Connection,
     subject: &str,
     resource: &str,
     c: &Counter,
@@ -703,7 +771,7 @@ fn save_counter(
     Ok(())
 }
 
-fn load_flags(tx: &rusqlite::Transaction, s: &str) -> rusqlite::Result<Flags> {
+fn load_flags(tx: &Connection, s: &str) -> rusqlite::Result<Flags> {
     Ok(tx
         .prepare_cached("SELECT cooldown_until, disabled, score FROM subjects WHERE subject = ?1")?
         .query_row([s], |r| {
@@ -723,7 +791,7 @@ const UNDER: &str = "(subject = ?1 OR substr(subject, 1, length(?2)) = ?2)";
 
 /// After a reset, leases in flight must not give back, at settle or expiry, amounts reserved on
 /// counters that no longer exist: drop their lines on the reset subjects.
-fn forget_lease_lines(tx: &rusqlite::Transaction, subject: &str) -> rusqlite::Result<()> {
+fn forget_lease_lines(tx: &Connection, subject: &str) -> rusqlite::Result<()> {
     let leases: Vec<(i64, String)> = tx
         .prepare_cached("SELECT id, lines FROM leases")?
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
@@ -746,7 +814,7 @@ fn forget_lease_lines(tx: &rusqlite::Transaction, subject: &str) -> rusqlite::Re
     Ok(())
 }
 
-fn snapshot(tx: &rusqlite::Transaction, subject: &str) -> rusqlite::Result<Vec<SubjectState>> {
+fn snapshot(tx: &Connection, subject: &str) -> rusqlite::Result<Vec<SubjectState>> {
     let below = format!("{subject}/");
     let mut out: std::collections::BTreeMap<String, SubjectState> = Default::default();
     let mut stmt = tx.prepare_cached(

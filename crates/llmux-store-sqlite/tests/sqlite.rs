@@ -141,3 +141,72 @@ async fn a_grant_nobody_waits_for_is_released() {
     }
     panic!("the orphaned grant kept its reservation");
 }
+
+/// A file written by an older llmux (schema v2, AUTOINCREMENT lease ids) opens, and the lease in
+/// flight it holds is still released by its id.
+#[tokio::test]
+async fn a_v2_file_migrates_and_keeps_its_leases() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.db");
+    {
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.execute_batch(
+            "CREATE TABLE counters (subject TEXT NOT NULL, resource TEXT NOT NULL,
+                capacity INTEGER NOT NULL, used INTEGER NOT NULL, reserved INTEGER NOT NULL,
+                window_start INTEGER NOT NULL, window_end INTEGER NOT NULL,
+                PRIMARY KEY (subject, resource)) WITHOUT ROWID;
+             CREATE TABLE leases (id INTEGER PRIMARY KEY AUTOINCREMENT,
+                expires_at INTEGER NOT NULL, lines TEXT NOT NULL);
+             CREATE TABLE subjects (subject TEXT PRIMARY KEY, cooldown_until INTEGER,
+                disabled INTEGER NOT NULL DEFAULT 0, score REAL) WITHOUT ROWID;
+             INSERT INTO counters VALUES ('p/k', 'rpm', 5, 1, 3, 0, 60000);
+             INSERT INTO leases (id, expires_at, lines) VALUES (41, 999999, 'p/k\trpm\t3\n');
+             PRAGMA user_version = 2;",
+        )
+        .unwrap();
+    }
+    let s = SqliteStore::open(&path).unwrap();
+    s.release(llmux_core::store::LeaseId(41)).await.unwrap();
+    let snap = s.snapshot("p/k").await.unwrap();
+    assert_eq!(snap[0].resources[0].1.reserved, 0);
+    assert_eq!(snap[0].resources[0].1.used, 1);
+    // Settling it again changes nothing; new leases still work.
+    s.release(llmux_core::store::LeaseId(41)).await.unwrap();
+    assert!(matches!(
+        s.reserve(reserve(0, 5)).await.unwrap(),
+        Admission::Granted(_)
+    ));
+    let snap = s.snapshot("p/k").await.unwrap();
+    assert_eq!(snap[0].resources[0].1.reserved, 1);
+}
+
+/// A lease granted through one connection settles through another (as when the CLI or a
+/// second gateway settles it), and frees its reservation only once.
+#[tokio::test]
+async fn a_lease_settles_once_from_any_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.db");
+    let a = SqliteStore::open(&path).unwrap();
+    let b = SqliteStore::open(&path).unwrap();
+    let Admission::Granted(first) = a.reserve(reserve(0, 5)).await.unwrap() else {
+        panic!("denied")
+    };
+    let Admission::Granted(second) = a.reserve(reserve(0, 5)).await.unwrap() else {
+        panic!("denied")
+    };
+    assert_ne!(first, second);
+    b.commit(first, Timestamp(10), vec![line(5, 2)])
+        .await
+        .unwrap();
+    // The granting connection releases the same id late: the other lease keeps its hold.
+    a.release(first).await.unwrap();
+    let snap = a.snapshot("p/k").await.unwrap();
+    let c = snap[0].resources[0].1;
+    assert_eq!((c.used, c.reserved), (2, 1));
+    a.commit(second, Timestamp(20), vec![line(5, 1)])
+        .await
+        .unwrap();
+    let snap = b.snapshot("p/k").await.unwrap();
+    let c = snap[0].resources[0].1;
+    assert_eq!((c.used, c.reserved), (3, 0));
+}
