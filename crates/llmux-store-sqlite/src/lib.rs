@@ -121,6 +121,40 @@ impl Core {
         }
     }
 
+    /// Copy the WAL into the database file, in two steps. First beside the writer, on the
+    /// background thread's own connection: that copies (and fsyncs) the bulk. Then once more
+    /// with the writer held, so nothing of this process appends meanwhile: the few frames
+    /// written during the first step are copied too, and the next transaction starts the WAL
+    /// over from its beginning. (A checkpoint beside a busy writer never catches up, and the
+    /// WAL would grow for as long as the load lasts.) Requests that queue during the second
+    /// step are served right after it.
+    fn checkpoint(&self, checkpointer: &Connection) {
+        let passive = |c: &Connection| {
+            c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+            })
+        };
+        if let Err(e) = passive(checkpointer) {
+            tracing::warn!(error = %e, "sqlite checkpoint failed");
+            return;
+        }
+        let w = self.writer.lock();
+        let done = passive(checkpointer);
+        drop(w);
+        match done {
+            Ok((log, copied)) if log != copied => {
+                tracing::debug!(
+                    log,
+                    copied,
+                    "sqlite checkpoint incomplete (another process busy)"
+                )
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "sqlite checkpoint failed"),
+        }
+        self.drain_blocking();
+    }
+
     /// Run queued commands, waiting for the writer (background thread only).
     fn drain_blocking(&self) {
         while !self.queue.lock().is_empty() {
@@ -167,7 +201,7 @@ impl SqliteStore {
             StoreError::Unavailable(format!("cannot open sqlite store {}: {e}", path.display()))
         };
         let conn = open_conn(&path).map_err(unavailable)?;
-        // Checkpoints (which fsync) run on the background thread's own connection.
+        // Checkpoints (which fsync) run on the background thread, not at commit.
         conn.pragma_update(None, "wal_autocheckpoint", 0)
             .map_err(unavailable)?;
         let checkpointer = open_conn(&path).map_err(unavailable)?;
@@ -212,13 +246,9 @@ fn background(core: std::sync::Weak<Core>, checkpointer: Connection) {
         if !core.queue.lock().is_empty() {
             core.drain_blocking();
         }
-        drop(core);
         if last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
             last_checkpoint = std::time::Instant::now();
-            if let Err(e) = checkpointer.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
-            {
-                tracing::warn!(error = %e, "sqlite checkpoint failed");
-            }
+            core.checkpoint(&checkpointer);
         }
     }
 }

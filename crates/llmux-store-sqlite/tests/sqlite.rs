@@ -210,3 +210,32 @@ async fn a_lease_settles_once_from_any_connection() {
     let c = snap[0].resources[0].1;
     assert_eq!((c.used, c.reserved), (3, 0));
 }
+
+/// Under steady load the WAL is checkpointed and starts over, instead of growing for as long as
+/// the load lasts.
+#[tokio::test]
+async fn the_wal_starts_over_under_steady_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.db");
+    let s = SqliteStore::open(&path).unwrap();
+    let started = std::time::Instant::now();
+    let mut transactions = 0i64;
+    while started.elapsed() < std::time::Duration::from_millis(2500) {
+        let Admission::Granted(id) = s.reserve(reserve(0, u64::MAX / 4)).await.unwrap() else {
+            panic!("denied")
+        };
+        s.commit(id, Timestamp(1), vec![line(u64::MAX / 4, 1)])
+            .await
+            .unwrap();
+        transactions += 2;
+    }
+    // Every transaction appended at least one frame: without a restart the WAL holds them all.
+    let c = rusqlite::Connection::open(&path).unwrap();
+    let frames: i64 = c
+        .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get(1))
+        .unwrap();
+    assert!(
+        frames < transactions / 2,
+        "{frames} WAL frames after {transactions} transactions"
+    );
+}
