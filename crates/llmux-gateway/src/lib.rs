@@ -21,6 +21,32 @@ use std::time::Instant;
 struct AppState {
     router: Router,
     metrics: Option<PrometheusHandle>,
+    /// Per endpoint (by `endpoint_index`): the handles of the common case, registered once.
+    endpoint_metrics: [EndpointMetrics; 3],
+}
+
+/// Metric handles of one endpoint: its latency histogram and its count of 200s. Other statuses
+/// are rarer and go through the registry.
+struct EndpointMetrics {
+    duration: metrics::Histogram,
+    ok: metrics::Counter,
+}
+
+impl EndpointMetrics {
+    fn new(endpoint: Endpoint) -> Self {
+        EndpointMetrics {
+            duration: metrics::histogram!("llmux_request_duration_seconds", "endpoint" => endpoint.name()),
+            ok: metrics::counter!("llmux_requests_total", "endpoint" => endpoint.name(), "status" => "200"),
+        }
+    }
+}
+
+fn endpoint_index(e: Endpoint) -> usize {
+    match e {
+        Endpoint::ChatCompletions => 0,
+        Endpoint::Completions => 1,
+        Endpoint::Embeddings => 2,
+    }
 }
 
 /// The process-wide Prometheus recorder (installed once).
@@ -43,9 +69,16 @@ fn metrics_handle() -> Option<PrometheusHandle> {
 
 /// The gateway's routes over `router`.
 pub fn app(router: Router) -> axum::Router {
+    // The recorder first: handles registered before it would record nowhere.
+    let metrics = metrics_handle();
     let state = Arc::new(AppState {
         router,
-        metrics: metrics_handle(),
+        metrics,
+        endpoint_metrics: [
+            EndpointMetrics::new(Endpoint::ChatCompletions),
+            EndpointMetrics::new(Endpoint::Completions),
+            EndpointMetrics::new(Endpoint::Embeddings),
+        ],
     });
     axum::Router::new()
         .route("/v1/chat/completions", post(chat))
@@ -99,9 +132,13 @@ async fn proxy(s: Arc<AppState>, endpoint: Endpoint, req: HttpRequest) -> Respon
         Ok(r) => r.status(),
         Err(e) => e.parts().0,
     };
-    metrics::counter!("llmux_requests_total", "endpoint" => endpoint.name(), "status" => status.as_str().to_owned()).increment(1);
-    metrics::histogram!("llmux_request_duration_seconds", "endpoint" => endpoint.name())
-        .record(started.elapsed().as_secs_f64());
+    let m = &s.endpoint_metrics[endpoint_index(endpoint)];
+    if status == StatusCode::OK {
+        m.ok.increment(1);
+    } else {
+        metrics::counter!("llmux_requests_total", "endpoint" => endpoint.name(), "status" => status.as_str().to_owned()).increment(1);
+    }
+    m.duration.record(started.elapsed().as_secs_f64());
     match result {
         Ok(r) => r,
         Err(e) => e.into_response(),
@@ -153,28 +190,31 @@ async fn route(s: &AppState, endpoint: Endpoint, req: HttpRequest) -> Result<Res
             gateway_key: key,
         })
         .await?;
-    let mut builder = Response::builder().status(resp.status);
-    if let Some(h) = builder.headers_mut() {
-        h.extend(resp.headers);
-        if let Ok(v) = HeaderValue::from_str(&resp.target.to_string()) {
-            h.insert("x-llmux-target", v);
-        }
-        h.insert("x-llmux-attempts", HeaderValue::from(resp.attempts));
-    }
+    let status = StatusCode::from_u16(resp.status).map_err(|_| {
+        ApiError::from(llmux::RouteError::Upstream {
+            attempts: resp.attempts,
+            timeout: false,
+            message: format!("the upstream answered status {}", resp.status),
+        })
+    })?;
+    let target = resp.target_header().clone();
+    let mut headers = resp.headers;
+    headers.insert("x-llmux-target", target);
+    headers.insert("x-llmux-attempts", HeaderValue::from(resp.attempts));
     let body = match resp.body {
         ResponseBody::Full(b) => Body::from(b),
         ResponseBody::Stream(stream) => {
-            if let Some(h) = builder.headers_mut() {
-                h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-                h.entry(header::CONTENT_TYPE)
-                    .or_insert(HeaderValue::from_static("text/event-stream"));
-            }
+            headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+            headers
+                .entry(header::CONTENT_TYPE)
+                .or_insert(HeaderValue::from_static("text/event-stream"));
             Body::from_stream(stream.map(|r| r.map_err(std::io::Error::other)))
         }
     };
-    builder
-        .body(body)
-        .map_err(|e| ApiError::BadRequest(e.to_string()))
+    let mut out = Response::new(body);
+    *out.status_mut() = status;
+    *out.headers_mut() = headers;
+    Ok(out)
 }
 
 async fn models(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Response {

@@ -108,10 +108,14 @@ impl Core {
             // A bounded turn, so one caller does not serve a busy queue forever; whatever is
             // left is taken by the next caller or the background flush.
             for _ in 0..MAX_TURN_BATCHES {
-                let batch = std::mem::take(&mut *self.queue.lock());
-                if batch.is_empty() {
-                    break;
-                }
+                let batch = {
+                    let mut q = self.queue.lock();
+                    if q.is_empty() {
+                        break;
+                    }
+                    // The emptied vector of the last batch takes the queue's place.
+                    std::mem::replace(&mut *q, std::mem::take(&mut w.spare))
+                };
                 w.run(batch);
             }
             drop(w);
@@ -211,6 +215,7 @@ impl SqliteStore {
                 conn,
                 cache: Cache::default(),
                 next_sweep: Timestamp(0),
+                spare: Vec::new(),
             }),
         });
         let weak = Arc::downgrade(&core);
@@ -303,11 +308,13 @@ struct Writer {
     conn: Connection,
     cache: Cache,
     next_sweep: Timestamp,
+    /// The vector of the last batch, emptied, to become the next queue.
+    spare: Vec<Cmd>,
 }
 
 impl Writer {
     /// Apply `batch` in one transaction and answer each command.
-    fn run(&mut self, batch: Vec<Cmd>) {
+    fn run(&mut self, mut batch: Vec<Cmd>) {
         let sweep_now = batch
             .iter()
             .filter_map(|c| match c {
@@ -321,9 +328,10 @@ impl Writer {
                     self.next_sweep = now.plus_millis(1000);
                 }
                 let mut orphans = Vec::new();
-                for (cmd, res) in batch.into_iter().zip(results) {
+                for (cmd, res) in batch.drain(..).zip(results) {
                     orphans.extend(answer(cmd, Ok(res)));
                 }
+                self.spare = batch;
                 if !orphans.is_empty() {
                     let releases = orphans
                         .into_iter()

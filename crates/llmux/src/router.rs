@@ -48,10 +48,12 @@ fn log_settle(r: Result<(), llmux_core::StoreError>) {
 }
 
 /// Live figures of one target, for strategies and health.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct TargetStats {
     /// `provider/key/model`, the metrics label.
     label: String,
+    /// The same, as the `x-llmux-target` header value.
+    header: http::HeaderValue,
     /// Metric handles of the success path, registered on first use (after the gateway has
     /// installed its recorder), so a request does no label allocation or registry lookup.
     ok_metrics: std::sync::OnceLock<(metrics::Counter, metrics::Histogram)>,
@@ -65,9 +67,13 @@ pub struct TargetStats {
 impl TargetStats {
     fn new(label: String) -> Self {
         TargetStats {
+            header: http::HeaderValue::from_str(&label)
+                .unwrap_or_else(|_| http::HeaderValue::from_static("invalid")),
             label,
+            ok_metrics: std::sync::OnceLock::new(),
+            in_flight: AtomicU64::new(0),
+            latency_us: AtomicU64::new(0),
             success: AtomicU64::new(1f64.to_bits()),
-            ..Default::default()
         }
     }
     fn record_ok(&self, latency: Option<Duration>) {
@@ -231,6 +237,8 @@ impl Request {
 #[derive(Debug)]
 pub struct Response {
     pub target: TargetId,
+    /// `target` as a header value, made once per target.
+    target_header: http::HeaderValue,
     /// Upstream attempts made, this one included.
     pub attempts: u32,
     pub status: u16,
@@ -240,6 +248,10 @@ pub struct Response {
 }
 
 impl Response {
+    /// `provider/key/model` as a header value (`x-llmux-target`).
+    pub fn target_header(&self) -> &http::HeaderValue {
+        &self.target_header
+    }
     /// The whole body (collects a stream).
     pub async fn bytes(self) -> Result<Bytes, UpstreamError> {
         match self.body {
@@ -523,8 +535,11 @@ impl Router {
         tier: Option<&str>,
         now: Timestamp,
     ) -> Result<Vec<usize>, RouteError> {
-        let scores = self.scores(pool, now).await?;
         let targets = &pool.plan.targets;
+        if targets.len() == 1 && tier.is_none() {
+            return Ok(vec![0]);
+        }
+        let scores = self.scores(pool, now).await?;
         let turn = pool.turn.fetch_add(1, Ordering::Relaxed);
         let mut rng = rand::rng();
         let ordered = |subset: &[usize], rng: &mut rand::rngs::ThreadRng| -> Vec<usize> {
@@ -824,10 +839,11 @@ impl Router {
                 out.attempts += 1;
                 let target = lease.target.clone();
                 body.insert("model".into(), Value::String(target.model.to_string()));
-                let payload = match serde_json::to_vec(&body) {
-                    Ok(p) => Bytes::from(p),
-                    Err(e) => return Err(RouteError::BadRequest(e.to_string())),
-                };
+                let mut payload = Vec::with_capacity(1024);
+                if let Err(e) = serde_json::to_writer(&mut payload, &body) {
+                    return Err(RouteError::BadRequest(e.to_string()));
+                }
+                let payload = Bytes::from(payload);
                 let timeout = Duration::from_secs(
                     pool.plan
                         .pool
@@ -875,6 +891,7 @@ impl Router {
                         };
                         return Ok(Response {
                             target,
+                            target_header: pool.stats[i].header.clone(),
                             attempts: out.attempts,
                             status: reply.status,
                             headers,
@@ -920,6 +937,7 @@ impl Router {
                         // Not a failover status: the client gets the upstream's answer.
                         return Ok(Response {
                             target,
+                            target_header: pool.stats[i].header.clone(),
                             attempts: out.attempts,
                             status,
                             headers: client_headers(&reply.headers),

@@ -1,7 +1,7 @@
 //! The OpenAI-compatible HTTP adapter (`openai`, `openai-compatible`, `openrouter`): Bearer
 //! auth, one pooled hyper client (HTTP/1 and HTTP/2, rustls) shared by every provider.
 
-use super::{Call, Provider, Reply, ReplyBody};
+use super::{Call, Endpoint, Provider, Reply, ReplyBody};
 use crate::error::UpstreamError;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
@@ -31,39 +31,63 @@ pub fn http_client() -> HttpClient {
 
 /// An OpenAI-compatible upstream at `base_url` (e.g. `https://api.openai.com/v1`).
 pub struct OpenAiCompatible {
-    base_url: String,
+    /// The URL of each endpoint, parsed once (`None`: the base URL does not make one).
+    uris: [Option<http::Uri>; 3],
     client: HttpClient,
     extra_headers: Vec<(http::HeaderName, http::HeaderValue)>,
 }
 
 impl OpenAiCompatible {
     pub fn new(base_url: &str, client: HttpClient) -> Self {
+        let base = base_url.trim_end_matches('/');
+        let uri = |e: Endpoint| format!("{base}{}", e.path()).parse().ok();
         OpenAiCompatible {
-            base_url: base_url.trim_end_matches('/').to_string(),
+            uris: [
+                uri(Endpoint::ChatCompletions),
+                uri(Endpoint::Completions),
+                uri(Endpoint::Embeddings),
+            ],
             client,
             extra_headers: Vec::new(),
         }
+    }
+
+    fn uri(&self, e: Endpoint) -> Option<&http::Uri> {
+        self.uris[match e {
+            Endpoint::ChatCompletions => 0,
+            Endpoint::Completions => 1,
+            Endpoint::Embeddings => 2,
+        }]
+        .as_ref()
     }
 }
 
 impl Provider for OpenAiCompatible {
     fn send(&self, call: Call) -> BoxFuture<'static, Result<Reply, UpstreamError>> {
-        let uri = format!("{}{}", self.base_url, call.endpoint.path());
         let client = self.client.clone();
-        let mut builder = http::Request::post(uri)
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .header(
-                http::header::AUTHORIZATION,
-                format!("Bearer {}", call.secret.expose()),
-            );
-        for (k, v) in &self.extra_headers {
-            builder = builder.header(k, v);
-        }
-        let req = builder.body(Full::new(call.body));
+        let auth =
+            http::HeaderValue::try_from(format!("Bearer {}", call.secret.expose())).map(|mut v| {
+                v.set_sensitive(true);
+                v
+            });
+        let req = match (self.uri(call.endpoint), auth) {
+            (Some(uri), Ok(auth)) => {
+                let mut builder = http::Request::post(uri.clone())
+                    .header(http::header::CONTENT_TYPE, "application/json")
+                    .header(http::header::AUTHORIZATION, auth);
+                for (k, v) in &self.extra_headers {
+                    builder = builder.header(k, v);
+                }
+                builder.body(Full::new(call.body)).ok()
+            }
+            _ => None,
+        };
         let timeout_secs = call.timeout.as_secs();
         Box::pin(async move {
             // Never echo the request (it holds the key) in an error.
-            let req = req.map_err(|_| UpstreamError::Connect("invalid upstream URL".into()))?;
+            let req = req.ok_or_else(|| {
+                UpstreamError::Connect("invalid upstream URL or key for a header".into())
+            })?;
             let work = async {
                 let resp = client
                     .request(req)
