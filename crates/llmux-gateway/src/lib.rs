@@ -49,6 +49,9 @@ fn endpoint_index(e: Endpoint) -> usize {
     }
 }
 
+/// How often raw histogram samples are folded into their buckets.
+const METRICS_UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The process-wide Prometheus recorder (installed once).
 fn metrics_handle() -> Option<PrometheusHandle> {
     static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
@@ -57,12 +60,25 @@ fn metrics_handle() -> Option<PrometheusHandle> {
             let buckets = [
                 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
             ];
-            PrometheusBuilder::new()
+            let handle = PrometheusBuilder::new()
                 .set_buckets(&buckets)
                 .ok()?
                 .install_recorder()
                 .map_err(|e| tracing::warn!(error = %e, "metrics recorder not installed"))
-                .ok()
+                .ok()?;
+            // Histograms keep raw samples until upkeep folds them into buckets; without it they
+            // grow with every request until someone scrapes /metrics.
+            let upkeep = handle.clone();
+            let started = std::thread::Builder::new()
+                .name("llmux-metrics".into())
+                .spawn(move || loop {
+                    std::thread::sleep(METRICS_UPKEEP_EVERY);
+                    upkeep.run_upkeep();
+                });
+            if let Err(e) = started {
+                tracing::warn!(error = %e, "metrics upkeep thread not started");
+            }
+            Some(handle)
         })
         .clone()
 }
