@@ -23,6 +23,7 @@ use parking_lot::Mutex;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::oneshot;
@@ -95,12 +96,14 @@ pub struct SqliteStore {
 struct Core {
     queue: Mutex<Vec<Cmd>>,
     writer: Mutex<Writer>,
+    /// A task will commit the open transaction soon (see [`Core::schedule_commit`]).
+    commit_scheduled: AtomicBool,
 }
 
 impl Core {
     /// Run queued commands while the writer is ours. If another caller holds it, that caller
     /// runs ours too: it checks the queue again after letting the writer go.
-    fn drain(&self) {
+    fn drain(self: &Arc<Self>) {
         loop {
             let Some(mut w) = self.writer.try_lock() else {
                 return;
@@ -118,6 +121,9 @@ impl Core {
                 };
                 w.run(batch);
             }
+            if w.is_open() {
+                self.schedule_commit(&mut w);
+            }
             drop(w);
             if self.queue.lock().is_empty() {
                 return;
@@ -125,13 +131,62 @@ impl Core {
         }
     }
 
+    /// Commit the open transaction right after the current task's next step. Reserves are
+    /// answered before their transaction commits (the write lock is held from the first
+    /// check, so no other process reads or writes in between, and a crash before the commit
+    /// loses only reservations of requests that die with the process): the commit's writes
+    /// then run while the request is upstream, not before it leaves. Called with the writer
+    /// held, so a committer that starts meanwhile waits for it and sees the open transaction.
+    fn schedule_commit(self: &Arc<Self>, w: &mut Writer) {
+        if self.commit_scheduled.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                let core = self.clone();
+                rt.spawn(async move {
+                    // After the tasks woken meanwhile (the upstream request being written).
+                    tokio::task::yield_now().await;
+                    core.commit_scheduled.store(false, Ordering::Release);
+                    // Never block a runtime thread: if the writer is busy, its holder
+                    // schedules the next commit (or the background thread's safety net,
+                    // within FLUSH_EVERY, does it).
+                    if let Some(w) = core.writer.try_lock() {
+                        core.commit_queued(w);
+                    }
+                });
+            }
+            Err(_) => {
+                self.commit_scheduled.store(false, Ordering::Release);
+                w.finish();
+            }
+        }
+    }
+
+    /// Run what is queued and commit, waiting for the writer (background thread only).
+    fn commit_now(&self) {
+        self.commit_queued(self.writer.lock());
+    }
+
+    /// Run what is queued and commit, with the writer held.
+    fn commit_queued(&self, mut w: parking_lot::MutexGuard<'_, Writer>) {
+        loop {
+            let batch = std::mem::take(&mut *self.queue.lock());
+            if batch.is_empty() {
+                break;
+            }
+            w.run(batch);
+        }
+        w.finish();
+    }
+
     /// Copy the WAL into the database file, in two steps. First beside the writer, on the
     /// background thread's own connection: that copies (and fsyncs) the bulk. Then once more
-    /// with the writer held, so nothing of this process appends meanwhile: the few frames
-    /// written during the first step are copied too, and the next transaction starts the WAL
-    /// over from its beginning. (A checkpoint beside a busy writer never catches up, and the
-    /// WAL would grow for as long as the load lasts.) Requests that queue during the second
-    /// step are served right after it.
+    /// with the writer held and its transaction committed, so nothing of this process appends
+    /// meanwhile: the few frames written during the first step are copied too, and the next
+    /// transaction starts the WAL over from its beginning. (A checkpoint beside a busy writer
+    /// never catches up, and the WAL would grow for as long as the load lasts.) Requests that
+    /// queue during the second step are served right after it.
     fn checkpoint(&self, checkpointer: &Connection) {
         let passive = |c: &Connection| {
             c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
@@ -142,7 +197,8 @@ impl Core {
             tracing::warn!(error = %e, "sqlite checkpoint failed");
             return;
         }
-        let w = self.writer.lock();
+        let mut w = self.writer.lock();
+        w.finish();
         let done = passive(checkpointer);
         drop(w);
         match done {
@@ -156,16 +212,7 @@ impl Core {
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "sqlite checkpoint failed"),
         }
-        self.drain_blocking();
-    }
-
-    /// Run queued commands, waiting for the writer (background thread only).
-    fn drain_blocking(&self) {
-        while !self.queue.lock().is_empty() {
-            let mut w = self.writer.lock();
-            let batch = std::mem::take(&mut *self.queue.lock());
-            w.run(batch);
-        }
+        self.commit_now();
     }
 }
 
@@ -177,9 +224,11 @@ impl Drop for Core {
     /// still queued, so usage reported just before shutdown is kept.
     fn drop(&mut self) {
         let batch = std::mem::take(self.queue.get_mut());
+        let w = self.writer.get_mut();
         if !batch.is_empty() {
-            self.writer.get_mut().run(batch);
+            w.run(batch);
         }
+        w.finish();
     }
 }
 
@@ -211,6 +260,7 @@ impl SqliteStore {
         let checkpointer = open_conn(&path).map_err(unavailable)?;
         let core = Arc::new(Core {
             queue: Mutex::new(Vec::new()),
+            commit_scheduled: AtomicBool::new(false),
             writer: Mutex::new(Writer {
                 conn,
                 cache: Cache::default(),
@@ -248,9 +298,9 @@ fn background(core: std::sync::Weak<Core>, checkpointer: Connection) {
     loop {
         std::thread::sleep(FLUSH_EVERY);
         let Some(core) = core.upgrade() else { return };
-        if !core.queue.lock().is_empty() {
-            core.drain_blocking();
-        }
+        // The safety net: what no request or committer has written yet (detached commits
+        // queued while idle, a transaction left open without a runtime to commit it).
+        core.commit_now();
         if last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
             last_checkpoint = std::time::Instant::now();
             core.checkpoint(&checkpointer);
@@ -313,7 +363,14 @@ struct Writer {
 }
 
 impl Writer {
-    /// Apply `batch` in one transaction and answer each command.
+    fn is_open(&self) -> bool {
+        !self.conn.is_autocommit()
+    }
+
+    /// Apply `batch` in the open transaction (beginning one if none is) and answer each
+    /// command. Reserves and detached commits are answered at once, the transaction left open
+    /// for the scheduled committer; any other command is answered after a commit, so what it
+    /// wrote is durable when its caller hears back.
     fn run(&mut self, mut batch: Vec<Cmd>) {
         let sweep_now = batch
             .iter()
@@ -322,7 +379,16 @@ impl Writer {
                 _ => None,
             })
             .max();
-        match self.run_batch(&batch, sweep_now) {
+        let durable = batch
+            .iter()
+            .any(|c| !matches!(c, Cmd::Reserve(..) | Cmd::Commit(.., None)));
+        let result = self.apply(&batch, sweep_now).and_then(|out| {
+            if durable {
+                self.commit()?;
+            }
+            Ok(out)
+        });
+        match result {
             Ok(results) => {
                 if let Some(now) = sweep_now {
                     self.next_sweep = now.plus_millis(1000);
@@ -341,13 +407,44 @@ impl Writer {
                 }
             }
             Err(e) => {
-                self.cache = Cache::default();
-                tracing::error!(error = %e, "sqlite store transaction failed");
+                self.abort(&e);
                 for cmd in batch {
                     let _ = answer(cmd, Err(StoreError::Backend(e.to_string())));
                 }
             }
         }
+    }
+
+    /// Commit the open transaction, if any. On failure it is rolled back and logged; reserves
+    /// it had answered then hold nothing (their settles count usage and free nothing).
+    fn finish(&mut self) {
+        if let Err(e) = self.commit() {
+            self.abort(&e);
+        }
+    }
+
+    fn commit(&mut self) -> rusqlite::Result<()> {
+        if !self.is_open() {
+            return Ok(());
+        }
+        Batch {
+            tx: &self.conn,
+            cache: &mut self.cache,
+        }
+        .flush()?;
+        self.conn.prepare_cached("COMMIT")?.execute([])?;
+        Ok(())
+    }
+
+    /// Roll back and forget what the cache holds of the transaction.
+    fn abort(&mut self, e: &rusqlite::Error) {
+        tracing::error!(error = %e, "sqlite store transaction failed; rolled back");
+        if self.is_open() {
+            if let Err(e) = self.conn.execute_batch("ROLLBACK") {
+                tracing::error!(error = %e, "sqlite rollback failed");
+            }
+        }
+        self.cache = Cache::default();
     }
 }
 
@@ -434,45 +531,27 @@ fn decode_lines(text: &str) -> Vec<Held> {
 }
 
 impl Writer {
-    fn run_batch(
+    fn apply(
         &mut self,
         batch: &[Cmd],
         sweep_now: Option<Timestamp>,
     ) -> rusqlite::Result<Vec<Outcome>> {
         let Writer { conn, cache, .. } = self;
-        // BEGIN and COMMIT as cached statements: `Connection::transaction` parses them anew
-        // each time, a measurable share of a small transaction.
-        conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
-        let result = Self::apply(conn, cache, batch, sweep_now);
-        match result {
-            Ok(out) => match conn.prepare_cached("COMMIT")?.execute([]) {
-                Ok(_) => Ok(out),
-                Err(e) => {
-                    rollback(conn);
-                    Err(e)
-                }
-            },
-            Err(e) => {
-                rollback(conn);
-                Err(e)
+        if conn.is_autocommit() {
+            // Cached statements: `Connection::transaction` parses BEGIN and COMMIT anew each
+            // time, a measurable share of a small transaction.
+            conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
+            // Another connection may have written since our last transaction: then what the
+            // cache holds is stale. Within a transaction nobody else writes.
+            let version: i64 = conn
+                .prepare_cached("PRAGMA data_version")?
+                .query_row([], |r| r.get(0))?;
+            if cache.version != Some(version) {
+                *cache = Cache {
+                    version: Some(version),
+                    ..Cache::default()
+                };
             }
-        }
-    }
-
-    fn apply(
-        conn: &Connection,
-        cache: &mut Cache,
-        batch: &[Cmd],
-        sweep_now: Option<Timestamp>,
-    ) -> rusqlite::Result<Vec<Outcome>> {
-        let version: i64 = conn
-            .prepare_cached("PRAGMA data_version")?
-            .query_row([], |r| r.get(0))?;
-        if cache.version != Some(version) {
-            *cache = Cache {
-                version: Some(version),
-                ..Cache::default()
-            };
         }
         let mut b = Batch { tx: conn, cache };
         if let Some(now) = sweep_now {
@@ -559,17 +638,7 @@ impl Writer {
                 }
             });
         }
-        b.flush()?;
         Ok(out)
-    }
-}
-
-/// Undo a failed transaction, if SQLite has not already.
-fn rollback(conn: &Connection) {
-    if !conn.is_autocommit() {
-        if let Err(e) = conn.execute_batch("ROLLBACK") {
-            tracing::error!(error = %e, "sqlite rollback failed");
-        }
     }
 }
 

@@ -239,3 +239,27 @@ async fn the_wal_starts_over_under_steady_load() {
         "{frames} WAL frames after {transactions} transactions"
     );
 }
+
+/// A grant is answered before its transaction commits, but no other connection can see the
+/// counters without it: the next reader waits for the commit, which follows at once.
+#[tokio::test]
+async fn another_connection_sees_a_grant_as_soon_as_it_is_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.db");
+    let a = SqliteStore::open(&path).unwrap();
+    let b = SqliteStore::open(&path).unwrap();
+    for n in 1..=20u64 {
+        let started = std::time::Instant::now();
+        assert!(matches!(
+            a.reserve(reserve(0, 100)).await.unwrap(),
+            Admission::Granted(_)
+        ));
+        let snap = b.snapshot("p/k").await.unwrap();
+        assert_eq!(snap[0].resources[0].1.reserved, n);
+        assert!(
+            started.elapsed() < std::time::Duration::from_millis(500),
+            "the reader waited {:?} for the commit",
+            started.elapsed()
+        );
+    }
+}
