@@ -1,14 +1,21 @@
 //! `SqliteStore`: the embedded default store, one SQLite file.
 //!
 //! Callers queue commands; whoever finds the connection free takes every queued command and
-//! applies them in order inside one `BEGIN IMMEDIATE` transaction (each checked on its own with
-//! `llmux_core::store::decide`, so admission stays exact), commits, and only then answers each
-//! caller (flat combining: no thread hand-off on the request path, and one transaction serves
-//! many callers under load). `BEGIN IMMEDIATE` takes SQLite's write lock, so several processes
-//! on one file (gateways, the CLI) never interleave a check and its write. Between
-//! transactions the counters stay cached while `PRAGMA data_version` shows no other connection
-//! has written. WAL mode with `synchronous = NORMAL`: what was committed survives `kill -9`.
-//! A background thread flushes detached commits (within 5 ms) and checkpoints the WAL, so no
+//! applies them in order inside a `BEGIN IMMEDIATE` transaction, each checked on its own with
+//! `llmux_core::store::decide`, so admission stays exact (flat combining: no thread hand-off
+//! on the request path, and one transaction serves many callers under load). `BEGIN
+//! IMMEDIATE` takes SQLite's write lock, so several processes on one file (gateways, the CLI)
+//! never interleave a check and its write.
+//!
+//! Reserves are answered before their transaction commits, and a task scheduled behind the
+//! callers commits it while their requests travel upstream; batches that arrive meanwhile join
+//! the same transaction. The write lock is held from the first check to the commit, so no
+//! other process reads or writes a half state; a crash before the commit loses only
+//! reservations of requests that die with it. Every other command (an awaited commit, a
+//! release, flags, admin) is answered after its commit. Between transactions the counters
+//! stay cached while `PRAGMA data_version` shows no other connection has written. WAL mode
+//! with `synchronous = NORMAL`: what was committed survives `kill -9`. A background thread
+//! flushes detached commits (within 5 ms) and checkpoints the WAL so it starts over, so no
 //! fsync sits on the request path.
 //!
 //! Schema changes are append-only migrations keyed by `PRAGMA user_version`.
