@@ -8,7 +8,9 @@
 //! redis-server, or uses LLMUX_TEST_REDIS_URL).
 //!
 //! The upstream, the gateway and the load generator each run on their own single-threaded
-//! runtime (own OS thread), so the gateway gets about one core, as in ../shared/bench.
+//! runtime (own OS thread). Pinned as in ../shared/bench when the machine has two CPUs or
+//! more: the gateway (its runtime and the threads it starts) alone on CPU 1, the load
+//! generator and the upstream on CPU 0; `BENCH_PIN=0` leaves scheduling to the kernel.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use bytes::Bytes;
@@ -32,10 +34,16 @@ fn env_u64(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-fn single_runtime(name: &str) -> tokio::runtime::Runtime {
+/// A one-worker runtime whose threads run on `cpu` (when pinning).
+fn single_runtime(name: &str, cpu: Option<usize>) -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .thread_name(name)
+        .on_thread_start(move || {
+            if let Some(id) = cpu {
+                core_affinity::set_for_current(core_affinity::CoreId { id });
+            }
+        })
         .enable_all()
         .build()
         .unwrap()
@@ -214,7 +222,14 @@ fn main() {
     let conc = env_u64("BENCH_CONC", 32);
     let stores = std::env::var("BENCH_STORES").unwrap_or_else(|_| "sqlite,redis".into());
 
-    let up_rt = single_runtime("bench-upstream");
+    let pin = env_u64("BENCH_PIN", 1) == 1
+        && std::thread::available_parallelism().map_or(0, |n| n.get()) >= 2;
+    let (load_cpu, gateway_cpu) = if pin {
+        (Some(0), Some(1))
+    } else {
+        (None, None)
+    };
+    let up_rt = single_runtime("bench-upstream", load_cpu);
     let up = up_rt.block_on(upstream());
 
     let dir = tempfile::tempdir().unwrap();
@@ -224,8 +239,9 @@ fn main() {
         .any(|s| s == "redis")
         .then(llmux_testkit::redis::RedisServer::start)
         .flatten();
-    let gw_rt = single_runtime("bench-gateway");
-    let floor = gw_rt.block_on(floor_proxy(up));
+    let gw_rt = single_runtime("bench-gateway", gateway_cpu);
+    // Set up on the gateway's worker thread, so threads the store starts share its CPU.
+    let floor = gw_rt.block_on(async { tokio::spawn(floor_proxy(up)).await.unwrap() });
     let mut paths = vec![
         (
             "direct".to_string(),
@@ -273,16 +289,20 @@ targets = [{{ provider = "mock", model = "gpt-4o-mini" }}]
 "#
         );
         let gw = gw_rt.block_on(async {
-            let config = llmux::Config::from_toml_str(&config, &|_| None).unwrap();
-            let router = llmux::Router::from_config(config).unwrap();
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let addr = listener.local_addr().unwrap();
-            tokio::spawn(llmux_gateway::serve(
-                router,
-                listener,
-                std::future::pending(),
-            ));
-            addr
+            tokio::spawn(async move {
+                let config = llmux::Config::from_toml_str(&config, &|_| None).unwrap();
+                let router = llmux::Router::from_config(config).unwrap();
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                let addr = listener.local_addr().unwrap();
+                tokio::spawn(llmux_gateway::serve(
+                    router,
+                    listener,
+                    std::future::pending(),
+                ));
+                addr
+            })
+            .await
+            .unwrap()
         });
         paths.push((
             format!("llmux ({store})"),
@@ -290,7 +310,7 @@ targets = [{{ provider = "mock", model = "gpt-4o-mini" }}]
         ));
     }
 
-    let load = single_runtime("bench-load");
+    let load = single_runtime("bench-load", load_cpu);
     load.block_on(async {
         let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
         // Warm up every path (connections, store pages, scripts).
@@ -305,7 +325,15 @@ targets = [{{ provider = "mock", model = "gpt-4o-mini" }}]
         }
         let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
         println!("llmux overhead bench: {rate} req/s for {secs} s, saturation c={conc}");
-        println!("machine: {cpus} cpus, {}", cpu_model());
+        println!(
+            "machine: {cpus} cpus, {}; {}",
+            cpu_model(),
+            if pin {
+                "gateway pinned to CPU 1, load and upstream to CPU 0"
+            } else {
+                "not pinned"
+            }
+        );
         println!();
         println!("| path | p50 µs | p99 µs | added p50 | added p99 | req/s c={conc} | of direct | errors |");
         println!("|---|---|---|---|---|---|---|---|");
