@@ -152,9 +152,11 @@ impl Core {
             Ok(rt) => {
                 let core = self.clone();
                 rt.spawn(async move {
+                    // Clears the flag even if the runtime drops this task unrun (shutdown).
+                    let scheduled = Scheduled(core.clone());
                     // After the tasks woken meanwhile (the upstream request being written).
                     tokio::task::yield_now().await;
-                    core.commit_scheduled.store(false, Ordering::Release);
+                    drop(scheduled);
                     // Never block a runtime thread: if the writer is busy, its holder
                     // schedules the next commit (or the background thread's safety net,
                     // within FLUSH_EVERY, does it).
@@ -171,12 +173,12 @@ impl Core {
     }
 
     /// Run what is queued and commit, waiting for the writer (background thread only).
-    fn commit_now(&self) {
+    fn commit_now(self: &Arc<Self>) {
         self.commit_queued(self.writer.lock());
     }
 
     /// Run what is queued and commit, with the writer held.
-    fn commit_queued(&self, mut w: parking_lot::MutexGuard<'_, Writer>) {
+    fn commit_queued(self: &Arc<Self>, mut w: parking_lot::MutexGuard<'_, Writer>) {
         loop {
             let batch = std::mem::take(&mut *self.queue.lock());
             if batch.is_empty() {
@@ -185,6 +187,11 @@ impl Core {
             w.run(batch);
         }
         w.finish();
+        drop(w);
+        // Callers that found the writer busy meanwhile left their commands to us.
+        if !self.queue.lock().is_empty() {
+            self.drain();
+        }
     }
 
     /// Copy the WAL into the database file, in two steps. First beside the writer, on the
@@ -194,7 +201,7 @@ impl Core {
     /// transaction starts the WAL over from its beginning. (A checkpoint beside a busy writer
     /// never catches up, and the WAL would grow for as long as the load lasts.) Requests that
     /// queue during the second step are served right after it.
-    fn checkpoint(&self, checkpointer: &Connection) {
+    fn checkpoint(self: &Arc<Self>, checkpointer: &Connection) {
         let passive = |c: &Connection| {
             c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
                 Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
@@ -220,6 +227,15 @@ impl Core {
             Err(e) => tracing::warn!(error = %e, "sqlite checkpoint failed"),
         }
         self.commit_now();
+    }
+}
+
+/// A scheduled commit: dropping it lets the next batch schedule another.
+struct Scheduled(Arc<Core>);
+
+impl Drop for Scheduled {
+    fn drop(&mut self) {
+        self.0.commit_scheduled.store(false, Ordering::Release);
     }
 }
 
@@ -273,7 +289,6 @@ impl SqliteStore {
                 cache: Cache::default(),
                 next_sweep: Timestamp(0),
                 spare: Vec::new(),
-                deferred: Vec::new(),
             }),
         });
         let weak = Arc::downgrade(&core);
@@ -369,9 +384,6 @@ struct Writer {
     next_sweep: Timestamp,
     /// The vector of the last batch, emptied, to become the next queue.
     spare: Vec<Cmd>,
-    /// Detached commits that came with reserves: applied just before the commit, off the path
-    /// of the requests waiting for those reserves.
-    deferred: Vec<Cmd>,
 }
 
 impl Writer {
@@ -391,10 +403,6 @@ impl Writer {
                 _ => None,
             })
             .max();
-        if batch.iter().any(|c| matches!(c, Cmd::Reserve(..))) {
-            self.deferred
-                .extend(batch.extract_if(.., |c| matches!(c, Cmd::Commit(.., None))));
-        }
         let durable = batch
             .iter()
             .any(|c| !matches!(c, Cmd::Reserve(..) | Cmd::Commit(.., None)));
@@ -422,8 +430,8 @@ impl Writer {
                     self.run(releases);
                 }
             }
+            // `apply` and `commit` have rolled back what failed.
             Err(e) => {
-                self.abort(&e);
                 for cmd in batch {
                     let _ = answer(cmd, Err(StoreError::Backend(e.to_string())));
                 }
@@ -434,26 +442,25 @@ impl Writer {
     /// Commit the open transaction, if any. On failure it is rolled back and logged; reserves
     /// it had answered then hold nothing (their settles count usage and free nothing).
     fn finish(&mut self) {
-        if let Err(e) = self.commit() {
-            self.abort(&e);
-        }
+        // A failure is rolled back and logged by `commit`.
+        let _ = self.commit();
     }
 
+    /// Commit the open transaction, if any; on failure it is rolled back.
     fn commit(&mut self) -> rusqlite::Result<()> {
-        if !self.deferred.is_empty() {
-            // Detached commits answer nobody: only a failure (logged by the caller) shows.
-            let deferred = std::mem::take(&mut self.deferred);
-            self.apply(&deferred, None)?;
-        }
         if !self.is_open() {
             return Ok(());
         }
-        Batch {
+        let done = Batch {
             tx: &self.conn,
             cache: &mut self.cache,
         }
-        .flush()?;
-        self.conn.prepare_cached("COMMIT")?.execute([])?;
+        .flush()
+        .and_then(|()| self.conn.prepare_cached("COMMIT")?.execute([]));
+        if let Err(e) = done {
+            self.abort(&e);
+            return Err(e);
+        }
         Ok(())
     }
 
@@ -552,7 +559,51 @@ fn decode_lines(text: &str) -> Vec<Held> {
 }
 
 impl Writer {
+    /// Apply `batch` inside the open transaction, beginning one if none is. A batch that
+    /// joins a transaction holding batches already answered runs under a savepoint: if it
+    /// fails, only it is undone. On failure, what failed has been rolled back.
     fn apply(
+        &mut self,
+        batch: &[Cmd],
+        sweep_now: Option<Timestamp>,
+    ) -> rusqlite::Result<Vec<Outcome>> {
+        let joined = self.is_open();
+        let step = |w: &mut Self| -> rusqlite::Result<Vec<Outcome>> {
+            if joined {
+                w.conn.prepare_cached("SAVEPOINT batch")?.execute([])?;
+            }
+            let out = w.apply_cmds(batch, sweep_now)?;
+            // Written before the savepoint ends, so a later batch's failure cannot lose it.
+            Batch {
+                tx: &w.conn,
+                cache: &mut w.cache,
+            }
+            .flush()?;
+            if joined {
+                w.conn.prepare_cached("RELEASE batch")?.execute([])?;
+            }
+            Ok(out)
+        };
+        match step(self) {
+            Ok(out) => Ok(out),
+            Err(e) if joined && self.is_open() => {
+                tracing::error!(error = %e, "sqlite store batch failed; rolled back to its start");
+                let undone = self.conn.execute_batch("ROLLBACK TO batch; RELEASE batch");
+                match undone {
+                    // Earlier batches were written out: the cache reloads them from the file.
+                    Ok(()) => self.cache = Cache::default(),
+                    Err(e2) => self.abort(&e2),
+                }
+                Err(e)
+            }
+            Err(e) => {
+                self.abort(&e);
+                Err(e)
+            }
+        }
+    }
+
+    fn apply_cmds(
         &mut self,
         batch: &[Cmd],
         sweep_now: Option<Timestamp>,

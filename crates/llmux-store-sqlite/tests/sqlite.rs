@@ -263,3 +263,20 @@ async fn another_connection_sees_a_grant_as_soon_as_it_is_answered() {
         );
     }
 }
+
+/// Usage reported before a reserve is counted before that reserve is decided.
+#[tokio::test]
+async fn a_detached_report_counts_before_the_next_reserve() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = SqliteStore::open(dir.path().join("s.db")).unwrap();
+    let mut r = reserve(0, 100);
+    r.lines[0].amount = 10;
+    let Admission::Granted(a) = s.reserve(r.clone()).await.unwrap() else {
+        panic!("denied")
+    };
+    s.commit_detached(a, Timestamp(1), vec![line(100, 95)]);
+    assert!(
+        matches!(s.reserve(r).await.unwrap(), Admission::Denied(_)),
+        "95 used + 10 asked > 100"
+    );
+}

@@ -43,7 +43,7 @@ for i = 1, nl do
   local c = redis.call('HMGET', KEYS[4 + i], 'used', 'res', 'ws', 'we')
   local used, res = tonumber(c[1] or '0'), tonumber(c[2] or '0')
   local cws, cwe = tonumber(c[3] or ws), tonumber(c[4] or we)
-  -- A new counter, or a new window: its expiry and its place in the index are (re)set below.
+  -- A new counter, or a new window: its place in the index is (re)set below.
   local fresh = not c[3]
   if now >= cwe then used = 0; cws = ws; cwe = we; fresh = true end
   state[i] = {used, res, cws, cwe, cap, amt, fresh}
@@ -65,9 +65,9 @@ for i = 1, nl do
   local s = state[i]
   local k = KEYS[4 + i]
   redis.call('HSET', k, 'cap', s[5], 'used', s[1], 'res', s[2] + s[6], 'ws', s[3], 'we', s[4])
+  redis.call('PEXPIRE', k, math.max(s[4] - now, 0) + ttl)
   if s[7] then
-    -- Within a window the expiry already outlasts any lease taken in it (window end + ttl).
-    redis.call('PEXPIRE', k, math.max(s[4] - now, 0) + ttl)
+    -- A counter already in its window is in the index.
     redis.call('SADD', KEYS[4], ARGV[4 + (i - 1) * 5 + 1])
   end
   rec[#rec + 1] = k .. '\t' .. string.format('%d', s[6])
