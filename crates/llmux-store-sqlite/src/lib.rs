@@ -9,7 +9,7 @@
 //!
 //! Reserves are answered before their transaction commits, and a task scheduled behind the
 //! callers commits it while their requests travel upstream; batches that arrive meanwhile join
-//! the same transaction. The write lock is held from the first check to the commit, so no
+//! the same transaction, each under a savepoint, so a failing batch undoes only itself. The write lock is held from the first check to the commit, so no
 //! other process reads or writes a half state; a crash before the commit loses only
 //! reservations of requests that die with it. Every other command (an awaited commit, a
 //! release, flags, admin) is answered after its commit. Between transactions the counters
