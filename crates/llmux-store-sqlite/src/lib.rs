@@ -570,15 +570,17 @@ impl Writer {
         let joined = self.is_open();
         let step = |w: &mut Self| -> rusqlite::Result<Vec<Outcome>> {
             if joined {
+                // What earlier batches left in the cache goes to the file first, so that
+                // undoing this batch (and forgetting the cache) cannot lose it. A first batch
+                // leaves its counters to the commit, off its callers' path.
+                Batch {
+                    tx: &w.conn,
+                    cache: &mut w.cache,
+                }
+                .flush()?;
                 w.conn.prepare_cached("SAVEPOINT batch")?.execute([])?;
             }
             let out = w.apply_cmds(batch, sweep_now)?;
-            // Written before the savepoint ends, so a later batch's failure cannot lose it.
-            Batch {
-                tx: &w.conn,
-                cache: &mut w.cache,
-            }
-            .flush()?;
             if joined {
                 w.conn.prepare_cached("RELEASE batch")?.execute([])?;
             }
@@ -590,7 +592,8 @@ impl Writer {
                 tracing::error!(error = %e, "sqlite store batch failed; rolled back to its start");
                 let undone = self.conn.execute_batch("ROLLBACK TO batch; RELEASE batch");
                 match undone {
-                    // Earlier batches were written out: the cache reloads them from the file.
+                    // Earlier batches were written out before the savepoint: the cache
+                    // reloads them from the file; this batch's changes are forgotten.
                     Ok(()) => self.cache = Cache::default(),
                     Err(e2) => self.abort(&e2),
                 }
