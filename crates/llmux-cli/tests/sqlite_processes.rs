@@ -3,7 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
-use common::{chat, free_port, serve, Serving};
+use common::{burst, free_port, serve, show_state_json, Serving};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -43,43 +43,8 @@ targets = [{{ provider = "demo", model = "x" }}]
     (procs, ports, first.unwrap())
 }
 
-/// `n` requests at once, spread over `ports`: (200s, 429s). Anything else fails the test.
-fn burst(ports: &[u16], n: usize) -> (usize, usize) {
-    let barrier = std::sync::Arc::new(std::sync::Barrier::new(n));
-    let handles: Vec<_> = (0..n)
-        .map(|i| {
-            let port = ports[i % ports.len()];
-            let b = barrier.clone();
-            std::thread::spawn(move || {
-                b.wait();
-                chat(port)
-            })
-        })
-        .collect();
-    let (mut ok, mut limited) = (0, 0);
-    for h in handles {
-        match h.join().unwrap() {
-            Some(200) => ok += 1,
-            Some(429) => limited += 1,
-            other => panic!("unexpected answer {other:?}"),
-        }
-    }
-    (ok, limited)
-}
-
 fn rpm_state(cfg: &Path) -> serde_json::Value {
-    let out = std::process::Command::new(assert_cmd::cargo::cargo_bin("llmux"))
-        .args(["show-state", "demo/k1", "--json", "--config"])
-        .arg(cfg)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    v["subjects"][0]["resources"]["rpm"].clone()
+    show_state_json(cfg, "demo/k1")["subjects"][0]["resources"]["rpm"].clone()
 }
 
 #[test]

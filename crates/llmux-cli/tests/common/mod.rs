@@ -56,3 +56,42 @@ pub fn serve(cfg: &Path, port: u16) -> Serving {
     }
     Serving(child)
 }
+
+/// `n` requests at once, spread over `ports`: (200s, 429s). Any other answer fails the test.
+pub fn burst(ports: &[u16], n: usize) -> (usize, usize) {
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(n));
+    let handles: Vec<_> = (0..n)
+        .map(|i| {
+            let port = ports[i % ports.len()];
+            let b = barrier.clone();
+            std::thread::spawn(move || {
+                b.wait();
+                chat(port)
+            })
+        })
+        .collect();
+    let (mut ok, mut limited) = (0, 0);
+    for h in handles {
+        match h.join().unwrap() {
+            Some(200) => ok += 1,
+            Some(429) => limited += 1,
+            other => panic!("unexpected answer {other:?}"),
+        }
+    }
+    (ok, limited)
+}
+
+/// `llmux show-state SUBJECT --json --config CFG`, which must succeed.
+pub fn show_state_json(cfg: &Path, subject: &str) -> serde_json::Value {
+    let out = std::process::Command::new(assert_cmd::cargo::cargo_bin("llmux"))
+        .args(["show-state", subject, "--json", "--config"])
+        .arg(cfg)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
