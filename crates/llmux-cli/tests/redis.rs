@@ -3,7 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
-use common::{burst, chat, free_port, serve, show_state_json, Serving};
+use common::{burst, chat, free_port, serve, show_state_json, wait_rpm_settled, Serving};
 use llmux_testkit::redis::RedisServer;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -91,16 +91,7 @@ fn three_gateways_on_one_redis_admit_exactly_rpm_100_of_400() {
         r#"{ name = "rpm", value = 100, period = "minutely" }"#,
     );
     assert_eq!(burst(&ports, 400), (100, 300));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let v = show_state(&cfg);
-        let rpm = &v["subjects"][0]["resources"]["rpm"];
-        if rpm["used"] == 100 && rpm["reserved"] == 0 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{v}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_rpm_settled(&cfg, 100);
 }
 
 #[test]

@@ -3,7 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
-use common::{burst, free_port, serve, show_state_json, Serving};
+use common::{burst, free_port, serve, show_state_json, wait_rpm_settled, Serving};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -52,15 +52,7 @@ fn three_gateways_on_one_sqlite_file_admit_exactly_rpm_100_of_400() {
     let dir = tempfile::tempdir().unwrap();
     let (_procs, ports, cfg) = three_gateways(dir.path(), 100);
     assert_eq!(burst(&ports, 400), (100, 300));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let rpm = rpm_state(&cfg);
-        if rpm["used"] == 100 && rpm["reserved"] == 0 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{rpm}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_rpm_settled(&cfg, 100);
 }
 
 /// Busy gateways hold the write lock only briefly: every request of a sustained load on three
@@ -88,13 +80,5 @@ fn three_busy_gateways_and_the_cli_share_one_sqlite_file() {
         assert_eq!(burst(&ports, 150), (150, 0));
     }
     cli.join().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let rpm = rpm_state(&cfg);
-        if rpm["used"] == 600 && rpm["reserved"] == 0 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{rpm}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_rpm_settled(&cfg, 600);
 }

@@ -95,3 +95,17 @@ pub fn show_state_json(cfg: &Path, subject: &str) -> serde_json::Value {
     );
     serde_json::from_slice(&out.stdout).unwrap()
 }
+
+/// Wait (up to 10 s) until `rpm` of `demo/k1` settles at `used` with nothing reserved.
+pub fn wait_rpm_settled(cfg: &Path, used: u64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let v = show_state_json(cfg, "demo/k1");
+        let rpm = &v["subjects"][0]["resources"]["rpm"];
+        if rpm["used"] == used && rpm["reserved"] == 0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{v}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
