@@ -204,31 +204,17 @@ impl StoreAdmin for MemoryStore {
     async fn snapshot(&self, subject: &str) -> Result<Vec<SubjectState>, StoreError> {
         let g = self.inner.lock();
         let matches = |s: &str| at_or_below(s, subject);
-        let mut out: std::collections::BTreeMap<String, SubjectState> = Default::default();
-        for ((s, r), c) in &g.counters {
-            if matches(s.as_str()) {
-                let e = out.entry(s.to_string()).or_insert_with(|| SubjectState {
-                    subject: s.to_string(),
-                    ..Default::default()
-                });
-                e.resources.push((r.to_string(), *c));
-            }
-        }
-        for (s, f) in &g.flags {
-            if matches(s.as_str()) {
-                out.entry(s.to_string())
-                    .or_insert_with(|| SubjectState {
-                        subject: s.to_string(),
-                        ..Default::default()
-                    })
-                    .flags = *f;
-            }
-        }
-        let mut v: Vec<SubjectState> = out.into_values().collect();
-        for s in &mut v {
-            s.resources.sort_by(|a, b| a.0.cmp(&b.0));
-        }
-        Ok(v)
+        let counters = g
+            .counters
+            .iter()
+            .filter(|((s, _), _)| matches(s.as_str()))
+            .map(|((s, r), c)| (s.to_string(), r.to_string(), *c));
+        let flags = g
+            .flags
+            .iter()
+            .filter(|(s, _)| matches(s.as_str()))
+            .map(|(s, f)| (s.to_string(), *f));
+        Ok(SubjectState::collect(counters, flags))
     }
 
     async fn update(&self, line: Line, op: AdminOp, now: Timestamp) -> Result<Counter, StoreError> {

@@ -299,6 +299,36 @@ pub struct SubjectState {
     pub resources: Vec<(String, Counter)>,
 }
 
+impl SubjectState {
+    /// Every store's snapshot from what it read: counters as `(subject, resource, counter)`
+    /// and flags as `(subject, flags)`. One state per subject, subjects and their resources
+    /// in name order.
+    pub fn collect(
+        counters: impl IntoIterator<Item = (String, String, Counter)>,
+        flags: impl IntoIterator<Item = (String, Flags)>,
+    ) -> Vec<SubjectState> {
+        use std::collections::BTreeMap;
+        fn entry(out: &mut BTreeMap<String, SubjectState>, s: String) -> &mut SubjectState {
+            out.entry(s.clone()).or_insert_with(|| SubjectState {
+                subject: s,
+                ..Default::default()
+            })
+        }
+        let mut out = BTreeMap::new();
+        for (s, r, c) in counters {
+            entry(&mut out, s).resources.push((r, c));
+        }
+        for (s, f) in flags {
+            entry(&mut out, s).flags = f;
+        }
+        let mut v: Vec<SubjectState> = out.into_values().collect();
+        for s in &mut v {
+            s.resources.sort_by(|a, b| a.0.cmp(&b.0));
+        }
+        v
+    }
+}
+
 /// Operator access to stored state (the CLI). Not on the request path.
 pub trait StoreAdmin: Send + Sync {
     /// Every subject equal to `subject` or below it (`provider` includes `provider/…`).

@@ -440,17 +440,12 @@ impl StoreAdmin for RedisStore {
         pairs.sort();
         let keys: Vec<String> = pairs.iter().map(|(s, r)| self.counter_key(s, r)).collect();
         let counters = self.counters(&mut c, &keys).await?;
-        let mut out: std::collections::BTreeMap<String, SubjectState> = Default::default();
-        for ((s, r), ctr) in pairs.into_iter().zip(counters) {
-            let Some(ctr) = ctr else { continue }; // expired with its window
-            out.entry(s.clone())
-                .or_insert_with(|| SubjectState {
-                    subject: s,
-                    ..Default::default()
-                })
-                .resources
-                .push((r, ctr));
-        }
+        // A counter that expired with its window is left out.
+        let counters: Vec<(String, String, Counter)> = pairs
+            .into_iter()
+            .zip(counters)
+            .filter_map(|((s, r), ctr)| Some((s, r, ctr?)))
+            .collect();
         let flagged: Vec<String> = redis::cmd("SMEMBERS")
             .arg(self.key("fidx"))
             .query_async(&mut c)
@@ -462,15 +457,8 @@ impl StoreAdmin for RedisStore {
             .filter(|s| matches(s))
             .collect();
         let flags = self.flags(&mut c, &flagged).await?;
-        for (s, f) in flagged.into_iter().zip(flags) {
-            out.entry(s.to_string())
-                .or_insert_with(|| SubjectState {
-                    subject: s.to_string(),
-                    ..Default::default()
-                })
-                .flags = f;
-        }
-        Ok(out.into_values().collect())
+        let flags = flagged.into_iter().map(str::to_string).zip(flags);
+        Ok(SubjectState::collect(counters, flags))
     }
 
     async fn update(&self, line: Line, op: AdminOp, now: Timestamp) -> Result<Counter, StoreError> {

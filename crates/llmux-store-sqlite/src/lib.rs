@@ -451,17 +451,23 @@ impl Writer {
         if !self.is_open() {
             return Ok(());
         }
-        let done = Batch {
-            tx: &self.conn,
-            cache: &mut self.cache,
-        }
-        .flush()
-        .and_then(|()| self.conn.prepare_cached("COMMIT")?.execute([]));
+        let done = self
+            .flush()
+            .and_then(|()| self.conn.prepare_cached("COMMIT")?.execute([]));
         if let Err(e) = done {
             self.abort(&e);
             return Err(e);
         }
         Ok(())
+    }
+
+    /// Write the counters changed in the cache to the open transaction.
+    fn flush(&mut self) -> rusqlite::Result<()> {
+        Batch {
+            tx: &self.conn,
+            cache: &mut self.cache,
+        }
+        .flush()
     }
 
     /// Roll back and forget what the cache holds of the transaction.
@@ -573,11 +579,7 @@ impl Writer {
                 // What earlier batches left in the cache goes to the file first, so that
                 // undoing this batch (and forgetting the cache) cannot lose it. A first batch
                 // leaves its counters to the commit, off its callers' path.
-                Batch {
-                    tx: &w.conn,
-                    cache: &mut w.cache,
-                }
-                .flush()?;
+                w.flush()?;
                 w.conn.prepare_cached("SAVEPOINT batch")?.execute([])?;
             }
             let out = w.apply_cmds(batch, sweep_now)?;
@@ -998,7 +1000,6 @@ fn forget_lease_lines(tx: &Connection, subject: &str) -> rusqlite::Result<()> {
 
 fn snapshot(tx: &Connection, subject: &str) -> rusqlite::Result<Vec<SubjectState>> {
     let below = format!("{subject}/");
-    let mut out: std::collections::BTreeMap<String, SubjectState> = Default::default();
     let mut stmt = tx.prepare_cached(
         "SELECT subject, resource, capacity, used, reserved, window_start, window_end
          FROM counters WHERE (subject = ?1 OR substr(subject, 1, length(?2)) = ?2)
@@ -1019,30 +1020,17 @@ fn snapshot(tx: &Connection, subject: &str) -> rusqlite::Result<Vec<SubjectState
             },
         ))
     })?;
-    for row in rows {
-        let (s, res, c) = row?;
-        out.entry(s.clone())
-            .or_insert_with(|| SubjectState {
-                subject: s,
-                ..Default::default()
-            })
-            .resources
-            .push((res, c));
-    }
+    let counters = rows.collect::<Result<Vec<_>, _>>()?;
     let mut stmt = tx.prepare_cached(&format!("SELECT subject FROM subjects WHERE {UNDER}"))?;
     let subjects: Vec<String> = stmt
         .query_map(params![subject, below], |r| r.get(0))?
         .collect::<Result<_, _>>()?;
+    let mut flags = Vec::with_capacity(subjects.len());
     for s in subjects {
-        let flags = load_flags(tx, &s)?;
-        out.entry(s.clone())
-            .or_insert_with(|| SubjectState {
-                subject: s,
-                ..Default::default()
-            })
-            .flags = flags;
+        let f = load_flags(tx, &s)?;
+        flags.push((s, f));
     }
-    Ok(out.into_values().collect())
+    Ok(SubjectState::collect(counters, flags))
 }
 
 impl Store for SqliteStore {
