@@ -24,6 +24,7 @@ fn line(subject: &str, resource: &str, capacity: u64, amount: u64, window_end: i
 
 fn reserve(now: i64, lines: Vec<Line>, gates: &[&str]) -> Reserve {
     Reserve {
+        lease: LeaseId::random(&mut rand::rng()),
         now: Timestamp(now),
         lease_ttl_ms: 10_000,
         lines,
@@ -68,6 +69,33 @@ pub async fn run<S: Store + StoreAdmin>(s: &S, ns: &str) {
     admin(s, &format!("{ns}f")).await;
     reset_forgets_leases(s, &format!("{ns}g")).await;
     windows_roll(s, &format!("{ns}c")).await;
+    lease_ids_are_the_callers(s, &format!("{ns}h")).await;
+}
+
+/// A grant carries the id the caller chose; the same id again (a retried call) is granted
+/// without reserving twice, and releasing it gives back the one reservation.
+async fn lease_ids_are_the_callers<S: Store + StoreAdmin>(s: &S, p: &str) {
+    let r = reserve(200_000, vec![line(p, "rpm", 5, 1, 240_000)], &[]);
+    let id = granted(s, r.clone()).await;
+    assert_eq!(id, r.lease, "the grant carries the caller's id");
+    assert_eq!(
+        granted(s, r.clone()).await,
+        r.lease,
+        "a retried reserve is granted again"
+    );
+    assert_eq!(
+        counter(s, p, "rpm").await.reserved,
+        1,
+        "a retried reserve reserves once"
+    );
+    s.release(id).await.unwrap();
+    assert_eq!(counter(s, p, "rpm").await.reserved, 0);
+    s.release(id).await.unwrap();
+    assert_eq!(
+        counter(s, p, "rpm").await.reserved,
+        0,
+        "a second release is a no-op"
+    );
 }
 
 async fn all_or_nothing<S: Store + StoreAdmin>(s: &S, p: &str) {

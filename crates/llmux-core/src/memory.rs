@@ -20,7 +20,6 @@ struct Inner {
     counters: HashMap<CounterKey, Counter>,
     leases: HashMap<u64, LeaseRecord>,
     flags: HashMap<Subject, Flags>,
-    next_lease: u64,
     next_sweep: Timestamp,
 }
 
@@ -101,6 +100,9 @@ impl MemoryStore {
     fn reserve_now(&self, r: &Reserve) -> Admission {
         let mut g = self.inner.lock();
         g.sweep(r.now);
+        if g.leases.contains_key(&r.lease.0) {
+            return Admission::Granted(r.lease);
+        }
         let gates: Vec<Flags> = r
             .gates
             .iter()
@@ -119,8 +121,7 @@ impl MemoryStore {
         if let Err(d) = decide(r, &mut counters, &gates) {
             return Admission::Denied(d);
         }
-        g.next_lease += 1;
-        let id = g.next_lease;
+        let id = r.lease.0;
         let mut lines = Vec::with_capacity(r.lines.len());
         for (l, c) in r.lines.iter().zip(counters) {
             let key = (l.subject.clone(), l.resource.clone());
@@ -134,7 +135,7 @@ impl MemoryStore {
                 lines,
             },
         );
-        Admission::Granted(LeaseId(id))
+        Admission::Granted(r.lease)
     }
 }
 
@@ -267,6 +268,7 @@ mod tests {
 
     fn reserve(now: i64) -> Reserve {
         Reserve {
+            lease: LeaseId::random(&mut rand::rng()),
             now: Timestamp(now),
             lease_ttl_ms: 1_000,
             lines: vec![line(1)],

@@ -17,9 +17,19 @@ use serde::Serialize;
 use std::future::Future;
 use std::sync::Arc;
 
-/// Identifies one reservation until it is committed, released or expires.
+/// Identifies one reservation until it is committed, released or expires. The caller
+/// chooses it (see [`LeaseId::random`]) before it asks the store, so a caller that stops
+/// waiting for the answer can still release what the store may have granted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 pub struct LeaseId(pub u64);
+
+impl LeaseId {
+    /// A fresh id from `rng`: 63 random bits, never 0, so ids drawn by many processes on one
+    /// store do not collide in practice and fit an SQLite integer.
+    pub fn random(rng: &mut impl rand::Rng) -> LeaseId {
+        LeaseId((rng.random::<u64>() >> 1).max(1))
+    }
+}
 
 /// One resource of one subject, with the window and capacity config gives it now.
 #[derive(Clone, Debug, PartialEq)]
@@ -36,6 +46,9 @@ pub struct Line {
 /// A request to reserve `amount` on every line, if every gate is open.
 #[derive(Clone, Debug)]
 pub struct Reserve {
+    /// The id the lease gets if granted. Reserving an id that is already held is answered
+    /// `Granted` again without reserving twice, so a retried call cannot double-count.
+    pub lease: LeaseId,
     pub now: Timestamp,
     /// How long the reservation holds if never committed or released.
     pub lease_ttl_ms: i64,
@@ -449,6 +462,7 @@ mod tests {
 
     fn reserve(lines: Vec<Line>, now: i64) -> Reserve {
         Reserve {
+            lease: LeaseId(1),
             now: Timestamp(now),
             lease_ttl_ms: 1000,
             lines,

@@ -76,7 +76,7 @@ impl RedisStore {
                 conn: parking_lot::Mutex::new(None),
                 base: format!("{prefix}:v1:{{{prefix}}}:"),
                 scripts: Scripts {
-                    reserve: Script::new(include_str!("lua/reserve_v1.lua")),
+                    reserve: Script::new(include_str!("lua/reserve_v2.lua")),
                     commit: Script::new(include_str!("lua/commit_v1.lua")),
                     release: Script::new(include_str!("lua/release_v1.lua")),
                     cooldown: Script::new(include_str!("lua/cooldown_v1.lua")),
@@ -244,15 +244,14 @@ impl Store for RedisStore {
         inv.arg(r.now.0)
             .arg(r.lease_ttl_ms)
             .arg(r.lines.len())
-            .arg(r.gates.len());
+            .arg(r.gates.len())
+            .arg(r.lease.0);
         for l in &r.lines {
             line_args(&mut inv, l);
         }
         let out: Vec<Value> = inv.invoke_async(&mut c).await.map_err(unavailable)?;
         if out.first().map(int) == Some(1) {
-            return Ok(Admission::Granted(LeaseId(
-                out.get(1).map(int).unwrap_or(0) as u64,
-            )));
+            return Ok(Admission::Granted(r.lease));
         }
         let kind = out.get(1).map(text).unwrap_or_default();
         let idx = out.get(2).map(int).unwrap_or(1).max(1) as usize - 1;
@@ -276,7 +275,7 @@ impl Store for RedisStore {
                 let line = r
                     .lines
                     .get(idx)
-                    .ok_or_else(|| StoreError::Backend("bad reply from reserve_v1".into()))?;
+                    .ok_or_else(|| StoreError::Backend("bad reply from reserve_v2".into()))?;
                 let (capacity, used, reserved, amount) =
                     (num(3) as u64, num(4) as u64, num(5) as u64, num(6) as u64);
                 Denial {

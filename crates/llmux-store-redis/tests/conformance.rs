@@ -2,7 +2,7 @@
 //! admission under concurrency from several store handles (as several replicas would be).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use llmux_core::store::{Admission, Line, Reserve, Store, StoreAdmin};
+use llmux_core::store::{Admission, LeaseId, Line, Reserve, Store, StoreAdmin};
 use llmux_core::{Subject, Timestamp, Window};
 use llmux_store_redis::RedisStore;
 use llmux_testkit::redis::RedisServer;
@@ -44,6 +44,7 @@ async fn three_handles_admit_exactly_capacity() {
     for i in 0..400 {
         let s = stores[i % 3].clone();
         let r = Reserve {
+            lease: LeaseId::random(&mut rand::rng()),
             now: Timestamp(1),
             lease_ttl_ms: 60_000,
             lines: vec![line.clone()],
@@ -71,6 +72,7 @@ async fn an_unreachable_redis_is_an_error_not_a_panic_and_recovery_is_automatic(
     s.ping().await.unwrap();
     server.stop();
     let r = Reserve {
+        lease: LeaseId::random(&mut rand::rng()),
         now: Timestamp(1),
         lease_ttl_ms: 1_000,
         lines: vec![],

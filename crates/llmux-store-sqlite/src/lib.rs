@@ -500,16 +500,15 @@ fn answer(cmd: Cmd, res: Result<Outcome, StoreError>) -> Option<LeaseId> {
     match cmd {
         Cmd::Reserve(_, tx) => {
             // A caller that went away (client hung up) cannot settle its grant: release it now
-            // rather than holding the capacity for the whole lease TTL.
-            if let Ok(Outcome::Admission(Admission::Granted(id))) = &res {
-                if tx.is_closed() {
-                    return Some(*id);
-                }
+            // rather than holding the capacity for the whole lease TTL. (The caller releases
+            // it too, by the id it chose: whichever comes second finds nothing to do.)
+            let r = res.and_then(|o| match o {
+                Outcome::Admission(a) => Ok(a),
+                _ => Err(StoreError::Backend("unexpected reply".into())),
+            });
+            if let Err(Ok(Admission::Granted(id))) = tx.send(r) {
+                return Some(id);
             }
-            send(tx, res, |o| match o {
-                Outcome::Admission(a) => Some(a),
-                _ => None,
-            })
         }
         Cmd::Commit(.., None) => {
             if let Err(e) = res {
@@ -808,29 +807,30 @@ impl Batch<'_> {
         if let Err(d) = decide(r, &mut counters, &gates) {
             return Ok(Admission::Denied(d));
         }
+        let id = r.lease.0;
+        let expires_at = r.now.plus_millis(r.lease_ttl_ms).0;
+        let text = encode_lines(&r.lines);
+        // The caller's id (random, 63 bits: unique across processes on the file, never
+        // reused). One already held is a retried call: granted again, reserved once.
+        let inserted = self
+            .tx
+            .prepare_cached(
+                "INSERT OR IGNORE INTO leases (id, expires_at, lines) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![id as i64, expires_at, text])?;
+        if inserted == 0 {
+            return Ok(Admission::Granted(r.lease));
+        }
         for (l, c) in r.lines.iter().zip(counters) {
             self.set_counter(l.subject.as_str(), &l.resource, c);
         }
-        let expires_at = r.now.plus_millis(r.lease_ttl_ms).0;
-        let text = encode_lines(&r.lines);
-        let mut insert = self.tx.prepare_cached(
-            "INSERT OR IGNORE INTO leases (id, expires_at, lines) VALUES (?1, ?2, ?3)",
-        )?;
-        // A random positive 63-bit id: unique across processes on the file and never reused
-        // (a late settle of an expired lease cannot touch a newer one); a clash draws again.
-        let id = loop {
-            let id = rand::random::<u64>() >> 1;
-            if id != 0 && insert.execute(params![id as i64, expires_at, text])? == 1 {
-                break id;
-            }
-        };
         let held = r
             .lines
             .iter()
             .map(|l| (l.subject.clone(), l.resource.clone(), l.amount))
             .collect();
         self.cache.leases.insert(id, held);
-        Ok(Admission::Granted(LeaseId(id)))
+        Ok(Admission::Granted(r.lease))
     }
 
     /// Remove a lease; returns its lines, or none when the lease is gone (settled, expired

@@ -1,5 +1,5 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-use llmux_core::store::{Admission, Line, Reserve, Store, StoreAdmin};
+use llmux_core::store::{Admission, LeaseId, Line, Reserve, Store, StoreAdmin};
 use llmux_core::{Subject, Timestamp, Window};
 use llmux_store_sqlite::SqliteStore;
 use std::sync::Arc;
@@ -19,6 +19,7 @@ fn line(capacity: u64, amount: u64) -> Line {
 
 fn reserve(now: i64, capacity: u64) -> Reserve {
     Reserve {
+        lease: LeaseId::random(&mut rand::rng()),
         now: Timestamp(now),
         lease_ttl_ms: 1_000,
         lines: vec![line(capacity, 1)],

@@ -415,6 +415,24 @@ impl RouterBuilder {
     }
 }
 
+/// A reserve the store may be working on: dropped before the answer arrives (the caller went
+/// away, or the store call failed after it may have been applied), it releases the lease by
+/// the id the caller chose.
+struct PendingGrant<'a> {
+    id: LeaseId,
+    orphans: &'a mpsc::UnboundedSender<(LeaseId, bool)>,
+    /// Still unanswered by the shared store.
+    store: bool,
+}
+
+impl Drop for PendingGrant<'_> {
+    fn drop(&mut self) {
+        if self.store {
+            let _ = self.orphans.send((self.id, false));
+        }
+    }
+}
+
 /// What the failover loop learned so far.
 #[derive(Default)]
 struct Outcomes {
@@ -664,7 +682,16 @@ impl Router {
         if let Some(extra) = &extra {
             ls.extend(lines(extra.iter(), usage, now));
         }
+        // The id is ours before the store sees the call: if this future is dropped while the
+        // store works, `pending` releases whatever it may have granted.
+        let id = LeaseId::random(&mut rand::rng());
+        let mut pending = PendingGrant {
+            id,
+            orphans: &self.inner.orphans,
+            store: true,
+        };
         let reserve = Reserve {
+            lease: id,
             now,
             lease_ttl_ms: (self.inner.config.lease_ttl_secs as i64) * 1000,
             lines: ls,
@@ -691,6 +718,12 @@ impl Router {
                 }
             }
         };
+        // The store answered: a grant becomes a `Lease`, which settles it; a denial holds
+        // nothing. (When it failed instead, `pending` still releases there, in case it
+        // applied the reserve before failing.)
+        if !local {
+            pending.store = false;
+        }
         match admission {
             Admission::Denied(d) => {
                 if let (DenialReason::Cooldown, Some(until)) = (&d.reason, d.retry_at) {

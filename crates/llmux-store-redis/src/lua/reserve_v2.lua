@@ -1,14 +1,18 @@
--- llmux reserve_v1: check every line and gate, then write all or nothing.
+-- llmux reserve_v2: check every line and gate, then write all or nothing, under the lease id
+-- the caller chose (v1 drew it from a counter), so a caller that stops waiting can release it.
 -- Versioned name: a rolling deploy may run two versions of llmux on one Redis; a changed
 -- script gets a new name (reserve_v2) instead of changing meaning under old callers.
--- KEYS: seq, leases, lease_expiry, index, then nl counter keys, then ng flag keys.
--- ARGV: now_ms, lease_ttl_ms, nl, ng, then per line: member, window_start, window_end,
---       capacity, amount.
+-- KEYS: seq (unused since v2), leases, lease_expiry, index, then nl counter keys, then ng flag
+--       keys.
+-- ARGV: now_ms, lease_ttl_ms, nl, ng, lease_id, then per line: member, window_start,
+--       window_end, capacity, amount.
+-- A lease id already held is granted again without reserving twice (a retried call).
 -- Returns {1, lease_id} or {0, kind, line_or_gate, capacity, used, reserved, amount, retry_at}.
 local now = tonumber(ARGV[1])
 local ttl = tonumber(ARGV[2])
 local nl = tonumber(ARGV[3])
 local ng = tonumber(ARGV[4])
+local id = ARGV[5]
 
 local function release(id)
   local rec = redis.call('HGET', KEYS[2], id)
@@ -28,6 +32,8 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0
   release(id)
 end
 
+if redis.call('HEXISTS', KEYS[2], id) == 1 then return {1, id} end
+
 for g = 1, ng do
   local f = redis.call('HMGET', KEYS[4 + nl + g], 'cool', 'dis')
   if f[2] == '1' then return {0, 'disabled', g, 0, 0, 0, 0, -1} end
@@ -37,7 +43,7 @@ end
 local state = {}
 local worst = nil
 for i = 1, nl do
-  local b = 4 + (i - 1) * 5
+  local b = 5 + (i - 1) * 5
   local ws, we = tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3])
   local cap, amt = tonumber(ARGV[b + 4]), tonumber(ARGV[b + 5])
   local c = redis.call('HMGET', KEYS[4 + i], 'used', 'res', 'ws', 'we')
@@ -59,7 +65,6 @@ for i = 1, nl do
 end
 if worst then return worst end
 
-local id = redis.call('INCR', KEYS[1])
 local rec = {}
 for i = 1, nl do
   local s = state[i]
@@ -68,7 +73,7 @@ for i = 1, nl do
   redis.call('PEXPIRE', k, math.max(s[4] - now, 0) + ttl)
   if s[7] then
     -- A counter already in its window is in the index.
-    redis.call('SADD', KEYS[4], ARGV[4 + (i - 1) * 5 + 1])
+    redis.call('SADD', KEYS[4], ARGV[5 + (i - 1) * 5 + 1])
   end
   rec[#rec + 1] = k .. '\t' .. string.format('%d', s[6])
 end
