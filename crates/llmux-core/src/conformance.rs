@@ -190,6 +190,27 @@ async fn commit_reconciles<S: Store + StoreAdmin>(s: &S, p: &str) {
         matches!(d.reason, DenialReason::Exhausted { used: 50, .. }),
         "{d:?}"
     );
+    // A lease granted under the old capacity settles after an operator changed it: the
+    // commit must not write the old capacity back.
+    let id = granted(s, reserve(3_000, vec![line(p, "tpm", 100, 1, 60_000)], &[])).await;
+    s.update(
+        line(p, "tpm", 80, 0, 60_000),
+        AdminOp::Sync {
+            custom_ttl_ms: None,
+        },
+        Timestamp(3_000),
+    )
+    .await
+    .unwrap();
+    s.commit(id, Timestamp(3_000), vec![line(p, "tpm", 100, 1, 60_000)])
+        .await
+        .unwrap();
+    let c = counter(s, p, "tpm").await;
+    assert_eq!(
+        (c.capacity, c.used, c.reserved),
+        (80, 51, 0),
+        "a commit keeps the capacity an operator set"
+    );
 }
 
 async fn windows_roll<S: Store + StoreAdmin>(s: &S, p: &str) {

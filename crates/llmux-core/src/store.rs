@@ -147,9 +147,11 @@ impl Counter {
             .saturating_sub(self.used.saturating_add(self.reserved))
     }
 
-    /// Apply a commit line: the reserved amount goes, the used amount comes.
+    /// Apply a commit line: the reserved amount goes, the used amount comes. The stored
+    /// capacity stays: the line carries the capacity of when the lease was granted, and an
+    /// operator (`sync-config`) may have changed it since. A counter the commit creates
+    /// ([`Counter::fresh`]) has the line's.
     pub fn settle(&mut self, line: &Line, reserved: u64, now: Timestamp) {
-        self.capacity = line.capacity;
         self.roll(line.window, now);
         self.reserved = self.reserved.saturating_sub(reserved);
         self.used = self.used.saturating_add(line.amount);

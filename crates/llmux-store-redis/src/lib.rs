@@ -77,7 +77,7 @@ impl RedisStore {
                 base: format!("{prefix}:v1:{{{prefix}}}:"),
                 scripts: Scripts {
                     reserve: Script::new(include_str!("lua/reserve_v2.lua")),
-                    commit: Script::new(include_str!("lua/commit_v1.lua")),
+                    commit: Script::new(include_str!("lua/commit_v2.lua")),
                     release: Script::new(include_str!("lua/release_v1.lua")),
                     cooldown: Script::new(include_str!("lua/cooldown_v1.lua")),
                     admin: Script::new(include_str!("lua/admin_v1.lua")),

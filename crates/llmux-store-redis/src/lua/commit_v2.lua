@@ -1,5 +1,7 @@
--- llmux commit_v1: swap a lease's reservation for the usage reported (even if the lease has
+-- llmux commit_v2: swap a lease's reservation for the usage reported (even if the lease has
 -- expired), release lines not reported, and end score overrides of subjects whose usage changed.
+-- Unlike v1, a counter keeps its stored capacity (an operator may have changed it since the
+-- lease was granted); only a counter the commit creates takes the line's.
 -- KEYS: leases, lease_expiry, index, then n counter keys, then n flag keys (one per line).
 -- ARGV: lease_id, now_ms, n, lease_ttl_ms, then per line: member, window_start, window_end,
 --       capacity, amount_used.
@@ -28,7 +30,8 @@ for i = 1, n do
   res = res - (held[k] or 0)
   held[k] = nil
   if res < 0 then res = 0 end
-  redis.call('HSET', k, 'cap', cap, 'used', used + amt, 'res', res, 'ws', cws, 'we', cwe)
+  if not c[3] then redis.call('HSET', k, 'cap', cap) end
+  redis.call('HSET', k, 'used', used + amt, 'res', res, 'ws', cws, 'we', cwe)
   redis.call('PEXPIRE', k, math.max(cwe - now, 0) + ttl)
   redis.call('SADD', KEYS[3], ARGV[b + 1])
   redis.call('HDEL', KEYS[3 + n + i], 'score')
