@@ -290,8 +290,8 @@ pub async fn reset(config: &Config, subject: &str, dry_run: bool) -> anyhow::Res
 
 /// Largest amount an operator may set or add (exact in every store, Lua's doubles included).
 const MAX_AMOUNT: f64 = 9_007_199_254_740_992.0;
-/// Longest window an operator may set.
-const MAX_TTL_SECS: u64 = 10 * 365 * 24 * 3600;
+/// Longest window an operator may set: the config's bound on every duration.
+const MAX_TTL_SECS: u64 = llmux::core::config::MAX_SECS;
 
 /// What `set-resource-used`, `adjust-resource-used` and `set-resource-ttl` do.
 pub enum Change {
@@ -383,7 +383,11 @@ pub async fn sync(config: &Config, only: Option<&str>) -> anyhow::Result<()> {
         for t in &subjects {
             for r in t.resources {
                 let custom_ttl_ms = match r.period {
-                    Period::Custom { ttl_secs } => Some(ttl_secs as i64 * 1000),
+                    Period::Custom { ttl_secs } => Some(
+                        i64::try_from(ttl_secs)
+                            .unwrap_or(i64::MAX)
+                            .saturating_mul(1000),
+                    ),
                     _ => None,
                 };
                 store

@@ -35,6 +35,8 @@ mock = {{ prompt_tokens = 7, completion_tokens = 3 }}
 id = "k1"
 resources = [{resources}]
 [models.m]
+# Requests send no max_tokens: reserve 1 output token, below what the mock reports.
+default_max_tokens = 1
 targets = [{{ provider = "demo", model = "x" }}]
 "#
         ),
@@ -100,7 +102,8 @@ fn three_gateways_share_a_token_limit_with_reconciliation() {
         return;
     };
     let prefix = format!("tpm{}", std::process::id());
-    // Each request estimates about 8 tokens (no max_tokens) and reports 7 + 3 = 10.
+    // Each request estimates about 9 tokens (8 in, default_max_tokens 1 out) and reports
+    // 7 + 3 = 10.
     // 1000 tokens admit at most 100 requests at once; reconciled, exactly 1000 are used.
     let (_dir, _procs, ports, cfg) = three_gateways(
         &server,

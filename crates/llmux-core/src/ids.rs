@@ -93,6 +93,20 @@ impl Serialize for Secret {
     }
 }
 
+/// `url` with any password (and user) replaced by `*****`: `redis://:pw@host/0` →
+/// `redis://*****@host/0`. For Debug output and messages about a store URL.
+pub fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+        return url.to_string();
+    };
+    let rest = &url[scheme_end..];
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{}*****{}", &url[..scheme_end], &rest[at..]),
+        None => url.to_string(),
+    }
+}
+
 /// One selectable unit: provider + key + upstream model. Displays as `provider/key/model`.
 #[derive(Clone, PartialEq, Eq, Hash, Debug)]
 pub struct TargetId {

@@ -135,7 +135,11 @@ pub fn window_at(period: Period, tz: &TimeZone, now: Timestamp) -> Window {
         Period::Minutely => fixed(MINUTE, 0),
         Period::Custom { ttl_secs } => Window {
             start: now,
-            end: now.plus_millis((ttl_secs as i64).saturating_mul(SECOND)),
+            end: now.plus_millis(
+                i64::try_from(ttl_secs)
+                    .unwrap_or(i64::MAX)
+                    .saturating_mul(SECOND),
+            ),
         },
         Period::Hourly => hourly(tz, now).unwrap_or_else(|| fixed(HOUR, 0)),
         Period::Daily | Period::Weekly | Period::Monthly | Period::Quarterly | Period::Yearly => {

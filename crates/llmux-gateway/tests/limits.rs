@@ -90,9 +90,14 @@ async fn token_limits_reserve_the_estimate_and_reconcile_to_reported_usage() {
         r#"{ name = "tpm", value = 120, period = "minutely" }"#,
     ))
     .await;
+    // Without max_tokens a request reserves the model's default_max_tokens (4096): never fits.
+    let r = post(gw.addr, "/v1/chat/completions", chat("m"), &[]).await;
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert!(r.header("retry-after").is_none());
     // Two requests fit (2 x 50 = 100 used); a third would need 50 more of the 20 left.
     for _ in 0..2 {
-        let r = post(gw.addr, "/v1/chat/completions", chat("m"), &[]).await;
+        let body = serde_json::json!({"model": "m", "max_tokens": 20, "messages": [{"role": "user", "content": "hi"}]});
+        let r = post(gw.addr, "/v1/chat/completions", body.to_string(), &[]).await;
         assert_eq!(r.status, 200);
     }
     eventually(|| async { counter(&gw.router, "up/k1", "tpm").await == (100, 0) }).await;

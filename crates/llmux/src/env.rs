@@ -126,6 +126,7 @@ pub(crate) fn auto_pool(config: &Config, model: &str) -> Option<ModelPool> {
         resources: Vec::new(),
         max_concurrent: None,
         timeout_secs: None,
+        default_max_tokens: llmux_core::config::DEFAULT_MAX_TOKENS,
     })
 }
 

@@ -33,11 +33,15 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
-/// Largest `max_tokens` accepted: beyond any model's output, and far from u64 overflow.
-const MAX_OUTPUT_TOKENS: u64 = 100_000_000;
+use llmux_core::config::MAX_OUTPUT_TOKENS;
 
 /// How long a key that answered 401/403 stays out in this process without asking the store.
 const LOCAL_DISABLE_MS: i64 = 60_000;
+
+/// Seconds as milliseconds, saturating (config bounds durations; this never wraps anyway).
+fn secs_to_millis(secs: u64) -> i64 {
+    i64::try_from(secs).unwrap_or(i64::MAX).saturating_mul(1000)
+}
 
 /// A settle that failed in the store: the reservation expires with its lease; the request
 /// goes on (failover, or the upstream's answer) rather than failing on bookkeeping.
@@ -693,7 +697,7 @@ impl Router {
         let reserve = Reserve {
             lease: id,
             now,
-            lease_ttl_ms: (self.inner.config.lease_ttl_secs as i64) * 1000,
+            lease_ttl_ms: secs_to_millis(self.inner.config.lease_ttl_secs),
             lines: ls,
             gates: t.gates.clone(),
         };
@@ -824,10 +828,16 @@ impl Router {
                 o.insert("include_usage".into(), Value::Bool(true));
             }
         }
-        let max_out = ["max_tokens", "max_completion_tokens"]
+        // Output is reserved as asked, else as the model's `default_max_tokens`: never 0, or
+        // token and USD limits would ignore output. Embeddings produce none.
+        let max_out = match ["max_tokens", "max_completion_tokens"]
             .iter()
             .find_map(|k| body.get(*k).and_then(Value::as_u64))
-            .unwrap_or(0);
+        {
+            Some(n) => n,
+            None if endpoint == Endpoint::Embeddings => 0,
+            None => pool.plan.pool.default_max_tokens,
+        };
         if max_out > MAX_OUTPUT_TOKENS {
             return Err(RouteError::BadRequest(format!(
                 "max_tokens {max_out} is larger than any model allows ({MAX_OUTPUT_TOKENS})"

@@ -21,6 +21,8 @@ id = "k2"
 resources = [{ name = "rpm", value = 2, period = "minutely" }]
 [models.m]
 strategy = "priority"
+# tpm is 1000: without max_tokens a request reserves this much output.
+default_max_tokens = 64
 targets = [{ provider = "p", model = "x" }]
 "#;
 

@@ -88,11 +88,31 @@ pub enum OnStoreError {
     FailOpen,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum StoreConfig {
     Memory,
-    Sqlite { path: String },
-    Redis { url: String, prefix: String },
+    Sqlite {
+        path: String,
+    },
+    /// `url` may hold a password: Debug shows it redacted.
+    Redis {
+        url: String,
+        prefix: String,
+    },
+}
+
+impl fmt::Debug for StoreConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreConfig::Memory => f.write_str("Memory"),
+            StoreConfig::Sqlite { path } => f.debug_struct("Sqlite").field("path", path).finish(),
+            StoreConfig::Redis { url, prefix } => f
+                .debug_struct("Redis")
+                .field("url", &crate::ids::redact_url(url))
+                .field("prefix", prefix)
+                .finish(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -263,6 +283,8 @@ pub struct ModelPool {
     pub resources: Vec<Resource>,
     pub max_concurrent: Option<u32>,
     pub timeout_secs: Option<u64>,
+    /// Output tokens reserved when a request gives no `max_tokens` (never 0).
+    pub default_max_tokens: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -291,6 +313,49 @@ impl GatewayKey {
 }
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:4000";
+
+/// The longest duration a setting may give, in seconds (ten years): beyond any window, lease
+/// or timeout anyone means, and far from overflowing milliseconds in an `i64`.
+pub const MAX_SECS: u64 = 10 * 366 * 86_400;
+
+/// The largest `max_tokens` (and `default_max_tokens`): beyond any model's output, and far from
+/// overflowing the token arithmetic.
+pub const MAX_OUTPUT_TOKENS: u64 = 100_000_000;
+
+/// Output tokens reserved for a request that gives no `max_tokens`, unless the model sets
+/// `default_max_tokens`.
+pub const DEFAULT_MAX_TOKENS: u64 = 4096;
+
+/// Check a duration in seconds: `Some(0)` and values above [`MAX_SECS`] are issues at `at`.
+fn check_secs(v: Option<u64>, at: &str, out: &mut Issues) -> Option<u64> {
+    match v {
+        Some(0) => {
+            out.push(at, "must be greater than 0");
+            None
+        }
+        Some(v) if v > MAX_SECS => {
+            out.push(
+                at,
+                format!("{v} seconds is too long; at most {MAX_SECS} (ten years)"),
+            );
+            Some(MAX_SECS)
+        }
+        v => v,
+    }
+}
+
+/// Names that end up in store keys, lease records, metrics labels and headers (model names,
+/// upstream model names): anything printable but whitespace and control characters.
+fn check_label(name: &str, at: &str, what: &str, out: &mut Issues) {
+    if name.is_empty() {
+        out.push(at, format!("{what} must not be empty"));
+    } else if name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        out.push(
+            at,
+            format!("invalid {what} {name:?}: spaces, tabs, newlines and control characters are not allowed"),
+        );
+    }
+}
 
 /// The text of a resources file and the name to report problems under.
 #[derive(Clone, Debug)]
@@ -504,8 +569,22 @@ impl Config {
 
         let mut gateway_keys = Vec::new();
         let mut key_ids = BTreeSet::new();
+        let mut secrets: BTreeMap<&str, usize> = BTreeMap::new();
         for (i, g) in raw.gateway_keys.iter().enumerate() {
             let at = format!("gateway_keys[{i}]");
+            check_name(&g.id, &format!("{at}.id"), out);
+            if !g.secret.is_empty() {
+                match secrets.get(g.secret.as_str()) {
+                    // Never the secret itself: only where its twin is.
+                    Some(first) => out.push(
+                        format!("{at}.secret"),
+                        format!("the same secret as gateway_keys[{first}]; each key needs its own"),
+                    ),
+                    None => {
+                        secrets.insert(g.secret.as_str(), i);
+                    }
+                }
+            }
             if !key_ids.insert(g.id.as_str()) {
                 out.push(
                     format!("{at}.id"),
@@ -536,19 +615,17 @@ impl Config {
             });
         }
 
-        let positive = |v: Option<u64>, at: &str, default: u64, out: &mut Issues| match v {
+        let max_body_bytes = match raw.max_body_bytes {
             Some(0) => {
-                out.push(at, "must be greater than 0");
-                default
+                out.push("max_body_bytes", "must be greater than 0");
+                0
             }
-            Some(v) => v,
-            None => default,
+            Some(v) => usize::try_from(v).unwrap_or(usize::MAX),
+            None => 4 * 1024 * 1024,
         };
-        let max_body_bytes =
-            positive(raw.max_body_bytes, "max_body_bytes", 4 * 1024 * 1024, out) as usize;
         let request_timeout_secs =
-            positive(raw.request_timeout_secs, "request_timeout_secs", 600, out);
-        let lease_ttl_secs = positive(raw.lease_ttl_secs, "lease_ttl_secs", 900, out);
+            check_secs(raw.request_timeout_secs, "request_timeout_secs", out).unwrap_or(600);
+        let lease_ttl_secs = check_secs(raw.lease_ttl_secs, "lease_ttl_secs", out).unwrap_or(900);
 
         Some(Config {
             listen,
@@ -698,7 +775,15 @@ pub fn check_resources(list: &[RawResource], at: &str, out: &mut Issues) -> Vec<
                 "give `ttl` or `initial_ttl`, not both",
             );
         }
-        let ttl = r.ttl.or(r.initial_ttl);
+        let ttl_at = if r.ttl.is_some() {
+            "ttl"
+        } else {
+            "initial_ttl"
+        };
+        let ttl = match r.ttl.or(r.initial_ttl) {
+            Some(t) if t > MAX_SECS => check_secs(Some(t), &format!("{at}.{ttl_at}"), out),
+            t => t,
+        };
         let period = match Period::parse(&r.period, ttl) {
             Ok(p) => {
                 if ttl.is_some() && !matches!(p, Period::Custom { .. }) {
@@ -830,9 +915,7 @@ fn check_provider(
             }
         }
     }
-    if p.timeout_secs == Some(0) {
-        out.push(format!("{at}.timeout_secs"), "must be greater than 0");
-    }
+    let timeout_secs = check_secs(p.timeout_secs, &format!("{at}.timeout_secs"), out);
 
     let mut keys = Vec::new();
     let mut ids = BTreeSet::new();
@@ -919,7 +1002,7 @@ fn check_provider(
         timezone,
         resources,
         keys,
-        timeout_secs: p.timeout_secs,
+        timeout_secs,
         mock,
     })
 }
@@ -932,6 +1015,7 @@ fn check_model(
     providers: &BTreeMap<ProviderId, Arc<Provider>>,
     out: &mut Issues,
 ) -> Option<ModelPool> {
+    check_label(name, at, "model name", out);
     let strategy = match m.strategy.as_deref() {
         None => Strategy::Weighted,
         Some(s) => Strategy::parse(s).unwrap_or_else(|| {
@@ -998,11 +1082,20 @@ fn check_model(
             }
             continue;
         };
-        if t.model.is_empty() {
-            out.push(format!("{tat}.model"), "must not be empty");
-        }
+        check_label(
+            &t.model,
+            &format!("{tat}.model"),
+            "upstream model name",
+            out,
+        );
         if t.weight == Some(0) {
             out.push(format!("{tat}.weight"), "must be greater than 0");
+        }
+        if t.keys.as_ref().is_some_and(Vec::is_empty) {
+            out.push(
+                format!("{tat}.keys"),
+                "lists no keys, so the target could never be used; omit `keys` to use all of the provider's keys",
+            );
         }
         let keys = t.keys.as_ref().map(|ks| {
             ks.iter()
@@ -1031,6 +1124,18 @@ fn check_model(
     if m.max_concurrent == Some(0) {
         out.push(format!("{at}.max_concurrent"), "must be greater than 0");
     }
+    let timeout_secs = check_secs(m.timeout_secs, &format!("{at}.timeout_secs"), out);
+    let default_max_tokens = match m.default_max_tokens {
+        None => DEFAULT_MAX_TOKENS,
+        Some(n) if (1..=MAX_OUTPUT_TOKENS).contains(&n) => n,
+        Some(n) => {
+            out.push(
+                format!("{at}.default_max_tokens"),
+                format!("{n} is out of range; expected 1..={MAX_OUTPUT_TOKENS}"),
+            );
+            DEFAULT_MAX_TOKENS
+        }
+    };
     Some(ModelPool {
         name: Arc::from(name),
         strategy,
@@ -1040,7 +1145,8 @@ fn check_model(
         targets,
         resources: check_resources(&m.resources, &format!("{at}.resources"), out),
         max_concurrent: m.max_concurrent,
-        timeout_secs: m.timeout_secs,
+        timeout_secs,
+        default_max_tokens,
     })
 }
 
@@ -1179,5 +1285,111 @@ targets = [{ provider = "openai", model = "gpt-4o-mini", weight = 1 }]
         )
         .unwrap();
         assert_eq!(c.provider("demo").unwrap().keys[0].id.as_str(), "default");
+    }
+
+    fn issues(text: &str) -> String {
+        Config::from_toml_str(text, &|_| None)
+            .unwrap_err()
+            .to_string()
+    }
+
+    const MOCK: &str = "[providers.demo]\nkind = \"mock\"\n";
+
+    #[test]
+    fn every_duration_is_bounded_with_its_path() {
+        let huge = u64::MAX;
+        let text = format!(
+            "lease_ttl_secs = {big}\nrequest_timeout_secs = {big}\n{MOCK}timeout_secs = {big}\nresources = [{{ name = \"b\", value = 1, period = \"custom\", ttl = {big} }}]\n[models.m]\ntimeout_secs = {big}\ntargets = [{{provider = \"demo\", model = \"x\"}}]\n",
+            big = i64::MAX
+        );
+        let e = issues(&text);
+        for at in [
+            "lease_ttl_secs: ",
+            "request_timeout_secs: ",
+            "providers.demo.timeout_secs: ",
+            "providers.demo.resources[0].ttl: ",
+            "models.m.timeout_secs: ",
+        ] {
+            assert!(
+                e.contains(&format!("{at}{} seconds is too long", i64::MAX)),
+                "{at} in {e}"
+            );
+        }
+        // Above i64::MAX (JSON resources files can carry it): bounded, never wrapped.
+        let file = ResourcesFile {
+            name: "limits.json".into(),
+            text: format!(
+                r#"{{"providers": {{"demo": {{"resources": [{{"name": "b", "value": 1, "period": "custom", "ttl": {huge}}}]}}}}}}"#
+            ),
+        };
+        let text =
+            format!("{MOCK}[models.m]\ntargets = [{{provider = \"demo\", model = \"x\"}}]\n");
+        let e = Config::from_toml_str_with(&text, &|_| None, Some(&file))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("limits.json: providers.demo.resources[0].ttl: 18446744073709551615 seconds is too long"), "{e}");
+        let e = issues(&format!("lease_ttl_secs = 0\n{MOCK}"));
+        assert!(e.contains("lease_ttl_secs: must be greater than 0"), "{e}");
+    }
+
+    #[test]
+    fn names_that_reach_store_keys_are_checked() {
+        let e = issues(&format!(
+            "{MOCK}[models.\"a\\tb\"]\ntargets = [{{provider = \"demo\", model = \"x\\ny\", keys = []}}]\ntimeout_secs = 0\n[[gateway_keys]]\nid = \"g\\n1\"\nsecret = \"sk-same\"\n[[gateway_keys]]\nid = \"g2\"\nsecret = \"sk-same\"\n"
+        ));
+        assert!(e.contains("models.a\tb: invalid model name"), "{e}");
+        assert!(
+            e.contains("models.a\tb.targets[0].model: invalid upstream model name"),
+            "{e}"
+        );
+        assert!(
+            e.contains("models.a\tb.targets[0].keys: lists no keys"),
+            "{e}"
+        );
+        assert!(
+            e.contains("models.a\tb.timeout_secs: must be greater than 0"),
+            "{e}"
+        );
+        assert!(e.contains("gateway_keys[0].id: invalid name"), "{e}");
+        assert!(
+            e.contains("gateway_keys[1].secret: the same secret as gateway_keys[0]"),
+            "{e}"
+        );
+        assert!(!e.contains("sk-same"), "a secret in an error: {e}");
+    }
+
+    #[test]
+    fn default_max_tokens_is_4096_and_never_0() {
+        let base =
+            format!("{MOCK}[models.m]\ntargets = [{{provider = \"demo\", model = \"x\"}}]\n");
+        let c = Config::from_toml_str(&base, &|_| None).unwrap();
+        assert_eq!(c.models["m"].default_max_tokens, 4096);
+        let c =
+            Config::from_toml_str(&format!("{base}default_max_tokens = 512\n"), &|_| None).unwrap();
+        assert_eq!(c.models["m"].default_max_tokens, 512);
+        let e = issues(&format!("{base}default_max_tokens = 0\n"));
+        assert!(
+            e.contains("models.m.default_max_tokens: 0 is out of range"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn debug_output_holds_no_secret() {
+        let text = "[store]\nkind = \"redis\"\nurl = \"redis://user:hunter2@db:6379/0\"\n[providers.p]\nkind = \"openai\"\n[[providers.p.keys]]\nid = \"k\"\nsecret = \"sk-upstream-secret\"\n[[gateway_keys]]\nid = \"g\"\nsecret = \"sk-gateway-secret\"\n";
+        let c = Config::from_toml_str(text, &|_| None).unwrap();
+        let tree: toml::Value = toml::from_str(text).unwrap();
+        let raw: RawConfig = tree.try_into().unwrap();
+        for shown in [format!("{c:?}"), format!("{raw:?}")] {
+            for secret in ["hunter2", "sk-upstream-secret", "sk-gateway-secret"] {
+                assert!(!shown.contains(secret), "{secret} in {shown}");
+            }
+            assert!(shown.contains("db:6379"), "{shown}");
+        }
+        assert_eq!(
+            crate::ids::redact_url("rediss://:pw@h:1/0?x=@"),
+            "rediss://*****@h:1/0?x=@"
+        );
+        assert_eq!(crate::ids::redact_url("redis://h:1/0"), "redis://h:1/0");
     }
 }

@@ -27,7 +27,7 @@ pub struct RawConfig {
     pub gateway_keys: Vec<RawGatewayKey>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawStore {
     pub kind: Option<String>,
@@ -53,7 +53,7 @@ pub struct RawProvider {
     pub mock: Option<RawMock>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawKey {
     pub id: String,
@@ -118,6 +118,8 @@ pub struct RawModel {
     pub resources: Vec<RawResource>,
     pub max_concurrent: Option<u32>,
     pub timeout_secs: Option<u64>,
+    /// Output tokens reserved when a request gives no `max_tokens` (default 4096).
+    pub default_max_tokens: Option<u64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -138,7 +140,7 @@ pub struct RawTarget {
     pub keys: Option<Vec<String>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawGatewayKey {
     pub id: String,
@@ -164,4 +166,41 @@ pub struct RawFileProvider {
     pub timezone: Option<String>,
     #[serde(default)]
     pub resources: Vec<RawResource>,
+}
+
+// Secrets and URLs that may hold a password never reach Debug output.
+
+impl std::fmt::Debug for RawStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawStore")
+            .field("kind", &self.kind)
+            .field("path", &self.path)
+            .field("url", &self.url.as_deref().map(crate::ids::redact_url))
+            .field("prefix", &self.prefix)
+            .field("on_store_error", &self.on_store_error)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for RawKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawKey")
+            .field("id", &self.id)
+            .field("secret", &self.secret.as_ref().map(|_| "*****"))
+            .field("weight", &self.weight)
+            .field("resources", &self.resources)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for RawGatewayKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawGatewayKey")
+            .field("id", &self.id)
+            .field("secret", &"*****")
+            .field("tier", &self.tier)
+            .field("models", &self.models)
+            .field("resources", &self.resources)
+            .finish()
+    }
 }
