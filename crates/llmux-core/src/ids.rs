@@ -34,7 +34,8 @@ id_type!(
     KeyId
 );
 id_type!(
-    /// What state is kept for: `provider`, `provider/key`, `model:NAME` or `gateway-key:ID`.
+    /// What state is kept for: `provider`, `provider/key`, `provider/key/model` (gates only),
+    /// `model:NAME` or `gateway-key:ID`.
     Subject
 );
 
@@ -44,6 +45,10 @@ impl Subject {
     }
     pub fn key(p: &ProviderId, k: &KeyId) -> Subject {
         Subject(Arc::from(format!("{p}/{k}")))
+    }
+    /// `provider/key/model`: one key for one upstream model (a 403 disables just this).
+    pub fn target(t: &TargetId) -> Subject {
+        Subject(Arc::from(t.to_string()))
     }
     pub fn model(name: &str) -> Subject {
         Subject(Arc::from(format!("model:{name}")))

@@ -62,8 +62,21 @@ pub struct PlannedTarget {
     pub priority: i32,
     /// Provider and key resources.
     pub bounds: Vec<Bound>,
-    /// `provider` and `provider/key`: cooldowns and disabled flags apply to these.
+    /// `provider`, `provider/key` and `provider/key/model`, in this order
+    /// (see [`PlannedTarget::key_gate`] and [`PlannedTarget::target_gate`]):
+    /// cooldowns and disabled flags apply to these.
     pub gates: Vec<Subject>,
+}
+
+impl PlannedTarget {
+    /// `provider/key`: a 429 cools it down, a 401 disables it.
+    pub fn key_gate(&self) -> &Subject {
+        &self.gates[1]
+    }
+    /// `provider/key/model`: a 403 disables the key for this model only.
+    pub fn target_gate(&self) -> &Subject {
+        &self.gates[2]
+    }
 }
 
 /// A model pool with its targets expanded per key.
@@ -92,18 +105,20 @@ pub fn plan_pool(config: &Config, pool: &Arc<ModelPool>) -> PlannedPool {
             let ksubject = Subject::key(&p.id, &key.id);
             let mut bounds: Vec<Bound> = bind(&psubject, &p.resources, &p.timezone).collect();
             bounds.extend(bind(&ksubject, &key.resources, &p.timezone));
+            let id = TargetId {
+                provider: p.id.clone(),
+                key: key.id.clone(),
+                model: t.model.clone(),
+            };
+            let tsubject = Subject::target(&id);
             targets.push(PlannedTarget {
-                id: TargetId {
-                    provider: p.id.clone(),
-                    key: key.id.clone(),
-                    model: t.model.clone(),
-                },
+                id,
                 provider: p.clone(),
                 key_index: ki,
                 weight: u64::from(t.weight) * u64::from(key.weight),
                 priority: t.priority,
                 bounds,
-                gates: vec![psubject.clone(), ksubject],
+                gates: vec![psubject.clone(), ksubject, tsubject],
             });
         }
     }

@@ -3,10 +3,8 @@
 use crate::error::RouteError;
 use crate::router::Router;
 use llmux_core::config::ResourcesFile;
-use llmux_core::config::{FallbackOn, ModelPool, Strategy, TargetConfig};
-use llmux_core::{Config, Issues, ProviderId};
+use llmux_core::{Config, Issues};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 /// A config that could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -94,40 +92,6 @@ impl Router {
             .map_err(|issues| RouteError::BadRequest(issues.to_string()))?;
         Router::builder(config).auto_models(true).build()
     }
-}
-
-/// The provider a bare model name belongs to, if configured.
-pub(crate) fn auto_pool(config: &Config, model: &str) -> Option<ModelPool> {
-    let provider = if model.contains('/') {
-        "openrouter"
-    } else if model.starts_with("gpt-")
-        || model.starts_with("text-embedding-")
-        || (model.starts_with('o') && model[1..].starts_with(|c: char| c.is_ascii_digit()))
-    {
-        "openai"
-    } else {
-        return None;
-    };
-    let id = ProviderId::new(provider);
-    config.providers.get(&id)?;
-    Some(ModelPool {
-        name: Arc::from(model),
-        strategy: Strategy::Weighted,
-        max_attempts: 2,
-        fallback_on: FallbackOn::default(),
-        fallback_models: Vec::new(),
-        targets: vec![TargetConfig {
-            provider: id,
-            model: Arc::from(model),
-            weight: 1,
-            priority: 0,
-            keys: None,
-        }],
-        resources: Vec::new(),
-        max_concurrent: None,
-        timeout_secs: None,
-        default_max_tokens: llmux_core::config::DEFAULT_MAX_TOKENS,
-    })
 }
 
 #[cfg(test)]

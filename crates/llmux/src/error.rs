@@ -9,10 +9,17 @@ use llmux_core::StoreError;
 pub enum UpstreamError {
     #[error("upstream timed out after {0} s")]
     Timeout(u64),
+    /// The request never left: connecting (DNS, TCP, TLS) failed.
     #[error("upstream connection failed: {0}")]
     Connect(String),
+    /// The connection failed after the request was sent: the upstream may have done the work.
+    #[error("upstream connection lost after the request was sent: {0}")]
+    Reset(String),
     #[error("upstream stream broke: {0}")]
     Body(String),
+    /// The upstream's answer is larger than `max_response_bytes`.
+    #[error("upstream answer larger than {0} bytes")]
+    TooLarge(usize),
 }
 
 /// Why the router could not produce an answer.

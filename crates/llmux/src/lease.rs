@@ -4,39 +4,45 @@
 //! `self`, so a lease is settled once. A lease dropped unsettled releases its reservation in
 //! the background (drop never awaits), and a crashed process loses at most the lease TTL.
 
-use crate::router::{Inner, TargetStats};
+use crate::ledger::Ledger;
+use crate::stats::{PoolSlot, TargetStats};
 use llmux_core::plan::{lines, Bound};
 use llmux_core::store::{LeaseId, Store};
 use llmux_core::{Secret, StoreError, Subject, TargetId, Timestamp, Usage};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-
-/// Holds one of a model pool's `max_concurrent` slots.
-#[derive(Debug)]
-pub(crate) struct PoolSlot(pub(crate) Arc<AtomicU32>);
-
-impl Drop for PoolSlot {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
 
 /// A granted reservation on one target.
 #[must_use = "settle it: complete(), failed() or rate_limited()"]
 pub struct Lease {
+    id: LeaseId,
+    target: TargetId,
+    secret: Secret,
+    key_subject: Subject,
+    bounds: Arc<[Bound]>,
+    extra: Option<Arc<[Bound]>>,
+    estimate: Usage,
+    ledger: Arc<Ledger>,
+    pub(crate) stats: Arc<TargetStats>,
+    _slot: Option<PoolSlot>,
+    settled: bool,
+    /// Reserved in the process-local fallback store (fail-open while the store was down).
+    local: bool,
+}
+
+/// What a granted reservation is made of (see [`Lease::granted`]).
+pub(crate) struct Grant {
     pub(crate) id: LeaseId,
     pub(crate) target: TargetId,
     pub(crate) secret: Secret,
+    /// `provider/key`: what a 429 cools down and a 401 disables.
     pub(crate) key_subject: Subject,
+    /// The target's resource bounds, and the gateway key's (`extra`).
     pub(crate) bounds: Arc<[Bound]>,
     pub(crate) extra: Option<Arc<[Bound]>>,
     pub(crate) estimate: Usage,
-    pub(crate) inner: Arc<Inner>,
     pub(crate) stats: Arc<TargetStats>,
-    pub(crate) _slot: Option<PoolSlot>,
-    pub(crate) settled: bool,
-    /// Reserved in the process-local fallback store (fail-open while the store was down).
+    pub(crate) slot: Option<PoolSlot>,
     pub(crate) local: bool,
 }
 
@@ -51,6 +57,30 @@ impl std::fmt::Debug for Lease {
 }
 
 impl Lease {
+    /// A lease for a grant the store just made; counts the target's request in flight.
+    pub(crate) fn granted(g: Grant, ledger: Arc<Ledger>) -> Lease {
+        g.stats.start();
+        Lease {
+            id: g.id,
+            target: g.target,
+            secret: g.secret,
+            key_subject: g.key_subject,
+            bounds: g.bounds,
+            extra: g.extra,
+            estimate: g.estimate,
+            ledger,
+            stats: g.stats,
+            _slot: g.slot,
+            settled: false,
+            local: g.local,
+        }
+    }
+
+    /// `provider/key`: the subject a 429 cools down and a 401 disables.
+    pub(crate) fn key_subject(&self) -> &Subject {
+        &self.key_subject
+    }
+
     /// The target to call: `provider/key/model`.
     pub fn target(&self) -> &TargetId {
         &self.target
@@ -88,21 +118,9 @@ impl Lease {
     }
 
     async fn commit_usage(&self, usage: &Usage) -> Result<(), StoreError> {
-        let now = self.inner.clock.now();
+        let now = self.ledger.clock.now();
         let used = self.used_lines(usage, now);
-        if self.local {
-            self.inner.fallback.commit(self.id, now, used).await
-        } else {
-            self.inner.store.commit(self.id, now, used).await
-        }
-    }
-
-    async fn release_now(&self) -> Result<(), StoreError> {
-        if self.local {
-            self.inner.fallback.release(self.id).await
-        } else {
-            self.inner.store.release(self.id).await
-        }
+        self.ledger.commit(self.id, now, used, self.local).await
     }
 
     /// The upstream answered 429: release the reservation and cool the key down for
@@ -112,11 +130,11 @@ impl Lease {
         self.stats.record_failure();
         let wait = retry_after.unwrap_or(Duration::from_secs(1));
         let wait_ms = i64::try_from(wait.as_millis()).unwrap_or(i64::MAX);
-        let until = self.inner.clock.now().plus_millis(wait_ms);
-        self.inner.note_cooldown(&self.key_subject, until);
-        self.release_now().await?;
+        let until = self.ledger.clock.now().plus_millis(wait_ms);
+        self.ledger.note_local_gate(&self.key_subject, until);
+        self.ledger.release(self.id, self.local).await?;
         match self
-            .inner
+            .ledger
             .store
             .set_cooldown(self.key_subject.clone(), until)
             .await
@@ -137,10 +155,18 @@ impl Lease {
         self.commit_usage(&Usage::default()).await
     }
 
+    /// The request left but its answer was lost (a timeout, a reset): the upstream may have
+    /// done the work, so the estimate is committed.
+    pub(crate) async fn lost(mut self) -> Result<(), StoreError> {
+        self.settled = true;
+        let estimate = self.estimate;
+        self.commit_usage(&estimate).await
+    }
+
     /// Give the reservation back: the upstream never saw the request.
     pub async fn release(mut self) -> Result<(), StoreError> {
         self.settled = true;
-        self.release_now().await
+        self.ledger.release(self.id, self.local).await
     }
 
     /// Settle as [`Lease::complete`] without waiting (the gateway's path: the client never
@@ -148,13 +174,9 @@ impl Lease {
     pub(crate) fn complete_detached(mut self, usage: Usage, latency: Duration) {
         self.settled = true;
         self.stats.record_success(latency);
-        let now = self.inner.clock.now();
+        let now = self.ledger.clock.now();
         let used = self.used_lines(&usage, now);
-        if self.local {
-            self.inner.fallback.commit_detached(self.id, now, used);
-        } else {
-            self.inner.store.commit_detached(self.id, now, used);
-        }
+        self.ledger.commit_detached(self.id, now, used, self.local);
     }
 }
 
@@ -162,7 +184,7 @@ impl Drop for Lease {
     fn drop(&mut self) {
         self.stats.finish();
         if !self.settled {
-            let _ = self.inner.orphans.send((self.id, self.local));
+            self.ledger.release_later(self.id, self.local);
         }
     }
 }

@@ -19,9 +19,11 @@ pub mod blocking;
 mod env;
 pub mod error;
 mod lease;
+mod ledger;
 pub mod provider;
 mod router;
 pub mod sse;
+mod stats;
 pub mod store;
 
 pub use env::{load_config, load_config_with, process_env, ConfigError};

@@ -14,8 +14,15 @@ const MAX_PENDING: usize = 1 << 20;
 #[derive(Debug, Default)]
 pub struct UsageScanner {
     buf: BytesMut,
+    /// Bytes of `buf` already searched for an event end (so each byte is searched once).
+    scanned: usize,
+    /// What was forwarded ends inside an event (only after `MAX_PENDING` forced it out).
+    mid_event: bool,
     hide_usage_chunk: bool,
     pub usage: Option<Usage>,
+    /// Bytes searched for event ends, to test that scanning stays linear.
+    #[cfg(test)]
+    examined: usize,
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
@@ -36,6 +43,10 @@ fn event_end(b: &[u8]) -> Option<usize> {
     }
 }
 
+fn ends_event(b: &[u8]) -> bool {
+    b.ends_with(b"\n\n") || b.ends_with(b"\r\n\r\n")
+}
+
 impl UsageScanner {
     /// `hide_usage_chunk`: the client did not ask for usage, so drop the usage-only chunk.
     pub fn new(hide_usage_chunk: bool) -> Self {
@@ -45,28 +56,53 @@ impl UsageScanner {
         }
     }
 
+    /// Whether what was forwarded so far stopped inside an event: an event written after it
+    /// (an error event) must then start with a blank line to stand on its own.
+    pub fn mid_event(&self) -> bool {
+        self.mid_event
+    }
+
+    /// End of the first complete event of the buffer, searching from `from`.
+    fn event_end_from(&mut self, from: usize) -> Option<usize> {
+        #[cfg(test)]
+        {
+            self.examined += self.buf.len() - from;
+        }
+        event_end(&self.buf[from..]).map(|e| e + from)
+    }
+
     /// Take a chunk from upstream; returns what to forward now (maybe nothing).
     pub fn feed(&mut self, chunk: Bytes) -> Option<Bytes> {
-        let ends_clean = chunk.ends_with(b"\n\n") || chunk.ends_with(b"\r\n\r\n");
-        if self.buf.is_empty() && ends_clean && !has_usage_object(&chunk) {
+        if self.buf.is_empty() && ends_event(&chunk) && !has_usage_object(&chunk) {
+            self.mid_event = false;
             return Some(chunk); // the common case: whole events, no usage, zero copies
         }
         if self.buf.len() + chunk.len() > MAX_PENDING {
             // An upstream that never ends its event: stop holding bytes back.
             let mut out = std::mem::take(&mut self.buf);
             out.extend_from_slice(&chunk);
+            self.scanned = 0;
+            self.mid_event = !ends_event(&out);
             return Some(out.freeze());
         }
         self.buf.extend_from_slice(&chunk);
         let mut out = BytesMut::new();
-        while let Some(end) = event_end(&self.buf) {
+        // An event end may straddle the old and the new bytes: back up by its length - 1.
+        let mut from = self.scanned.saturating_sub(3);
+        while let Some(end) = self.event_end_from(from) {
             let event = self.buf.split_to(end);
+            from = 0;
             if has_usage_object(&event) && !self.take_usage(&event) {
                 continue;
             }
             out.extend_from_slice(&event);
         }
-        (!out.is_empty()).then(|| out.freeze())
+        self.scanned = self.buf.len();
+        if out.is_empty() {
+            return None;
+        }
+        self.mid_event = false;
+        Some(out.freeze())
     }
 
     /// Whatever is left when the upstream ends (an unterminated last event).
@@ -75,9 +111,11 @@ impl UsageScanner {
             return None;
         }
         let rest = std::mem::take(&mut self.buf);
+        self.scanned = 0;
         if has_usage_object(&rest) && !self.take_usage(&rest) {
             return None;
         }
+        self.mid_event = !ends_event(&rest);
         Some(rest.freeze())
     }
 
@@ -214,5 +252,37 @@ mod tests {
         assert_eq!(usage_of_body(nested), Some(Usage::new(9, 4)));
         let no_usage = br#"{"choices":[{"message":{"content":"the \"usage\": {x"}}]}"#;
         assert_eq!(usage_of_body(no_usage), None);
+    }
+
+    #[test]
+    fn scanning_a_slowly_arriving_event_stays_linear() {
+        // One 200 kB event arriving a byte at a time: each byte is searched a bounded number
+        // of times (the whole buffer was searched again on every chunk: ~2e10 bytes).
+        let mut s = UsageScanner::new(false);
+        let event = format!("data: {}\n\n", "x".repeat(200_000));
+        let mut out = Vec::new();
+        for b in event.as_bytes().chunks(1) {
+            if let Some(o) = s.feed(Bytes::copy_from_slice(b)) {
+                out.extend_from_slice(&o);
+            }
+        }
+        assert_eq!(out, event.as_bytes());
+        assert!(
+            s.examined < 5 * event.len(),
+            "examined {} bytes",
+            s.examined
+        );
+    }
+
+    #[test]
+    fn an_event_forced_out_unfinished_is_marked_so_the_next_one_stands_alone() {
+        let mut s = UsageScanner::new(false);
+        assert!(!s.mid_event());
+        let head = format!("data: {}", "x".repeat(MAX_PENDING));
+        let out = s.feed(Bytes::from(head.clone())).unwrap();
+        assert_eq!(out.len(), head.len());
+        assert!(s.mid_event(), "forwarded bytes end inside an event");
+        assert_eq!(s.feed(Bytes::from("yy\n\n")).unwrap(), "yy\n\n");
+        assert!(!s.mid_event());
     }
 }

@@ -5,8 +5,11 @@
 //! Invariant: a `Config` refers only to providers, keys, models and tiers that exist, and every
 //! resource has a capacity > 0 and a known period.
 
+mod auto;
 mod env;
 pub mod raw;
+
+pub use auto::auto_pool;
 
 use crate::ids::{KeyId, ProviderId, Secret, Subject};
 use crate::usage::Measure;
@@ -69,6 +72,8 @@ pub struct Config {
     pub tier_order: Vec<String>,
     pub resources_file: Option<String>,
     pub max_body_bytes: usize,
+    /// Largest non-streamed upstream answer read, in bytes (larger ones fail the attempt).
+    pub max_response_bytes: usize,
     pub request_timeout_secs: u64,
     pub lease_ttl_secs: u64,
     pub store: StoreConfig,
@@ -285,6 +290,8 @@ pub struct ModelPool {
     pub timeout_secs: Option<u64>,
     /// Output tokens reserved when a request gives no `max_tokens` (never 0).
     pub default_max_tokens: u64,
+    /// Longest gap between two chunks of a streamed answer; `None`: the attempt's timeout.
+    pub stream_idle_timeout_secs: Option<u64>,
 }
 
 #[derive(Clone, Debug)]
@@ -623,6 +630,14 @@ impl Config {
             Some(v) => usize::try_from(v).unwrap_or(usize::MAX),
             None => 4 * 1024 * 1024,
         };
+        let max_response_bytes = match raw.max_response_bytes {
+            Some(0) => {
+                out.push("max_response_bytes", "must be greater than 0");
+                0
+            }
+            Some(v) => usize::try_from(v).unwrap_or(usize::MAX),
+            None => 64 * 1024 * 1024,
+        };
         let request_timeout_secs =
             check_secs(raw.request_timeout_secs, "request_timeout_secs", out).unwrap_or(600);
         let lease_ttl_secs = check_secs(raw.lease_ttl_secs, "lease_ttl_secs", out).unwrap_or(900);
@@ -633,6 +648,7 @@ impl Config {
             tier_order: raw.tier_order.clone(),
             resources_file: raw.resources_file.clone(),
             max_body_bytes,
+            max_response_bytes,
             request_timeout_secs,
             lease_ttl_secs,
             store,
@@ -1125,6 +1141,11 @@ fn check_model(
         out.push(format!("{at}.max_concurrent"), "must be greater than 0");
     }
     let timeout_secs = check_secs(m.timeout_secs, &format!("{at}.timeout_secs"), out);
+    let stream_idle_timeout_secs = check_secs(
+        m.stream_idle_timeout_secs,
+        &format!("{at}.stream_idle_timeout_secs"),
+        out,
+    );
     let default_max_tokens = match m.default_max_tokens {
         None => DEFAULT_MAX_TOKENS,
         Some(n) if (1..=MAX_OUTPUT_TOKENS).contains(&n) => n,
@@ -1147,6 +1168,7 @@ fn check_model(
         max_concurrent: m.max_concurrent,
         timeout_secs,
         default_max_tokens,
+        stream_idle_timeout_secs,
     })
 }
 

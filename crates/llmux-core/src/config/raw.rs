@@ -13,6 +13,8 @@ pub struct RawConfig {
     pub tier_order: Vec<String>,
     pub resources_file: Option<String>,
     pub max_body_bytes: Option<u64>,
+    /// Largest upstream answer read whole (non-streamed), in bytes.
+    pub max_response_bytes: Option<u64>,
     pub request_timeout_secs: Option<u64>,
     pub lease_ttl_secs: Option<u64>,
     /// Same as `store.on_store_error`.
@@ -120,6 +122,8 @@ pub struct RawModel {
     pub timeout_secs: Option<u64>,
     /// Output tokens reserved when a request gives no `max_tokens` (default 4096).
     pub default_max_tokens: Option<u64>,
+    /// Longest gap between two chunks of a streamed answer (default: the attempt's timeout).
+    pub stream_idle_timeout_secs: Option<u64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -48,6 +48,9 @@ pub struct Call {
     pub secret: Secret,
     /// Until the response head (and, for non-streamed answers, the whole body).
     pub timeout: Duration,
+    /// Largest non-streamed answer to read; a larger one fails with
+    /// [`UpstreamError::TooLarge`].
+    pub max_response_bytes: usize,
 }
 
 /// A streamed body: chunks as they arrive from upstream.

@@ -6,7 +6,7 @@ use crate::error::UpstreamError;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
-use http_body_util::{BodyExt, BodyStream, Full};
+use http_body_util::{BodyExt, BodyStream, Full, LengthLimitError, Limited};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -89,10 +89,14 @@ impl Provider for OpenAiCompatible {
                 UpstreamError::Connect("invalid upstream URL or key for a header".into())
             })?;
             let work = async {
-                let resp = client
-                    .request(req)
-                    .await
-                    .map_err(|e| UpstreamError::Connect(describe(&e)))?;
+                let resp = client.request(req).await.map_err(|e| {
+                    // Only a failed connect proves the request never left.
+                    if e.is_connect() {
+                        UpstreamError::Connect(describe(&e))
+                    } else {
+                        UpstreamError::Reset(describe(&e))
+                    }
+                })?;
                 let (parts, body) = resp.into_parts();
                 let status = parts.status.as_u16();
                 let is_sse = parts
@@ -112,10 +116,17 @@ impl Provider for OpenAiCompatible {
                             .boxed(),
                     )
                 } else {
-                    let bytes = body
+                    let limit = call.max_response_bytes;
+                    let bytes = Limited::new(body, limit)
                         .collect()
                         .await
-                        .map_err(|e| UpstreamError::Body(e.to_string()))?
+                        .map_err(|e| {
+                            if e.is::<LengthLimitError>() {
+                                UpstreamError::TooLarge(limit)
+                            } else {
+                                UpstreamError::Body(e.to_string())
+                            }
+                        })?
                         .to_bytes();
                     ReplyBody::Full(bytes)
                 };

@@ -1,0 +1,65 @@
+//! Pools made up on demand for `Router::from_env`: a bare model name picks its provider.
+
+use super::{Config, FallbackOn, ModelPool, Strategy, TargetConfig, DEFAULT_MAX_TOKENS};
+use crate::ids::ProviderId;
+use std::sync::Arc;
+
+/// A one-target pool for `model` on the provider its name belongs to (`gpt-*`, `o1…`,
+/// `text-embedding-*` → `openai`; `vendor/model` → `openrouter`), if that provider is configured.
+pub fn auto_pool(config: &Config, model: &str) -> Option<ModelPool> {
+    let provider = if model.contains('/') {
+        "openrouter"
+    } else if model.starts_with("gpt-")
+        || model.starts_with("text-embedding-")
+        || (model.starts_with('o') && model[1..].starts_with(|c: char| c.is_ascii_digit()))
+    {
+        "openai"
+    } else {
+        return None;
+    };
+    let id = ProviderId::new(provider);
+    config.providers.get(&id)?;
+    Some(ModelPool {
+        name: Arc::from(model),
+        strategy: Strategy::Weighted,
+        max_attempts: 2,
+        fallback_on: FallbackOn::default(),
+        fallback_models: Vec::new(),
+        targets: vec![TargetConfig {
+            provider: id,
+            model: Arc::from(model),
+            weight: 1,
+            priority: 0,
+            keys: None,
+        }],
+        resources: Vec::new(),
+        max_concurrent: None,
+        timeout_secs: None,
+        default_max_tokens: DEFAULT_MAX_TOKENS,
+        stream_idle_timeout_secs: None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn model_names_pick_their_provider() {
+        let text = "[providers.openai]\nkind = \"openai\"\n[[providers.openai.keys]]\nid = \"k\"\nsecret = \"s\"\n";
+        let c = Config::from_toml_str(text, &|_| None).unwrap();
+        for m in ["gpt-4o", "o1-mini", "text-embedding-3-small"] {
+            let p = auto_pool(&c, m).unwrap();
+            assert_eq!(
+                (p.targets[0].provider.as_str(), &*p.targets[0].model),
+                ("openai", m)
+            );
+        }
+        assert!(
+            auto_pool(&c, "vendor/model").is_none(),
+            "openrouter is not configured"
+        );
+        assert!(auto_pool(&c, "claude-3").is_none());
+        assert!(auto_pool(&c, "o").is_none());
+    }
+}

@@ -1,0 +1,433 @@
+//! One attempt and the failover loop: reserve on a target (one atomic store call), send, settle
+//! by the [`outcome`](super::outcome) rule, and move on to the next target or fallback model.
+
+use super::outcome::{classify, Outcome};
+use super::tracked::Tracked;
+use super::{AuthorizedKey, Response, ResponseBody, Router};
+use crate::error::{RouteError, UpstreamError};
+use crate::lease::{Grant, Lease};
+use crate::ledger::Ledger;
+use crate::provider::{Call, Endpoint, Provider, ReplyBody};
+use crate::sse::{usage_of_body, UsageScanner};
+use crate::stats::{Pool, PoolSlot};
+use bytes::Bytes;
+use http::HeaderMap;
+use llmux_core::config::OnStoreError;
+use llmux_core::plan::lines;
+use llmux_core::store::{Admission, Denial, DenialReason, LeaseId, Reserve, Store};
+use llmux_core::{Subject, Timestamp, Usage};
+use serde_json::{Map, Value};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Seconds as milliseconds, saturating (config bounds durations; this never wraps anyway).
+pub(super) fn secs_to_millis(secs: u64) -> i64 {
+    i64::try_from(secs).unwrap_or(i64::MAX).saturating_mul(1000)
+}
+
+/// A settle that failed in the store: the reservation expires with its lease; the request
+/// goes on (failover, or the upstream's answer) rather than failing on bookkeeping.
+fn log_settle(r: Result<(), llmux_core::StoreError>) {
+    if let Err(e) = r {
+        tracing::error!(error = %e, "could not settle a reservation; it expires with its lease");
+    }
+}
+
+/// A reserve the store may be working on: dropped before the answer arrives (the caller went
+/// away, or the store call failed after it may have been applied), it releases the lease by
+/// the id the caller chose.
+struct PendingGrant<'a> {
+    id: LeaseId,
+    ledger: &'a Ledger,
+    /// Still unanswered by the shared store.
+    store: bool,
+}
+
+impl Drop for PendingGrant<'_> {
+    fn drop(&mut self) {
+        if self.store {
+            self.ledger.release_later(self.id, false);
+        }
+    }
+}
+
+/// What the failover loop learned so far.
+#[derive(Default)]
+pub(super) struct Outcomes {
+    pub(super) attempts: u32,
+    /// The denial that frees up first.
+    pub(super) denial: Option<Denial>,
+    /// The last upstream failure: (message, timeout?).
+    failure: Option<(String, bool)>,
+}
+
+impl Outcomes {
+    pub(super) fn deny(&mut self, d: Denial) {
+        let better = match (&self.denial, d.retry_at) {
+            (None, _) => true,
+            (Some(old), Some(t)) => old.retry_at.is_none_or(|o| t < o),
+            (Some(_), None) => false,
+        };
+        if better {
+            self.denial = Some(d);
+        }
+    }
+}
+
+fn client_headers(h: &HeaderMap) -> HeaderMap {
+    let mut out = HeaderMap::new();
+    for (k, v) in h {
+        let name = k.as_str();
+        if name == "content-type" || name == "x-request-id" || name.starts_with("openai-") {
+            out.append(k.clone(), v.clone());
+        }
+    }
+    out
+}
+
+/// What the failover loop needs of the request, parsed once.
+pub(super) struct Prepared<'a> {
+    pub(super) model: String,
+    pub(super) endpoint: Endpoint,
+    pub(super) body: Map<String, Value>,
+    pub(super) stream: bool,
+    pub(super) client_wants_usage: bool,
+    pub(super) estimate: Usage,
+    pub(super) tier: Option<String>,
+    pub(super) key: Option<&'a AuthorizedKey>,
+}
+
+impl Router {
+    /// Try to reserve `usage` on target `i` of `pool`.
+    pub(super) async fn try_target(
+        &self,
+        pool: &Pool,
+        i: usize,
+        usage: &Usage,
+        now: Timestamp,
+        key: Option<&AuthorizedKey>,
+    ) -> Result<Result<Lease, Denial>, RouteError> {
+        let t = &pool.plan.targets[i];
+        let slot = match pool.plan.pool.max_concurrent {
+            None => None,
+            Some(max) => match PoolSlot::take(pool, max) {
+                Some(slot) => Some(slot),
+                None => {
+                    return Ok(Err(Denial {
+                        subject: Subject::model(&pool.plan.pool.name),
+                        reason: DenialReason::Concurrency {
+                            max_concurrent: max,
+                        },
+                        retry_at: Some(now.plus_millis(1000)),
+                    }))
+                }
+            },
+        };
+        let bounds = pool.bounds[i].clone();
+        let extra = key.map(|k| k.bounds.clone()).filter(|b| !b.is_empty());
+        let mut ls = lines(bounds.iter(), usage, now);
+        if let Some(extra) = &extra {
+            ls.extend(lines(extra.iter(), usage, now));
+        }
+        let ledger = &self.inner.ledger;
+        // The id is ours before the store sees the call: if this future is dropped while the
+        // store works, `pending` releases whatever it may have granted.
+        let id = LeaseId::random(&mut rand::rng());
+        let mut pending = PendingGrant {
+            id,
+            ledger,
+            store: true,
+        };
+        let reserve = Reserve {
+            lease: id,
+            now,
+            lease_ttl_ms: secs_to_millis(self.inner.config.lease_ttl_secs),
+            lines: ls,
+            gates: t.gates.clone(),
+        };
+        let fail_open = self.inner.config.on_store_error == OnStoreError::FailOpen;
+        let (admission, local) = match ledger.store.reserve(reserve.clone()).await {
+            Ok(a) => (a, false),
+            Err(e) if fail_open => {
+                tracing::error!(error = %e, "store unreachable: serving fail-open, counting in this process only");
+                metrics::counter!("llmux_store_errors_total", "policy" => "fail-open").increment(1);
+                // What this process saw of cooldowns and disabled keys still holds.
+                for g in &t.gates {
+                    if let Some(until) = ledger.local_gate(g, now) {
+                        return Ok(Err(Denial {
+                            subject: g.clone(),
+                            reason: DenialReason::Cooldown,
+                            retry_at: Some(until),
+                        }));
+                    }
+                }
+                (ledger.reserve(reserve, true).await?, true)
+            }
+            Err(e) => {
+                metrics::counter!("llmux_store_errors_total", "policy" => "fail-closed")
+                    .increment(1);
+                return Err(e.into());
+            }
+        };
+        // The store answered: a grant becomes a `Lease`, which settles it; a denial holds
+        // nothing. (When it failed instead, `pending` still releases there, in case it
+        // applied the reserve before failing.)
+        if !local {
+            pending.store = false;
+        }
+        match admission {
+            Admission::Denied(d) => {
+                metrics::counter!("llmux_rejections_total", "limit" => d.limit()).increment(1);
+                Ok(Err(d))
+            }
+            Admission::Granted(id) => Ok(Ok(Lease::granted(
+                Grant {
+                    id,
+                    target: t.id.clone(),
+                    secret: t.provider.keys[t.key_index].secret.clone(),
+                    key_subject: t.key_gate().clone(),
+                    bounds,
+                    extra,
+                    estimate: *usage,
+                    stats: pool.stats[i].clone(),
+                    slot,
+                    local,
+                },
+                ledger.clone(),
+            ))),
+        }
+    }
+
+    pub(super) fn no_capacity(model: &str, now: Timestamp, out: Outcomes) -> RouteError {
+        match out.denial {
+            Some(d) => RouteError::NoCapacity {
+                model: model.to_string(),
+                retry_after_secs: d.retry_at.map(|t| now.secs_until_ceil(t).max(1)),
+                denial: Box::new(d),
+            },
+            None => RouteError::UnknownModel(model.to_string()),
+        }
+    }
+
+    /// Try the targets of each pool of `chain` in candidate order until one answers.
+    pub(super) async fn send_with_failover(
+        &self,
+        chain: Vec<Arc<Pool>>,
+        mut req: Prepared<'_>,
+    ) -> Result<Response, RouteError> {
+        let first_now = self.inner.ledger.clock.now();
+        let mut out = Outcomes::default();
+        'chain: for pool in chain {
+            let mut tried = 0u32;
+            for i in self
+                .candidates(&pool, req.tier.as_deref(), first_now)
+                .await?
+            {
+                // Read per attempt: an earlier attempt may have waited for a timeout.
+                let now = self.inner.ledger.clock.now();
+                if tried >= pool.plan.pool.max_attempts {
+                    break;
+                }
+                let target = &pool.plan.targets[i];
+                let Some(provider) = self.inner.providers.get(&target.id.provider).cloned() else {
+                    return Err(RouteError::UnknownModel(req.model));
+                };
+                let estimate = provider.estimate_cost(&req.body).unwrap_or(req.estimate);
+                let lease = match self.try_target(&pool, i, &estimate, now, req.key).await? {
+                    Ok(l) => l,
+                    Err(d) => {
+                        out.deny(d);
+                        continue;
+                    }
+                };
+                tried += 1;
+                out.attempts += 1;
+                match self
+                    .attempt(&pool, i, &provider, lease, &mut req, now, &mut out)
+                    .await?
+                {
+                    Step::Answer(r) => return Ok(r),
+                    Step::Next => {}
+                    Step::Stop => break 'chain,
+                }
+            }
+        }
+        if let Some((message, timeout)) = out.failure.take() {
+            return Err(RouteError::Upstream {
+                attempts: out.attempts,
+                timeout,
+                message,
+            });
+        }
+        if let Some(d) = &out.denial {
+            metrics::counter!("llmux_no_capacity_total", "model" => req.model.clone(), "limit" => d.limit()).increment(1);
+        }
+        // Seconds until capacity frees up, counted from now, when the client hears it.
+        Err(Self::no_capacity(
+            &req.model,
+            self.inner.ledger.clock.now(),
+            out,
+        ))
+    }
+
+    /// Send to target `i` under `lease` and settle by the outcome.
+    #[allow(clippy::too_many_arguments)]
+    async fn attempt(
+        &self,
+        pool: &Pool,
+        i: usize,
+        provider: &Arc<dyn Provider>,
+        lease: Lease,
+        req: &mut Prepared<'_>,
+        now: Timestamp,
+        out: &mut Outcomes,
+    ) -> Result<Step, RouteError> {
+        let target = &pool.plan.targets[i];
+        let stats = &pool.stats[i];
+        req.body
+            .insert("model".into(), Value::String(target.id.model.to_string()));
+        let mut payload = Vec::with_capacity(1024);
+        if let Err(e) = serde_json::to_writer(&mut payload, &req.body) {
+            return Err(RouteError::BadRequest(e.to_string()));
+        }
+        let timeout_secs = pool
+            .plan
+            .pool
+            .timeout_secs
+            .or(target.provider.timeout_secs)
+            .unwrap_or(self.inner.config.request_timeout_secs);
+        let call = Call {
+            endpoint: req.endpoint,
+            body: Bytes::from(payload),
+            stream: req.stream,
+            secret: lease.secret().clone(),
+            timeout: Duration::from_secs(timeout_secs),
+            max_response_bytes: self.inner.config.max_response_bytes,
+        };
+        let started = Instant::now();
+        let label = &stats.label;
+        let fallback_on = &pool.plan.pool.fallback_on;
+        let result = provider.send(call).await;
+        let outcome = classify(&result);
+        let answer = |status: u16, headers: HeaderMap, body: ResponseBody| {
+            Step::Answer(Response {
+                target: target.id.clone(),
+                target_header: stats.header.clone(),
+                attempts: out.attempts,
+                status,
+                headers,
+                body,
+            })
+        };
+        let reply = match (outcome, result) {
+            (outcome, Err(e)) => {
+                let timeout = matches!(e, UpstreamError::Timeout(_));
+                metrics::counter!("llmux_upstream_requests_total", "target" => label.clone(), "outcome" => if timeout { "timeout" } else { "error" }).increment(1);
+                tracing::info!(target = %label, error = %e, "upstream attempt failed");
+                lease.stats.record_failure();
+                if outcome == Outcome::NotSent {
+                    // The request never left: give the reservation back.
+                    log_settle(lease.release().await);
+                } else {
+                    // It left: the upstream may have done the work, so the estimate stays.
+                    log_settle(lease.lost().await);
+                }
+                out.failure = Some((format!("{label}: {e}"), timeout));
+                return Ok(if timeout && !fallback_on.timeout {
+                    Step::Stop
+                } else {
+                    Step::Next
+                });
+            }
+            (Outcome::Success, Ok(reply)) => reply,
+            (Outcome::RateLimited { retry_after }, Ok(reply)) => {
+                count_status(label, 429);
+                let wait_ms = retry_after.unwrap_or(Duration::from_secs(1)).as_millis();
+                let until = now.plus_millis(i64::try_from(wait_ms).unwrap_or(i64::MAX));
+                let subject = lease.key_subject().clone();
+                log_settle(lease.rate_limited(retry_after).await);
+                tracing::info!(target = %label, retry_after_ms = until.0 - now.0, "upstream 429: key cooling down");
+                if fallback_on.status(429) {
+                    out.deny(Denial {
+                        subject,
+                        reason: DenialReason::Cooldown,
+                        retry_at: Some(until),
+                    });
+                    return Ok(Step::Next);
+                }
+                return Ok(answer(429, client_headers(&reply.headers), reply.body));
+            }
+            (o @ (Outcome::KeyRefused | Outcome::ModelRefused), Ok(reply)) => {
+                // 401: the key is refused everywhere; 403: only for this model.
+                let subject = if o == Outcome::KeyRefused {
+                    target.key_gate().clone()
+                } else {
+                    target.target_gate().clone()
+                };
+                count_status(label, reply.status);
+                tracing::warn!(target = %label, status = reply.status, %subject, "upstream refused the key: disabling it");
+                log_settle(lease.failed().await);
+                self.inner.ledger.note_local_disable(&subject, now);
+                if let Err(e) = self.inner.ledger.store.set_disabled(subject, true).await {
+                    tracing::error!(error = %e, "could not record the disabled key in the store");
+                }
+                out.failure = Some((format!("{label} answered {}", reply.status), false));
+                return Ok(Step::Next);
+            }
+            (_, Ok(reply)) => {
+                let status = reply.status;
+                count_status(label, status);
+                log_settle(lease.failed().await);
+                if fallback_on.status(status) {
+                    out.failure = Some((format!("{label} answered {status}"), false));
+                    return Ok(Step::Next);
+                }
+                // Not a failover status: the client gets the upstream's answer.
+                return Ok(answer(status, client_headers(&reply.headers), reply.body));
+            }
+        };
+        let headers = client_headers(&reply.headers);
+        let body = match reply.body {
+            ReplyBody::Full(bytes) => {
+                let latency = started.elapsed();
+                stats.record_ok(Some(latency));
+                let usage = provider
+                    .actual_cost(&bytes)
+                    .or_else(|| usage_of_body(&bytes))
+                    .unwrap_or(lease.estimate());
+                lease.complete_detached(usage, latency);
+                ResponseBody::Full(bytes)
+            }
+            ReplyBody::Stream(s) => {
+                stats.record_ok(None);
+                let idle = pool
+                    .plan
+                    .pool
+                    .stream_idle_timeout_secs
+                    .unwrap_or(timeout_secs);
+                let scanner = UsageScanner::new(!req.client_wants_usage);
+                ResponseBody::Stream(Box::pin(Tracked::new(
+                    s,
+                    scanner,
+                    lease,
+                    Duration::from_secs(idle),
+                )))
+            }
+        };
+        Ok(answer(reply.status, headers, body))
+    }
+}
+
+fn count_status(label: &str, status: u16) {
+    metrics::counter!("llmux_upstream_requests_total", "target" => label.to_string(), "outcome" => status.to_string()).increment(1);
+}
+
+/// What the failover loop does after an attempt. (Returned once per attempt: a box would cost
+/// an allocation on every request for nothing.)
+#[allow(clippy::large_enum_variant)]
+enum Step {
+    Answer(Response),
+    Next,
+    /// A timeout on a model that does not fall back on timeouts.
+    Stop,
+}

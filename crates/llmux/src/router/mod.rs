@@ -1,0 +1,299 @@
+//! `Router`: the engine. For each request it reads the clock once, picks candidates in the
+//! pool's strategy order (by tier), reserves on every resource that applies in one store call,
+//! sends, fails over on `fallback_on`, and reconciles the reservation to the reported usage
+//! without making the caller wait.
+//!
+//! The public API (`Router`, `Request`, `Response`) is here; `builder` builds the runtime state
+//! from a config, `candidates` orders targets, `failover` runs one attempt and the loop,
+//! `outcome` is the pure rule for settling an attempt, `tracked` the stream that settles its
+//! lease when it ends.
+
+mod builder;
+mod candidates;
+mod failover;
+mod outcome;
+mod tracked;
+
+pub use builder::{ProviderFactory, RouterBuilder};
+
+use crate::error::{RouteError, UpstreamError};
+use crate::lease::Lease;
+use crate::ledger::Ledger;
+/// A response body: the whole body, or SSE bytes as they arrive (usage is reconciled when the
+/// stream ends or is dropped).
+pub use crate::provider::ReplyBody as ResponseBody;
+use crate::provider::{Endpoint, Provider};
+use crate::stats::Pool;
+use crate::store::AnyStore;
+use bytes::Bytes;
+use failover::{Outcomes, Prepared};
+use futures_util::StreamExt;
+use http::HeaderMap;
+use llmux_core::config::{Config, GatewayKey, MAX_OUTPUT_TOKENS};
+use llmux_core::plan::{plan_pool, Bound};
+use llmux_core::{ProviderId, TargetId, Usage};
+use parking_lot::Mutex;
+use serde_json::{Map, Value};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+pub(crate) struct Inner {
+    pub(crate) config: Arc<Config>,
+    pools: HashMap<String, Arc<Pool>>,
+    pub(crate) ledger: Arc<Ledger>,
+    providers: HashMap<ProviderId, Arc<dyn Provider>>,
+    gateway_keys: HashMap<String, Arc<AuthorizedKey>>,
+    /// Model names not in config map to providers by prefix (`Router::from_env`).
+    auto_models: bool,
+    auto_pools: Mutex<HashMap<String, Arc<Pool>>>,
+}
+
+/// A gateway key that passed authorization, with its resources bound.
+#[derive(Debug)]
+pub struct AuthorizedKey {
+    pub key: GatewayKey,
+    pub(crate) bounds: Arc<[Bound]>,
+}
+
+/// One request to route.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub endpoint: Endpoint,
+    /// The OpenAI-shaped JSON body; `model` names the pool.
+    pub body: Map<String, Value>,
+    /// The caller's tier; `None` = no tier filtering (unless the gateway key has one).
+    pub tier: Option<String>,
+    pub gateway_key: Option<Arc<AuthorizedKey>>,
+}
+
+impl Request {
+    pub fn new(endpoint: Endpoint, body: Map<String, Value>) -> Request {
+        Request {
+            endpoint,
+            body,
+            tier: None,
+            gateway_key: None,
+        }
+    }
+    /// A chat completion request from a JSON value.
+    pub fn chat(body: Value) -> Result<Request, RouteError> {
+        match body {
+            Value::Object(m) => Ok(Request::new(Endpoint::ChatCompletions, m)),
+            _ => Err(RouteError::BadRequest(
+                "the body must be a JSON object".into(),
+            )),
+        }
+    }
+}
+
+/// The upstream's answer, with where it came from.
+#[derive(Debug)]
+pub struct Response {
+    pub target: TargetId,
+    /// `target` as a header value, made once per target.
+    target_header: http::HeaderValue,
+    /// Upstream attempts made, this one included.
+    pub attempts: u32,
+    pub status: u16,
+    /// Upstream headers worth passing on (`content-type`, `x-request-id`, `openai-*`).
+    pub headers: HeaderMap,
+    pub body: ResponseBody,
+}
+
+impl Response {
+    /// `provider/key/model` as a header value (`x-llmux-target`).
+    pub fn target_header(&self) -> &http::HeaderValue {
+        &self.target_header
+    }
+    /// The whole body (collects a stream).
+    pub async fn bytes(self) -> Result<Bytes, UpstreamError> {
+        match self.body {
+            ResponseBody::Full(b) => Ok(b),
+            ResponseBody::Stream(mut s) => {
+                let mut out = Vec::new();
+                while let Some(chunk) = s.next().await {
+                    out.extend_from_slice(&chunk?);
+                }
+                Ok(Bytes::from(out))
+            }
+        }
+    }
+    /// The body as JSON (non-streamed answers).
+    pub async fn json(self) -> Result<Value, UpstreamError> {
+        let b = self.bytes().await?;
+        serde_json::from_slice(&b).map_err(|e| UpstreamError::Body(e.to_string()))
+    }
+}
+
+/// The routing engine; cheap to clone.
+#[derive(Clone)]
+pub struct Router {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Router {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Router")
+            .field("store", &self.inner.ledger.store.kind())
+            .field("models", &self.inner.pools.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl Router {
+    pub fn builder(config: Config) -> RouterBuilder {
+        RouterBuilder::new(config)
+    }
+
+    /// A router on `config`, with the store it names. Needs a tokio runtime.
+    pub fn from_config(config: Config) -> Result<Router, RouteError> {
+        Router::builder(config).build()
+    }
+
+    pub fn config(&self) -> &Arc<Config> {
+        &self.inner.config
+    }
+
+    pub fn store(&self) -> &AnyStore {
+        &self.inner.ledger.store
+    }
+
+    /// Model names clients may send.
+    pub fn models(&self) -> Vec<String> {
+        self.inner.pools.keys().cloned().collect()
+    }
+
+    /// Check a bearer token. With no gateway keys configured every caller is let through.
+    pub fn authorize(
+        &self,
+        bearer: Option<&str>,
+    ) -> Result<Option<Arc<AuthorizedKey>>, RouteError> {
+        if self.inner.gateway_keys.is_empty() {
+            return Ok(None);
+        }
+        let token = bearer.ok_or(RouteError::Unauthorized)?;
+        self.inner
+            .gateway_keys
+            .get(token)
+            .cloned()
+            .map(Some)
+            .ok_or(RouteError::Unauthorized)
+    }
+
+    fn pool(&self, model: &str) -> Option<Arc<Pool>> {
+        if let Some(p) = self.inner.pools.get(model) {
+            return Some(p.clone());
+        }
+        if !self.inner.auto_models {
+            return None;
+        }
+        let mut cache = self.inner.auto_pools.lock();
+        if let Some(p) = cache.get(model) {
+            return Some(p.clone());
+        }
+        let pool = llmux_core::config::auto_pool(&self.inner.config, model)?;
+        let pool = Arc::new(Pool::new(plan_pool(&self.inner.config, &Arc::new(pool))));
+        cache.insert(model.to_string(), pool.clone());
+        Some(pool)
+    }
+
+    /// Reserve `estimate` on the first target of `model` with capacity, for callers that send
+    /// the request with their own HTTP client.
+    pub async fn acquire(&self, model: &str, estimate: Usage) -> Result<Lease, RouteError> {
+        let pool = self
+            .pool(model)
+            .ok_or_else(|| RouteError::UnknownModel(model.to_string()))?;
+        let now = self.inner.ledger.clock.now();
+        let mut out = Outcomes::default();
+        for i in self.candidates(&pool, None, now).await? {
+            match self.try_target(&pool, i, &estimate, now, None).await? {
+                Ok(lease) => return Ok(lease),
+                Err(d) => out.deny(d),
+            }
+        }
+        Err(Self::no_capacity(model, now, out))
+    }
+
+    /// Route one request: select, reserve, send with failover, reconcile in the background.
+    pub async fn request(&self, req: Request) -> Result<Response, RouteError> {
+        let Request {
+            endpoint,
+            mut body,
+            tier,
+            gateway_key,
+        } = req;
+        let model = match body.get("model") {
+            Some(Value::String(m)) if !m.is_empty() => m.clone(),
+            Some(_) => {
+                return Err(RouteError::BadRequest(
+                    "`model` must be a non-empty string".into(),
+                ))
+            }
+            None => return Err(RouteError::BadRequest("`model` is required".into())),
+        };
+        let allowed = |m: &str| {
+            gateway_key
+                .as_ref()
+                .and_then(|k| k.key.models.as_ref())
+                .is_none_or(|ms| ms.iter().any(|x| x == m))
+        };
+        if !allowed(&model) {
+            return Err(RouteError::UnknownModel(model));
+        }
+        let pool = self
+            .pool(&model)
+            .ok_or_else(|| RouteError::UnknownModel(model.clone()))?;
+        let tier = self.effective_tier(tier, gateway_key.as_deref());
+
+        let stream = matches!(body.get("stream"), Some(Value::Bool(true)));
+        let mut client_wants_usage = true;
+        if stream && endpoint != Endpoint::Embeddings {
+            let opts = body
+                .entry("stream_options")
+                .or_insert_with(|| Value::Object(Map::new()));
+            if let Value::Object(o) = opts {
+                client_wants_usage = matches!(o.get("include_usage"), Some(Value::Bool(true)));
+                o.insert("include_usage".into(), Value::Bool(true));
+            }
+        }
+        // Output is reserved as asked, else as the model's `default_max_tokens`: never 0, or
+        // token and USD limits would ignore output. Embeddings produce none.
+        let max_out = match ["max_tokens", "max_completion_tokens"]
+            .iter()
+            .find_map(|k| body.get(*k).and_then(Value::as_u64))
+        {
+            Some(n) => n,
+            None if endpoint == Endpoint::Embeddings => 0,
+            None => pool.plan.pool.default_max_tokens,
+        };
+        if max_out > MAX_OUTPUT_TOKENS {
+            return Err(RouteError::BadRequest(format!(
+                "max_tokens {max_out} is larger than any model allows ({MAX_OUTPUT_TOKENS})"
+            )));
+        }
+        let estimate = Usage::new(llmux_core::usage::estimate_input_tokens(&body), max_out);
+
+        let mut chain = vec![pool.clone()];
+        for f in &pool.plan.pool.fallback_models {
+            if allowed(f) {
+                if let Some(p) = self.pool(f) {
+                    chain.push(p);
+                }
+            }
+        }
+        self.send_with_failover(
+            chain,
+            Prepared {
+                model,
+                endpoint,
+                body,
+                stream,
+                client_wants_usage,
+                estimate,
+                tier,
+                key: gateway_key.as_deref(),
+            },
+        )
+        .await
+    }
+}

@@ -1,0 +1,124 @@
+//! `Tracked`: a streamed answer that reconciles its lease when it ends, breaks, stalls or is
+//! dropped. A stream that breaks or stalls (no chunk for `idle`) ends with an in-band SSE
+//! error event and no `[DONE]`, never a silent truncation.
+
+use crate::error::UpstreamError;
+use crate::lease::Lease;
+use crate::provider::ByteStream;
+use crate::sse::UsageScanner;
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+pub(crate) struct Tracked {
+    inner: ByteStream,
+    scanner: UsageScanner,
+    lease: Option<Lease>,
+    started: Instant,
+    /// Longest wait for the next chunk.
+    idle: Duration,
+    /// When the last chunk came; the timer is moved on lazily (not reset per chunk).
+    last_chunk: tokio::time::Instant,
+    idle_timer: Pin<Box<tokio::time::Sleep>>,
+    done: bool,
+}
+
+impl Tracked {
+    pub(crate) fn new(
+        inner: ByteStream,
+        scanner: UsageScanner,
+        lease: Lease,
+        idle: Duration,
+    ) -> Self {
+        Tracked {
+            inner,
+            scanner,
+            lease: Some(lease),
+            started: Instant::now(),
+            idle,
+            last_chunk: tokio::time::Instant::now(),
+            idle_timer: Box::pin(tokio::time::sleep(idle)),
+            done: false,
+        }
+    }
+
+    fn settle(&mut self) {
+        if let Some(lease) = self.lease.take() {
+            // A stream that ended without usage (or broke) commits the estimate: tokens that
+            // cannot be proved unused are never given back.
+            let usage = self.scanner.usage.unwrap_or(lease.estimate());
+            lease.complete_detached(usage, self.started.elapsed());
+        }
+    }
+
+    /// End the stream with an OpenAI-shaped error event, on a line of its own.
+    fn error_event(&mut self, message: &str, code: &str) -> Bytes {
+        self.done = true;
+        self.settle();
+        let event = serde_json::json!({"error": {
+            "message": message,
+            "type": "upstream_error",
+            "code": code,
+        }});
+        let sep = if self.scanner.mid_event() { "\n\n" } else { "" };
+        Bytes::from(format!("{sep}data: {event}\n\n"))
+    }
+}
+
+impl Stream for Tracked {
+    type Item = Result<Bytes, UpstreamError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        loop {
+            match self.inner.poll_next_unpin(cx) {
+                Poll::Pending => {
+                    if self.idle_timer.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    let due = self.last_chunk + self.idle;
+                    if due > tokio::time::Instant::now() {
+                        // A chunk came since the timer was set: wait from that chunk.
+                        self.idle_timer.as_mut().reset(due);
+                        continue;
+                    }
+                    let idle = self.idle.as_secs();
+                    tracing::warn!(idle_secs = idle, "upstream stream stalled");
+                    let e = format!("the upstream sent nothing for {idle} s");
+                    return Poll::Ready(Some(Ok(self.error_event(&e, "upstream_stream_stalled"))));
+                }
+                Poll::Ready(Some(Ok(chunk))) => {
+                    self.last_chunk = tokio::time::Instant::now();
+                    if let Some(out) = self.scanner.feed(chunk) {
+                        return Poll::Ready(Some(Ok(out)));
+                    }
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    tracing::warn!(error = %e, "upstream stream broke");
+                    let event = self.error_event(
+                        "the upstream stream ended unexpectedly",
+                        "upstream_stream_broken",
+                    );
+                    return Poll::Ready(Some(Ok(event)));
+                }
+                Poll::Ready(None) => {
+                    self.done = true;
+                    let rest = self.scanner.finish();
+                    self.settle();
+                    return Poll::Ready(rest.map(Ok));
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        self.settle();
+    }
+}

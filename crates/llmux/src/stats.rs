@@ -1,0 +1,144 @@
+//! Per-target live figures (in flight, latency and success EWMAs, cached metric handles), a
+//! model pool with its runtime state, and the pool's `max_concurrent` slot a lease holds.
+
+use llmux_core::plan::{Bound, PlannedPool};
+use llmux_core::select::Candidate;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Live figures of one target, for strategies and health.
+#[derive(Debug)]
+pub struct TargetStats {
+    /// `provider/key/model`, the metrics label.
+    pub(crate) label: String,
+    /// The same, as the `x-llmux-target` header value.
+    pub(crate) header: http::HeaderValue,
+    /// Metric handles of the success path, registered on first use (after the gateway has
+    /// installed its recorder), so a request does no label allocation or registry lookup.
+    ok_metrics: std::sync::OnceLock<(metrics::Counter, metrics::Histogram)>,
+    in_flight: AtomicU64,
+    /// Latency EWMA in microseconds, as f64 bits.
+    latency_us: AtomicU64,
+    /// Success EWMA in 0..=1, as f64 bits (starts at 1).
+    success: AtomicU64,
+}
+
+impl TargetStats {
+    pub(crate) fn new(label: String) -> Self {
+        TargetStats {
+            header: http::HeaderValue::from_str(&label)
+                .unwrap_or_else(|_| http::HeaderValue::from_static("invalid")),
+            label,
+            ok_metrics: std::sync::OnceLock::new(),
+            in_flight: AtomicU64::new(0),
+            latency_us: AtomicU64::new(0),
+            success: AtomicU64::new(1f64.to_bits()),
+        }
+    }
+    pub(crate) fn record_ok(&self, latency: Option<Duration>) {
+        let (count, hist) = self.ok_metrics.get_or_init(|| {
+            (
+                metrics::counter!("llmux_upstream_requests_total", "target" => self.label.clone(), "outcome" => "ok"),
+                metrics::histogram!("llmux_upstream_latency_seconds", "target" => self.label.clone()),
+            )
+        });
+        count.increment(1);
+        if let Some(l) = latency {
+            hist.record(l.as_secs_f64());
+        }
+    }
+    pub(crate) fn start(&self) {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+    }
+    pub(crate) fn finish(&self) {
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+    fn ewma(cell: &AtomicU64, sample: f64, alpha: f64) {
+        let _ = cell.fetch_update(Ordering::AcqRel, Ordering::Acquire, |bits| {
+            let old = f64::from_bits(bits);
+            let new = if old == 0.0 {
+                sample
+            } else {
+                old + alpha * (sample - old)
+            };
+            Some(new.to_bits())
+        });
+    }
+    pub(crate) fn record_success(&self, latency: Duration) {
+        Self::ewma(&self.latency_us, latency.as_micros() as f64, 0.2);
+        Self::ewma(&self.success, 1.0, 0.1);
+    }
+    pub(crate) fn record_failure(&self) {
+        Self::ewma(&self.success, 0.0, 0.1);
+    }
+    pub(crate) fn candidate(&self, weight: u64, priority: i32) -> Candidate {
+        Candidate {
+            weight,
+            priority,
+            in_flight: self.in_flight.load(Ordering::Acquire),
+            score: f64::from_bits(self.success.load(Ordering::Acquire)),
+            latency_us: f64::from_bits(self.latency_us.load(Ordering::Acquire)),
+        }
+    }
+}
+
+/// A model pool with its runtime state.
+pub(crate) struct Pool {
+    pub(crate) plan: PlannedPool,
+    /// Per target: provider + key + pool resources.
+    pub(crate) bounds: Vec<Arc<[Bound]>>,
+    pub(crate) stats: Vec<Arc<TargetStats>>,
+    /// Advances once per request (round-robin).
+    pub(crate) turn: AtomicU64,
+    /// Requests in flight, for `max_concurrent`.
+    pub(crate) active: Arc<AtomicU32>,
+}
+
+impl Pool {
+    pub(crate) fn new(plan: PlannedPool) -> Pool {
+        let bounds = plan
+            .targets
+            .iter()
+            .map(|t| {
+                t.bounds
+                    .iter()
+                    .chain(plan.bounds.iter())
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .into()
+            })
+            .collect();
+        let stats = plan
+            .targets
+            .iter()
+            .map(|t| Arc::new(TargetStats::new(t.id.to_string())))
+            .collect();
+        Pool {
+            plan,
+            bounds,
+            stats,
+            turn: AtomicU64::new(0),
+            active: Arc::new(AtomicU32::new(0)),
+        }
+    }
+}
+
+/// Holds one of a model pool's `max_concurrent` slots until dropped.
+#[derive(Debug)]
+pub(crate) struct PoolSlot(Arc<AtomicU32>);
+
+impl PoolSlot {
+    /// Take a slot of `pool` if fewer than `max` are taken.
+    pub(crate) fn take(pool: &Pool, max: u32) -> Option<PoolSlot> {
+        let prev = pool.active.fetch_add(1, Ordering::AcqRel);
+        let slot = PoolSlot(pool.active.clone());
+        (prev < max).then_some(slot)
+    }
+}
+
+impl Drop for PoolSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
