@@ -1,0 +1,152 @@
+//! `[models.NAME]`: strategy, failover, targets and their keys, limits and timeouts.
+
+use super::*;
+
+pub(super) fn check_model(
+    name: &str,
+    m: &RawModel,
+    at: &str,
+    raw: &RawConfig,
+    providers: &BTreeMap<ProviderId, Arc<Provider>>,
+    out: &mut Issues,
+) -> Option<ModelPool> {
+    check_label(name, at, "model name", out);
+    let strategy = match m.strategy.as_deref() {
+        None => Strategy::Weighted,
+        Some(s) => Strategy::parse(s).unwrap_or_else(|| {
+            out.push(
+                format!("{at}.strategy"),
+                format!(
+                    "unknown strategy {s:?}; expected one of {}",
+                    Strategy::NAMES.join(", ")
+                ),
+            );
+            Strategy::Weighted
+        }),
+    };
+    if m.max_attempts == Some(0) {
+        out.push(format!("{at}.max_attempts"), "must be at least 1");
+    }
+    let fallback_on = match &m.fallback_on {
+        None => FallbackOn::default(),
+        Some(list) => {
+            let mut f = FallbackOn {
+                statuses: BTreeSet::new(),
+                timeout: false,
+            };
+            for (i, item) in list.iter().enumerate() {
+                match item {
+                    RawFallbackOn::Status(s) if (400..=599).contains(s) => {
+                        f.statuses.insert(*s as u16);
+                    }
+                    RawFallbackOn::Word(w) if w == "timeout" => f.timeout = true,
+                    other => out.push(
+                        format!("{at}.fallback_on[{i}]"),
+                        format!("expected an HTTP status 400..=599 or \"timeout\", got {other:?}"),
+                    ),
+                }
+            }
+            f
+        }
+    };
+    for (i, f) in m.fallback_models.iter().enumerate() {
+        if f == name {
+            out.push(
+                format!("{at}.fallback_models[{i}]"),
+                "a model cannot fall back to itself",
+            );
+        } else if !raw.models.contains_key(f) {
+            out.push(
+                format!("{at}.fallback_models[{i}]"),
+                format!("unknown model {f:?}"),
+            );
+        }
+    }
+    if m.targets.is_empty() {
+        out.push(format!("{at}.targets"), "needs at least one target");
+    }
+    let mut targets = Vec::new();
+    for (i, t) in m.targets.iter().enumerate() {
+        let tat = format!("{at}.targets[{i}]");
+        let Some(p) = providers.get(&ProviderId::new(&t.provider)) else {
+            if !raw.providers.contains_key(&t.provider) {
+                out.push(
+                    format!("{tat}.provider"),
+                    format!("unknown provider {:?}", t.provider),
+                );
+            }
+            continue;
+        };
+        check_label(
+            &t.model,
+            &format!("{tat}.model"),
+            "upstream model name",
+            out,
+        );
+        if t.weight == Some(0) {
+            out.push(format!("{tat}.weight"), "must be greater than 0");
+        }
+        if t.keys.as_ref().is_some_and(Vec::is_empty) {
+            out.push(
+                format!("{tat}.keys"),
+                "lists no keys, so the target could never be used; omit `keys` to use all of the provider's keys",
+            );
+        }
+        let keys = t.keys.as_ref().map(|ks| {
+            ks.iter()
+                .enumerate()
+                .filter_map(|(j, k)| {
+                    if p.keys.iter().any(|pk| pk.id.as_str() == k) {
+                        Some(KeyId::new(k))
+                    } else {
+                        out.push(
+                            format!("{tat}.keys[{j}]"),
+                            format!("provider {:?} has no key {k:?}", t.provider),
+                        );
+                        None
+                    }
+                })
+                .collect()
+        });
+        targets.push(TargetConfig {
+            provider: p.id.clone(),
+            model: Arc::from(t.model.as_str()),
+            weight: t.weight.unwrap_or(1).max(1),
+            priority: t.priority.unwrap_or(i as i32),
+            keys,
+        });
+    }
+    if m.max_concurrent == Some(0) {
+        out.push(format!("{at}.max_concurrent"), "must be greater than 0");
+    }
+    let timeout_secs = check_secs(m.timeout_secs, &format!("{at}.timeout_secs"), out);
+    let stream_idle_timeout_secs = check_secs(
+        m.stream_idle_timeout_secs,
+        &format!("{at}.stream_idle_timeout_secs"),
+        out,
+    );
+    let default_max_tokens = match m.default_max_tokens {
+        None => DEFAULT_MAX_TOKENS,
+        Some(n) if (1..=MAX_OUTPUT_TOKENS).contains(&n) => n,
+        Some(n) => {
+            out.push(
+                format!("{at}.default_max_tokens"),
+                format!("{n} is out of range; expected 1..={MAX_OUTPUT_TOKENS}"),
+            );
+            DEFAULT_MAX_TOKENS
+        }
+    };
+    Some(ModelPool {
+        name: Arc::from(name),
+        strategy,
+        max_attempts: m.max_attempts.unwrap_or(3).max(1),
+        fallback_on,
+        fallback_models: m.fallback_models.clone(),
+        targets,
+        resources: check_resources(&m.resources, &format!("{at}.resources"), out),
+        max_concurrent: m.max_concurrent,
+        timeout_secs,
+        default_max_tokens,
+        stream_idle_timeout_secs,
+    })
+}

@@ -1,0 +1,205 @@
+//! `[providers.NAME]`: kind, base URL, tiers, zone, resources (inline and from the resources
+//! file), keys and mock settings.
+
+use super::*;
+
+/// What every provider's checks share.
+pub(super) struct Shared<'a> {
+    pub(super) global_tz: &'a TimeZone,
+    pub(super) tier_order: &'a [String],
+    pub(super) custom_kinds: &'a [&'a str],
+}
+
+pub(super) fn check_provider(
+    name: &str,
+    p: &RawProvider,
+    at: &str,
+    shared: &Shared<'_>,
+    from_file: Option<(&str, &RawFileProvider)>,
+    out: &mut Issues,
+) -> Option<Provider> {
+    let Shared {
+        global_tz,
+        tier_order,
+        custom_kinds,
+    } = *shared;
+    let kind = match ProviderKind::parse(&p.kind) {
+        Some(k) => k,
+        None if custom_kinds.contains(&p.kind.as_str()) => {
+            ProviderKind::Custom(Arc::from(p.kind.as_str()))
+        }
+        None => {
+            out.push(
+                format!("{at}.kind"),
+                format!(
+                    "unknown provider kind {:?}; expected one of {}",
+                    p.kind,
+                    ProviderKind::NAMES.join(", ")
+                ),
+            );
+            return None;
+        }
+    };
+    if kind == ProviderKind::Anthropic {
+        out.push(
+            format!("{at}.kind"),
+            "provider kind \"anthropic\" is not available in this build yet; use \"openai-compatible\" with an OpenAI-compatible endpoint",
+        );
+    }
+    let base_url = match (&p.base_url, &kind) {
+        (Some(u), _) => {
+            if !(u.starts_with("http://") || u.starts_with("https://")) {
+                out.push(
+                    format!("{at}.base_url"),
+                    format!("must start with http:// or https://, got {u:?}"),
+                );
+            }
+            Some(u.trim_end_matches('/').to_string())
+        }
+        (None, ProviderKind::OpenAi) => Some("https://api.openai.com/v1".to_string()),
+        (None, ProviderKind::OpenRouter) => Some("https://openrouter.ai/api/v1".to_string()),
+        (None, ProviderKind::Anthropic) => Some("https://api.anthropic.com/v1".to_string()),
+        (None, ProviderKind::OpenAiCompatible) => {
+            out.push(
+                format!("{at}.base_url"),
+                "required for kind \"openai-compatible\"",
+            );
+            None
+        }
+        (None, ProviderKind::Mock | ProviderKind::Custom(_)) => None,
+    };
+    if let Some(tiers) = &p.tiers {
+        for (i, t) in tiers.iter().enumerate() {
+            if !tier_order.contains(t) {
+                out.push(format!("{at}.tiers[{i}]"), unknown_tier(t, tier_order));
+            }
+        }
+    }
+    let file_tz = from_file.and_then(|(f, fp)| fp.timezone.as_deref().map(|tz| (f, tz)));
+    let timezone = match (&p.timezone, file_tz) {
+        (Some(a), Some((f, b))) if a != b => {
+            out.push(
+                format!("{at}.timezone"),
+                format!("{a:?} conflicts with {b:?} set in {f}: providers.{name}.timezone"),
+            );
+            global_tz.clone()
+        }
+        (Some(a), _) => parse_tz(Some(a), &format!("{at}.timezone"), global_tz, out),
+        (None, Some((f, b))) => parse_tz(
+            Some(b),
+            &format!("{f}: providers.{name}.timezone"),
+            global_tz,
+            out,
+        ),
+        (None, None) => global_tz.clone(),
+    };
+    let mut resources = check_resources(&p.resources, &format!("{at}.resources"), out);
+    if let Some((f, fp)) = from_file {
+        let file_at = format!("{f}: providers.{name}.resources");
+        for (j, r) in check_resources(&fp.resources, &file_at, out)
+            .into_iter()
+            .enumerate()
+        {
+            match resources.iter().position(|x| x.name == r.name) {
+                Some(i) => out.push(
+                    format!("{at}.resources[{i}]"),
+                    format!(
+                        "resource {:?} is defined both here and in {file_at}[{j}]",
+                        &*r.name
+                    ),
+                ),
+                None => resources.push(r),
+            }
+        }
+    }
+    let timeout_secs = check_secs(p.timeout_secs, &format!("{at}.timeout_secs"), out);
+
+    let mut keys = Vec::new();
+    let mut ids = BTreeSet::new();
+    for (i, k) in p.keys.iter().enumerate() {
+        let kat = format!("{at}.keys[{i}]");
+        check_name(&k.id, &format!("{kat}.id"), out);
+        if !ids.insert(k.id.as_str()) {
+            out.push(
+                format!("{kat}.id"),
+                format!("duplicate key id {:?} in provider {name:?}", k.id),
+            );
+        }
+        let secret = match (&k.secret, &kind) {
+            (Some(s), _) if !s.is_empty() => Secret::new(s),
+            (_, ProviderKind::Mock | ProviderKind::Custom(_)) => Secret::new(""),
+            _ => {
+                out.push(
+                    format!("{kat}.secret"),
+                    "required (e.g. secret = \"${OPENAI_API_KEY}\")",
+                );
+                Secret::new("")
+            }
+        };
+        if k.weight == Some(0) {
+            out.push(format!("{kat}.weight"), "must be greater than 0");
+        }
+        keys.push(Key {
+            id: KeyId::new(&k.id),
+            secret,
+            weight: k.weight.unwrap_or(1).max(1),
+            resources: check_resources(&k.resources, &format!("{kat}.resources"), out),
+        });
+    }
+    if keys.is_empty() {
+        if matches!(kind, ProviderKind::Mock | ProviderKind::Custom(_)) {
+            keys.push(Key {
+                id: KeyId::new("default"),
+                secret: Secret::new(""),
+                weight: 1,
+                resources: Vec::new(),
+            });
+        } else {
+            out.push(
+                format!("{at}.keys"),
+                "needs at least one key ([[providers.NAME.keys]])",
+            );
+        }
+    }
+
+    let mock = match &p.mock {
+        None => MockSettings::default(),
+        Some(m) => {
+            if kind != ProviderKind::Mock {
+                out.push(
+                    format!("{at}.mock"),
+                    "only a provider of kind \"mock\" takes mock settings",
+                );
+            }
+            let d = MockSettings::default();
+            let error_rate = m.error_rate.unwrap_or(0.0);
+            if !(0.0..=1.0).contains(&error_rate) {
+                out.push(
+                    format!("{at}.mock.error_rate"),
+                    "must be between 0.0 and 1.0",
+                );
+            }
+            MockSettings {
+                latency_ms: m.latency_ms.unwrap_or(d.latency_ms),
+                prompt_tokens: m.prompt_tokens,
+                completion_tokens: m.completion_tokens.unwrap_or(d.completion_tokens),
+                error_rate,
+                rate_limit_after: m.rate_limit_after,
+                retry_after_secs: m.retry_after_secs.unwrap_or(d.retry_after_secs),
+                content: m.content.clone().unwrap_or(d.content),
+            }
+        }
+    };
+
+    Some(Provider {
+        id: ProviderId::new(name),
+        kind,
+        base_url,
+        tiers: p.tiers.clone(),
+        timezone,
+        resources,
+        keys,
+        timeout_secs,
+        mock,
+    })
+}

@@ -1,0 +1,122 @@
+//! Resources (`resources = [{ name, value, period, ttl, unit }]`) and the resources file.
+
+use super::*;
+
+/// The text of a resources file and the name to report problems under.
+#[derive(Clone, Debug)]
+pub struct ResourcesFile {
+    pub name: String,
+    pub text: String,
+}
+
+impl ResourcesFile {
+    pub(super) fn parse(&self, out: &mut Issues) -> Option<RawResourcesFile> {
+        let json = self.name.ends_with(".json") || self.text.trim_start().starts_with('{');
+        let parsed = if json {
+            let mut de = serde_json::Deserializer::from_str(&self.text);
+            serde_path_to_error::deserialize(&mut de)
+                .map_err(|e| (e.path().to_string(), e.into_inner().to_string()))
+        } else {
+            match toml::from_str::<toml::Value>(&self.text) {
+                Ok(v) => serde_path_to_error::deserialize(v)
+                    .map_err(|e| (e.path().to_string(), e.into_inner().to_string())),
+                Err(e) => Err((".".to_string(), e.to_string().trim_end().to_string())),
+            }
+        };
+        match parsed {
+            Ok(r) => Some(r),
+            Err((path, msg)) => {
+                let at = if path == "." {
+                    self.name.clone()
+                } else {
+                    format!("{}: {path}", self.name)
+                };
+                out.push(at, msg);
+                None
+            }
+        }
+    }
+}
+
+/// Validate a list of resources at `at` (`…resources`).
+pub fn check_resources(list: &[RawResource], at: &str, out: &mut Issues) -> Vec<Resource> {
+    let mut result = Vec::new();
+    let mut names = BTreeSet::new();
+    for (i, r) in list.iter().enumerate() {
+        let at = format!("{at}[{i}]");
+        if r.name.is_empty() {
+            out.push(format!("{at}.name"), "must not be empty");
+        } else if !r
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        {
+            out.push(
+                format!("{at}.name"),
+                format!(
+                    "invalid resource name {:?}; use letters, digits, '-', '_' and '.'",
+                    r.name
+                ),
+            );
+        } else if !names.insert(r.name.as_str()) {
+            out.push(
+                format!("{at}.name"),
+                format!("resource {:?} is listed twice", r.name),
+            );
+        }
+        let measure = match &r.unit {
+            None => Measure::from_name(&r.name),
+            Some(u) => Measure::parse_unit(u).unwrap_or_else(|| {
+                out.push(
+                    format!("{at}.unit"),
+                    format!(
+                        "unknown unit {u:?}; expected one of {}",
+                        Measure::UNITS.join(", ")
+                    ),
+                );
+                Measure::Requests
+            }),
+        };
+        let value = r.value.as_f64();
+        let capacity = if !(value.is_finite() && value > 0.0) {
+            out.push(format!("{at}.value"), "must be greater than 0");
+            1
+        } else {
+            measure.capacity_from_value(value).max(1)
+        };
+        if r.ttl.is_some() && r.initial_ttl.is_some() {
+            out.push(
+                format!("{at}.initial_ttl"),
+                "give `ttl` or `initial_ttl`, not both",
+            );
+        }
+        let ttl_at = if r.ttl.is_some() {
+            "ttl"
+        } else {
+            "initial_ttl"
+        };
+        let ttl = match r.ttl.or(r.initial_ttl) {
+            Some(t) if t > MAX_SECS => check_secs(Some(t), &format!("{at}.{ttl_at}"), out),
+            t => t,
+        };
+        let period = match Period::parse(&r.period, ttl) {
+            Ok(p) => {
+                if ttl.is_some() && !matches!(p, Period::Custom { .. }) {
+                    out.push(format!("{at}.ttl"), "only a \"custom\" period takes `ttl`");
+                }
+                p
+            }
+            Err(e) => {
+                out.push(format!("{at}.period"), e.to_string());
+                Period::Minutely
+            }
+        };
+        result.push(Resource {
+            name: Arc::from(r.name.as_str()),
+            capacity,
+            period,
+            measure,
+        });
+    }
+    result
+}

@@ -1,0 +1,269 @@
+//! The typed, validated config: what the rest of llmux reads.
+
+use super::*;
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub timezone: TimeZone,
+    pub tier_order: Vec<String>,
+    pub resources_file: Option<String>,
+    pub max_body_bytes: usize,
+    /// Largest non-streamed upstream answer read, in bytes (larger ones fail the attempt).
+    pub max_response_bytes: usize,
+    pub request_timeout_secs: u64,
+    pub lease_ttl_secs: u64,
+    pub store: StoreConfig,
+    pub on_store_error: OnStoreError,
+    pub providers: BTreeMap<ProviderId, Arc<Provider>>,
+    pub models: BTreeMap<String, Arc<ModelPool>>,
+    pub gateway_keys: Vec<GatewayKey>,
+}
+
+/// What the gateway does when the store cannot be reached.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OnStoreError {
+    /// Refuse requests with 503 until the store is back (the default).
+    #[default]
+    FailClosed,
+    /// Serve, counting in this process only, and log loudly.
+    FailOpen,
+}
+
+#[derive(Clone, PartialEq, Eq)]
+pub enum StoreConfig {
+    Memory,
+    Sqlite {
+        path: String,
+    },
+    /// `url` may hold a password: Debug shows it redacted.
+    Redis {
+        url: String,
+        prefix: String,
+    },
+}
+
+impl fmt::Debug for StoreConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreConfig::Memory => f.write_str("Memory"),
+            StoreConfig::Sqlite { path } => f.debug_struct("Sqlite").field("path", path).finish(),
+            StoreConfig::Redis { url, prefix } => f
+                .debug_struct("Redis")
+                .field("url", &crate::ids::redact_url(url))
+                .field("prefix", prefix)
+                .finish(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProviderKind {
+    OpenAi,
+    OpenAiCompatible,
+    OpenRouter,
+    Anthropic,
+    Mock,
+    /// A kind registered by a library user (`RouterBuilder::provider_kind`).
+    Custom(Arc<str>),
+}
+
+impl ProviderKind {
+    pub const NAMES: [&'static str; 5] = [
+        "openai",
+        "openai-compatible",
+        "openrouter",
+        "anthropic",
+        "mock",
+    ];
+    pub(super) fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "openai" => ProviderKind::OpenAi,
+            "openai-compatible" => ProviderKind::OpenAiCompatible,
+            "openrouter" => ProviderKind::OpenRouter,
+            "anthropic" => ProviderKind::Anthropic,
+            "mock" => ProviderKind::Mock,
+            _ => return None,
+        })
+    }
+    pub fn name(&self) -> &str {
+        match self {
+            ProviderKind::Custom(name) => name,
+            ProviderKind::OpenAi => "openai",
+            ProviderKind::OpenAiCompatible => "openai-compatible",
+            ProviderKind::OpenRouter => "openrouter",
+            ProviderKind::Anthropic => "anthropic",
+            ProviderKind::Mock => "mock",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Provider {
+    pub id: ProviderId,
+    pub kind: ProviderKind,
+    /// Base URL ending before `/chat/completions`, e.g. `https://api.openai.com/v1`.
+    pub base_url: Option<String>,
+    /// Tiers served; `None` = all.
+    pub tiers: Option<Vec<String>>,
+    pub timezone: TimeZone,
+    pub resources: Vec<Resource>,
+    pub keys: Vec<Key>,
+    pub timeout_secs: Option<u64>,
+    pub mock: MockSettings,
+}
+
+#[derive(Clone, Debug)]
+pub struct Key {
+    pub id: KeyId,
+    pub secret: Secret,
+    pub weight: u32,
+    pub resources: Vec<Resource>,
+}
+
+/// A named, limited quantity with a capacity per window.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Resource {
+    pub name: Arc<str>,
+    /// Capacity per window, in `measure` units.
+    pub capacity: u64,
+    pub period: Period,
+    pub measure: Measure,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct MockSettings {
+    pub latency_ms: u64,
+    pub prompt_tokens: Option<u64>,
+    pub completion_tokens: u64,
+    pub error_rate: f64,
+    pub rate_limit_after: Option<u64>,
+    pub retry_after_secs: u64,
+    pub content: String,
+}
+
+impl Default for MockSettings {
+    fn default() -> Self {
+        MockSettings {
+            latency_ms: 0,
+            prompt_tokens: None,
+            completion_tokens: 16,
+            error_rate: 0.0,
+            rate_limit_after: None,
+            retry_after_secs: 1,
+            content: "Hello from the llmux mock provider.".to_string(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Strategy {
+    Weighted,
+    Priority,
+    RoundRobin,
+    LeastBusy,
+    Score,
+    Latency,
+    Cost,
+}
+
+impl Strategy {
+    pub const NAMES: [&'static str; 7] = [
+        "weighted",
+        "priority",
+        "round-robin",
+        "least-busy",
+        "score",
+        "latency",
+        "cost",
+    ];
+    pub(super) fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "weighted" => Strategy::Weighted,
+            "priority" => Strategy::Priority,
+            "round-robin" => Strategy::RoundRobin,
+            "least-busy" => Strategy::LeastBusy,
+            "score" => Strategy::Score,
+            "latency" => Strategy::Latency,
+            "cost" => Strategy::Cost,
+            _ => return None,
+        })
+    }
+}
+
+/// When to try the next target.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FallbackOn {
+    pub statuses: BTreeSet<u16>,
+    pub timeout: bool,
+}
+
+impl FallbackOn {
+    pub fn status(&self, s: u16) -> bool {
+        self.statuses.contains(&s)
+    }
+}
+
+impl Default for FallbackOn {
+    fn default() -> Self {
+        FallbackOn {
+            statuses: [429, 500, 502, 503, 504].into_iter().collect(),
+            timeout: true,
+        }
+    }
+}
+
+/// A model name clients send, mapped to targets.
+#[derive(Clone, Debug)]
+pub struct ModelPool {
+    pub name: Arc<str>,
+    pub strategy: Strategy,
+    pub max_attempts: u32,
+    pub fallback_on: FallbackOn,
+    pub fallback_models: Vec<String>,
+    pub targets: Vec<TargetConfig>,
+    pub resources: Vec<Resource>,
+    pub max_concurrent: Option<u32>,
+    pub timeout_secs: Option<u64>,
+    /// Output tokens reserved when a request gives no `max_tokens` (never 0).
+    pub default_max_tokens: u64,
+    /// Longest gap between two chunks of a streamed answer; `None`: the attempt's timeout.
+    pub stream_idle_timeout_secs: Option<u64>,
+}
+
+#[derive(Clone, Debug)]
+pub struct TargetConfig {
+    pub provider: ProviderId,
+    pub model: Arc<str>,
+    pub weight: u32,
+    pub priority: i32,
+    pub keys: Option<Vec<KeyId>>,
+}
+
+/// A virtual key clients send as `Authorization: Bearer …`.
+#[derive(Clone, Debug)]
+pub struct GatewayKey {
+    pub id: String,
+    pub secret: Secret,
+    pub tier: Option<String>,
+    pub models: Option<Vec<String>>,
+    pub resources: Vec<Resource>,
+}
+
+impl GatewayKey {
+    pub fn subject(&self) -> Subject {
+        Subject::gateway_key(&self.id)
+    }
+}
+
+/// The longest duration a setting may give, in seconds (ten years): beyond any window, lease
+/// or timeout anyone means, and far from overflowing milliseconds in an `i64`.
+pub const MAX_SECS: u64 = 10 * 366 * 86_400;
+
+/// The largest `max_tokens` (and `default_max_tokens`): beyond any model's output, and far from
+/// overflowing the token arithmetic.
+pub const MAX_OUTPUT_TOKENS: u64 = 100_000_000;
+
+/// Output tokens reserved for a request that gives no `max_tokens`, unless the model sets
+/// `default_max_tokens`.
+pub const DEFAULT_MAX_TOKENS: u64 = 4096;
