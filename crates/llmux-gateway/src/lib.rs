@@ -182,8 +182,6 @@ async fn route(s: &AppState, endpoint: Endpoint, req: HttpRequest) -> Result<Res
             ApiError::BadRequest(format!("could not read the request body: {e}"))
         }
     })?;
-    let body: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&bytes)
-        .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?;
     let tier = match parts.headers.get("x-llmux-tier") {
         None => None,
         Some(v) => {
@@ -199,11 +197,13 @@ async fn route(s: &AppState, endpoint: Endpoint, req: HttpRequest) -> Result<Res
     };
     let resp = s
         .router
-        .request(Request {
-            endpoint,
-            body,
-            tier,
-            gateway_key: key,
+        .request({
+            // The body goes on as bytes: the router reads the few fields it needs and splices
+            // the ones it edits.
+            let mut r = Request::from_json_bytes(endpoint, bytes);
+            r.tier = tier;
+            r.gateway_key = key;
+            r
         })
         .await?;
     let status = StatusCode::from_u16(resp.status).map_err(|_| {

@@ -20,6 +20,7 @@ mod env;
 pub mod error;
 mod lease;
 mod ledger;
+pub mod protocol;
 pub mod provider;
 mod router;
 pub mod sse;

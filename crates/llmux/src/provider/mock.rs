@@ -50,6 +50,10 @@ fn error_body(message: &str, kind: &str, code: &str) -> Value {
 }
 
 impl Provider for MockProvider {
+    fn has_own_estimate(&self) -> bool {
+        false
+    }
+
     fn send(&self, call: Call) -> BoxFuture<'static, Result<Reply, UpstreamError>> {
         let s = self.settings.clone();
         let n = self.served.fetch_add(1, Ordering::Relaxed) + 1;

@@ -91,6 +91,13 @@ pub trait Provider: Send + Sync + 'static {
         None
     }
 
+    /// Whether [`Provider::estimate_cost`] is overridden. Leave it `true` when it is: llmux
+    /// then builds the request map for it; the built-in providers answer `false`, so the
+    /// gateway's path never builds one.
+    fn has_own_estimate(&self) -> bool {
+        true
+    }
+
     /// What a whole (non-streamed) response body cost. `None`: read the OpenAI `usage` block.
     fn actual_cost(&self, body: &[u8]) -> Option<Usage> {
         let _ = body;

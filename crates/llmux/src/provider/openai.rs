@@ -63,6 +63,10 @@ impl OpenAiCompatible {
 }
 
 impl Provider for OpenAiCompatible {
+    fn has_own_estimate(&self) -> bool {
+        false
+    }
+
     fn send(&self, call: Call) -> BoxFuture<'static, Result<Reply, UpstreamError>> {
         let client = self.client.clone();
         let auth =

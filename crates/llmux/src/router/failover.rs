@@ -7,6 +7,7 @@ use super::{AuthorizedKey, Response, ResponseBody, Router};
 use crate::error::{RouteError, UpstreamError};
 use crate::lease::{Grant, Lease};
 use crate::ledger::Ledger;
+use crate::protocol::openai::RawRequest;
 use crate::provider::{Call, Endpoint, Provider, ReplyBody};
 use crate::sse::{usage_of_body, UsageScanner};
 use crate::stats::{Pool, PoolSlot};
@@ -89,8 +90,12 @@ fn client_headers(h: &HeaderMap) -> HeaderMap {
 pub(super) struct Prepared<'a> {
     pub(super) model: String,
     pub(super) endpoint: Endpoint,
-    pub(super) body: Map<String, Value>,
+    pub(super) body: RawRequest<'a>,
+    /// The body as a map, for providers with their own estimate (built on first need).
+    pub(super) map: Option<Map<String, Value>>,
     pub(super) stream: bool,
+    /// Ask the upstream for the usage chunk of a stream.
+    pub(super) include_usage: bool,
     pub(super) client_wants_usage: bool,
     pub(super) estimate: Usage,
     pub(super) tier: Option<String>,
@@ -232,7 +237,12 @@ impl Router {
                 let Some(provider) = self.inner.providers.get(&target.id.provider).cloned() else {
                     return Err(RouteError::UnknownModel(req.model));
                 };
-                let estimate = provider.estimate_cost(&req.body).unwrap_or(req.estimate);
+                let estimate = if provider.has_own_estimate() {
+                    let map = req.map.get_or_insert_with(|| req.body.to_map());
+                    provider.estimate_cost(map).unwrap_or(req.estimate)
+                } else {
+                    req.estimate
+                };
                 let lease = match self.try_target(&pool, i, &estimate, now, req.key).await? {
                     Ok(l) => l,
                     Err(d) => {
@@ -284,12 +294,7 @@ impl Router {
     ) -> Result<Step, RouteError> {
         let target = &pool.plan.targets[i];
         let stats = &pool.stats[i];
-        req.body
-            .insert("model".into(), Value::String(target.id.model.to_string()));
-        let mut payload = Vec::with_capacity(1024);
-        if let Err(e) = serde_json::to_writer(&mut payload, &req.body) {
-            return Err(RouteError::BadRequest(e.to_string()));
-        }
+        let payload = req.body.write(&target.id.model, req.include_usage);
         let timeout_secs = pool
             .plan
             .pool

@@ -19,6 +19,7 @@ pub use builder::{ProviderFactory, RouterBuilder};
 use crate::error::{RouteError, UpstreamError};
 use crate::lease::Lease;
 use crate::ledger::Ledger;
+use crate::protocol::openai::RawRequest;
 /// A response body: the whole body, or SSE bytes as they arrive (usage is reconciled when the
 /// stream ends or is dropped).
 pub use crate::provider::ReplyBody as ResponseBody;
@@ -59,8 +60,10 @@ pub struct AuthorizedKey {
 #[derive(Debug, Clone)]
 pub struct Request {
     pub endpoint: Endpoint,
-    /// The OpenAI-shaped JSON body; `model` names the pool.
+    /// The OpenAI-shaped JSON body; `model` names the pool. (Empty for a request made by
+    /// [`Request::from_json_bytes`], whose body is the bytes.)
     pub body: Map<String, Value>,
+    raw: Option<Bytes>,
     /// The caller's tier; `None` = no tier filtering (unless the gateway key has one).
     pub tier: Option<String>,
     pub gateway_key: Option<Arc<AuthorizedKey>>,
@@ -71,6 +74,19 @@ impl Request {
         Request {
             endpoint,
             body,
+            raw: None,
+            tier: None,
+            gateway_key: None,
+        }
+    }
+    /// A request whose body is the JSON text `body`, as received (the gateway's path: the
+    /// body is read where the router needs it and edited by splicing, never rebuilt). Invalid
+    /// JSON is reported by [`Router::request`].
+    pub fn from_json_bytes(endpoint: Endpoint, body: Bytes) -> Request {
+        Request {
+            endpoint,
+            body: Map::new(),
+            raw: Some(body),
             tier: None,
             gateway_key: None,
         }
@@ -218,19 +234,21 @@ impl Router {
     pub async fn request(&self, req: Request) -> Result<Response, RouteError> {
         let Request {
             endpoint,
-            mut body,
+            body,
+            raw,
             tier,
             gateway_key,
         } = req;
-        let model = match body.get("model") {
-            Some(Value::String(m)) if !m.is_empty() => m.clone(),
-            Some(_) => {
-                return Err(RouteError::BadRequest(
-                    "`model` must be a non-empty string".into(),
-                ))
-            }
-            None => return Err(RouteError::BadRequest("`model` is required".into())),
+        // The body as bytes: read once, edited per attempt by splicing, never re-serialised.
+        let (bytes, map) = match raw {
+            Some(b) => (b, None),
+            None => match serde_json::to_vec(&body) {
+                Ok(v) => (Bytes::from(v), Some(body)),
+                Err(e) => return Err(RouteError::BadRequest(e.to_string())),
+            },
         };
+        let parsed = RawRequest::parse(&bytes).map_err(|e| RouteError::BadRequest(e.0))?;
+        let model = parsed.model.to_string();
         let allowed = |m: &str| {
             gateway_key
                 .as_ref()
@@ -244,24 +262,9 @@ impl Router {
             .pool(&model)
             .ok_or_else(|| RouteError::UnknownModel(model.clone()))?;
         let tier = self.effective_tier(tier, gateway_key.as_deref());
-
-        let stream = matches!(body.get("stream"), Some(Value::Bool(true)));
-        let mut client_wants_usage = true;
-        if stream && endpoint != Endpoint::Embeddings {
-            let opts = body
-                .entry("stream_options")
-                .or_insert_with(|| Value::Object(Map::new()));
-            if let Value::Object(o) = opts {
-                client_wants_usage = matches!(o.get("include_usage"), Some(Value::Bool(true)));
-                o.insert("include_usage".into(), Value::Bool(true));
-            }
-        }
         // Output is reserved as asked, else as the model's `default_max_tokens`: never 0, or
         // token and USD limits would ignore output. Embeddings produce none.
-        let max_out = match ["max_tokens", "max_completion_tokens"]
-            .iter()
-            .find_map(|k| body.get(*k).and_then(Value::as_u64))
-        {
+        let max_out = match parsed.max_tokens {
             Some(n) => n,
             None if endpoint == Endpoint::Embeddings => 0,
             None => pool.plan.pool.default_max_tokens,
@@ -271,7 +274,7 @@ impl Router {
                 "max_tokens {max_out} is larger than any model allows ({MAX_OUTPUT_TOKENS})"
             )));
         }
-        let estimate = Usage::new(llmux_core::usage::estimate_input_tokens(&body), max_out);
+        let estimate = Usage::new(parsed.input_tokens, max_out);
 
         let mut chain = vec![pool.clone()];
         for f in &pool.plan.pool.fallback_models {
@@ -286,9 +289,12 @@ impl Router {
             Prepared {
                 model,
                 endpoint,
-                body,
-                stream,
-                client_wants_usage,
+                // Streams ask the upstream for usage (hidden again from clients that did not).
+                include_usage: parsed.stream && endpoint != Endpoint::Embeddings,
+                stream: parsed.stream,
+                client_wants_usage: parsed.client_wants_usage,
+                body: parsed,
+                map,
                 estimate,
                 tier,
                 key: gateway_key.as_deref(),
