@@ -1,28 +1,30 @@
 //! `SqliteStore`: the embedded default store, one SQLite file.
 //!
-//! Callers queue commands; whoever finds the connection free takes every queued command and
-//! applies them in order inside a `BEGIN IMMEDIATE` transaction, each checked on its own with
-//! `llmux_core::store::decide`, so admission stays exact (flat combining: no thread hand-off
-//! on the request path, and one transaction serves many callers under load). `BEGIN
-//! IMMEDIATE` takes SQLite's write lock, so several processes on one file (gateways, the CLI)
-//! never interleave a check and its write.
+//! One writer thread owns the connection and runs all of the store's SQL. Callers queue a
+//! command and await its answer; the writer takes every queued command into one `BEGIN
+//! IMMEDIATE` transaction and applies them in order, each checked on its own with
+//! `llmux_core::store::decide`, so admission stays exact and under load one transaction
+//! serves many callers. `BEGIN IMMEDIATE` takes SQLite's write lock, so several processes on
+//! one file (gateways, the CLI) never interleave a check and its write; while another process
+//! holds the lock only the writer thread waits, never a caller's (tokio) thread.
 //!
-//! Reserves are answered before their transaction commits, and a task scheduled behind the
-//! callers commits it while their requests travel upstream; batches that arrive meanwhile join
-//! the same transaction, each under a savepoint, so a failing batch undoes only itself. The write lock is held from the first check to the commit, so no
-//! other process reads or writes a half state; a crash before the commit loses only
-//! reservations of requests that die with it. Every other command (an awaited commit, a
-//! release, flags, admin) is answered after its commit. Between transactions the counters
-//! stay cached while `PRAGMA data_version` shows no other connection has written. WAL mode
-//! with `synchronous = NORMAL`: what was committed survives `kill -9`. A background thread
-//! flushes detached commits (within 5 ms) and checkpoints the WAL so it starts over, so no
-//! fsync sits on the request path.
+//! Reserves are answered before their transaction commits. The write lock is held from the
+//! first check to the commit, so no other process reads or writes a half state; a crash before
+//! the commit loses only reservations of requests that die with it. If the commit fails, a
+//! grant answered in it holds nothing afterwards (its settle still records usage). Every other
+//! command (an awaited commit, a release, flags, admin) is answered after its commit, with the
+//! error if it failed. Commands that arrive meanwhile go into the next transaction. Between
+//! transactions the counters stay cached while `PRAGMA data_version` shows no other
+//! connection has written. WAL mode with `synchronous = NORMAL`: what was committed survives
+//! `kill -9`. A second thread checkpoints the WAL every second (the writer finishes each
+//! checkpoint between two transactions, so the WAL starts over), so no fsync sits on the
+//! request path. Dropping the last handle writes what is queued and stops both threads.
 //!
 //! Schema changes are append-only migrations keyed by `PRAGMA user_version`.
 //!
 //! Modules: `schema` (migrations, opening a connection), `rows` (the SQL of counter, flag and
 //! lease rows), `cache` (what the writer knows of the file, and one transaction's view through
-//! it), `writer` (the queue, transactions and answers).
+//! it), `writer` (the writer and checkpointer threads, the queue, transactions and answers).
 
 mod cache;
 mod rows;
@@ -38,12 +40,12 @@ use schema::open_conn;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::sync::oneshot;
-use writer::{Cmd, Core, Reply};
+use writer::{Cmd, Handle, Reply};
 
-/// A [`Store`] on one SQLite file. Cloning shares the connection.
+/// A [`Store`] on one SQLite file. Cloning shares the connection and its writer thread.
 #[derive(Clone)]
 pub struct SqliteStore {
-    core: Arc<Core>,
+    writer: Arc<Handle>,
     path: PathBuf,
 }
 
@@ -56,21 +58,24 @@ impl std::fmt::Debug for SqliteStore {
 }
 
 impl SqliteStore {
-    /// Open (creating if needed) the store at `path`, and start the background thread that
-    /// flushes detached commits and checkpoints the WAL off the request path.
+    /// Open (creating and migrating if needed) the store at `path`, on the calling thread, and
+    /// start the writer thread and the thread that checkpoints the WAL.
     pub fn open(path: impl AsRef<Path>) -> Result<SqliteStore, StoreError> {
         let path = path.as_ref().to_path_buf();
         let unavailable = |e: rusqlite::Error| {
             StoreError::Unavailable(format!("cannot open sqlite store {}: {e}", path.display()))
         };
         let conn = open_conn(&path).map_err(unavailable)?;
-        // Checkpoints (which fsync) run on the background thread, not at commit.
+        // Checkpoints (which fsync) run on the checkpointer thread, not at commit.
         conn.pragma_update(None, "wal_autocheckpoint", 0)
             .map_err(unavailable)?;
         let checkpointer = open_conn(&path).map_err(unavailable)?;
-        let core = Core::start(conn, checkpointer)
+        let writer = Handle::start(conn, checkpointer)
             .map_err(|e| StoreError::Unavailable(format!("cannot start sqlite thread: {e}")))?;
-        Ok(SqliteStore { core, path })
+        Ok(SqliteStore {
+            writer: Arc::new(writer),
+            path,
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -79,13 +84,7 @@ impl SqliteStore {
 
     async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Cmd) -> Result<T, StoreError> {
         let (tx, rx) = oneshot::channel();
-        self.core.push(make(tx));
-        // Let other ready tasks queue theirs first, so one batch serves them all. Without this
-        // yield each request ran its own batch: 137 us of CPU per request and 7.2k req/s at
-        // c=64 in ../shared/bench, against 56 us and 17k with it (and still 15.5k against 22k+
-        // once transactions spanned batches).
-        tokio::task::yield_now().await;
-        self.core.drain();
+        self.writer.push(make(tx));
         rx.await
             .map_err(|_| StoreError::Unavailable("sqlite store has stopped".into()))?
     }
@@ -93,7 +92,7 @@ impl SqliteStore {
 
 impl Store for SqliteStore {
     async fn reserve(&self, r: Reserve) -> Result<Admission, StoreError> {
-        self.call(|tx| Cmd::Reserve(r, tx)).await
+        self.call(|tx| Cmd::Reserve(r, Some(tx))).await
     }
     async fn commit(
         &self,
@@ -105,8 +104,8 @@ impl Store for SqliteStore {
             .await
     }
     fn commit_detached(&self, lease: LeaseId, now: Timestamp, used: Vec<Line>) {
-        // Rides with the next transaction, or the background flush within FLUSH_EVERY.
-        self.core.push(Cmd::Commit(lease, now, used, None));
+        // Rides with the next transaction, after every call made before.
+        self.writer.push(Cmd::Commit(lease, now, used, None));
     }
     async fn release(&self, lease: LeaseId) -> Result<(), StoreError> {
         self.call(|tx| Cmd::Release(lease, tx)).await
