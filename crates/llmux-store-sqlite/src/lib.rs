@@ -11,13 +11,15 @@
 //! Reserves are answered before their transaction commits. The write lock is held from the
 //! first check to the commit, so no other process reads or writes a half state; a crash before
 //! the commit loses only reservations of requests that die with it. If the commit fails, a
-//! grant answered in it holds nothing afterwards (its settle still records usage). Every other
-//! command (an awaited commit, a release, flags, admin) is answered after its commit, with the
-//! error if it failed. Commands that arrive meanwhile go into the next transaction. Between
-//! transactions the counters stay cached while `PRAGMA data_version` shows no other
-//! connection has written. WAL mode with `synchronous = NORMAL`: what was committed survives
-//! `kill -9`. A second thread checkpoints the WAL every second (the writer finishes each
-//! checkpoint between two transactions, so the WAL starts over), so no fsync sits on the
+//! grant answered in it holds nothing afterwards (its settle still records usage), and the
+//! detached commits (`commit_detached`) it carried are applied again in the next transactions
+//! (after a short, doubling pause; given up with an error log after 8 failed transactions).
+//! Every other command (an awaited commit, a release, flags, admin) is answered after its
+//! commit, with the error if it failed. Commands that arrive meanwhile go into the next
+//! transaction. Between transactions the counters stay cached while `PRAGMA data_version` shows
+//! no other connection has written. WAL mode with `synchronous = NORMAL`: what was committed
+//! survives `kill -9`. A second thread checkpoints the WAL every second (the writer finishes
+//! each checkpoint between two transactions, so the WAL starts over), so no fsync sits on the
 //! request path. Dropping the last handle writes what is queued and stops both threads.
 //!
 //! Schema changes are append-only migrations keyed by `PRAGMA user_version`.
@@ -100,12 +102,11 @@ impl Store for SqliteStore {
         now: Timestamp,
         used: Vec<Line>,
     ) -> Result<(), StoreError> {
-        self.call(|tx| Cmd::Commit(lease, now, used, Some(tx)))
-            .await
+        self.call(|tx| Cmd::Commit(lease, now, used, tx)).await
     }
     fn commit_detached(&self, lease: LeaseId, now: Timestamp, used: Vec<Line>) {
         // Rides with the next transaction, after every call made before.
-        self.writer.push(Cmd::Commit(lease, now, used, None));
+        self.writer.push(Cmd::Detached(lease, now, used, 0));
     }
     async fn release(&self, lease: LeaseId) -> Result<(), StoreError> {
         self.call(|tx| Cmd::Release(lease, tx)).await

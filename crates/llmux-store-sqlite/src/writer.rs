@@ -28,8 +28,10 @@ pub(crate) type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 pub(crate) enum Cmd {
     /// The reply is taken when the grant is answered, before the commit.
     Reserve(Reserve, Option<Reply<Admission>>),
-    /// Without a reply channel the caller does not wait (`commit_detached`).
-    Commit(LeaseId, Timestamp, Vec<Line>, Option<Reply<()>>),
+    Commit(LeaseId, Timestamp, Vec<Line>, Reply<()>),
+    /// A commit nobody waits for (`commit_detached`), with the number of transactions that
+    /// carried it and failed: it is applied again in the next one, up to [`DETACHED_ATTEMPTS`].
+    Detached(LeaseId, Timestamp, Vec<Line>, u32),
     Release(LeaseId, Reply<()>),
     Cooldown(Subject, Timestamp, Reply<()>),
     Disabled(Subject, bool, Reply<()>),
@@ -42,6 +44,12 @@ pub(crate) enum Cmd {
 
 /// How often the checkpointer copies the WAL into the database file.
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+/// Transactions a detached commit is applied in before its usage is given up (logged).
+const DETACHED_ATTEMPTS: u32 = 8;
+/// The pause after the first failed transaction that leaves usage to apply again; it doubles
+/// with each failure in a row, up to [`RETRY_AFTER_MAX`] (with these, about 2.3 s in all).
+const RETRY_AFTER: Duration = Duration::from_millis(20);
+const RETRY_AFTER_MAX: Duration = Duration::from_secs(1);
 
 /// Commands waiting for the writer.
 struct Queue {
@@ -91,13 +99,23 @@ impl Queue {
         self.state.lock().closed
     }
 
-    /// Wait for work, then swap every queued command into `batch` (empty, keeping its
-    /// capacity for the next queue).
-    fn take(&self, batch: &mut Vec<Cmd>) -> Turn {
+    /// Wait for work (or, with usage to apply again, until `retry_at`), then swap every queued
+    /// command into `batch` (empty, keeping its capacity for the next queue).
+    fn take(&self, batch: &mut Vec<Cmd>, retry_at: Option<Instant>) -> Turn {
         let mut s = self.state.lock();
-        while s.cmds.is_empty() && !s.checkpoint && !s.closed {
-            s.idle = true;
-            self.wake.wait(&mut s);
+        match retry_at {
+            None => {
+                while s.cmds.is_empty() && !s.checkpoint && !s.closed {
+                    s.idle = true;
+                    self.wake.wait(&mut s);
+                }
+            }
+            Some(at) => {
+                while Instant::now() < at {
+                    s.idle = true;
+                    self.wake.wait_until(&mut s, at);
+                }
+            }
         }
         s.idle = false;
         std::mem::swap(&mut s.cmds, batch);
@@ -133,6 +151,9 @@ impl Handle {
             cache: Cache::default(),
             next_sweep: Timestamp(0),
             outcomes: Vec::new(),
+            retry: Vec::new(),
+            failed_in_a_row: 0,
+            failed_at: Instant::now(),
         };
         let q = queue.clone();
         handle.writer = Some(
@@ -209,15 +230,29 @@ struct Writer {
     next_sweep: Timestamp,
     /// One per command of the transaction; kept to reuse its allocation.
     outcomes: Vec<Outcome>,
+    /// Detached commits of failed transactions, to apply first in the next one.
+    retry: Vec<Cmd>,
+    failed_in_a_row: u32,
+    /// When the last transaction failed.
+    failed_at: Instant,
 }
 
 impl Writer {
     /// The writer thread: one transaction per turn, until the store is closed and its queue
-    /// written.
+    /// written (or its usage given up).
     fn run(mut self, queue: &Queue) {
         let mut batch = Vec::new();
         loop {
-            let turn = queue.take(&mut batch);
+            let retry_at = (!self.retry.is_empty()).then(|| {
+                let doublings = self.failed_in_a_row.saturating_sub(1).min(16);
+                self.failed_at + (RETRY_AFTER * (1 << doublings)).min(RETRY_AFTER_MAX)
+            });
+            let turn = queue.take(&mut batch, retry_at);
+            if !self.retry.is_empty() {
+                // Usage kept from a failed transaction goes first, as it was reported first.
+                self.retry.append(&mut batch);
+                std::mem::swap(&mut self.retry, &mut batch);
+            }
             if !batch.is_empty() {
                 self.transaction(&mut batch);
             }
@@ -225,7 +260,7 @@ impl Writer {
                 self.checkpoint();
             }
             // Closed by the last handle: nobody can push any more, and `batch` held the rest.
-            if turn.closed {
+            if turn.closed && self.retry.is_empty() {
                 return;
             }
         }
@@ -248,8 +283,9 @@ impl Writer {
 
     /// Apply `batch` (emptied, keeping its capacity) in one transaction and answer every
     /// command: reserves before the commit, the rest after it. If the transaction fails, every
-    /// command not yet answered gets the error; reserves answered before a failed commit then
-    /// hold nothing (their settles count usage and free nothing).
+    /// command not yet answered gets the error, and detached commits are kept for the next
+    /// transaction (see [`Writer::keep`]); reserves answered before a failed commit then hold
+    /// nothing (their settles count usage and free nothing).
     fn transaction(&mut self, batch: &mut Vec<Cmd>) {
         let sweep_now = batch
             .iter()
@@ -277,6 +313,7 @@ impl Writer {
         }
         match done {
             Ok(()) => {
+                self.failed_in_a_row = 0;
                 if let Some(now) = sweep_now {
                     self.next_sweep = now.plus_millis(1000);
                 }
@@ -286,12 +323,47 @@ impl Writer {
             }
             Err(e) => {
                 self.abort(&e);
+                self.failed_in_a_row = self.failed_in_a_row.saturating_add(1);
+                self.failed_at = Instant::now();
+                let error = e.to_string();
                 for cmd in batch.drain(..) {
-                    answer(cmd, Err(StoreError::Backend(e.to_string())));
+                    match cmd {
+                        Cmd::Detached(id, now, used, failed) => {
+                            self.keep(id, now, used, failed + 1, &error);
+                        }
+                        cmd => answer(cmd, Err(StoreError::Backend(error.clone()))),
+                    }
+                }
+                if !self.retry.is_empty() {
+                    tracing::warn!(
+                        reports = self.retry.len(),
+                        "sqlite store: usage reports kept for the next transaction"
+                    );
                 }
             }
         }
         self.outcomes = outcomes;
+    }
+
+    /// A detached commit whose transaction failed (`failed` times now): its usage was
+    /// answered as taken, so apply it again in the next transaction; after
+    /// [`DETACHED_ATTEMPTS`] failures, give it up with an error naming what is lost.
+    fn keep(&mut self, id: LeaseId, now: Timestamp, used: Vec<Line>, failed: u32, error: &str) {
+        if failed < DETACHED_ATTEMPTS {
+            self.retry.push(Cmd::Detached(id, now, used, failed));
+            return;
+        }
+        let lines: Vec<String> = used
+            .iter()
+            .map(|l| format!("{} {} {}", l.subject, l.resource, l.amount))
+            .collect();
+        tracing::error!(
+            lease = id.0,
+            ?lines,
+            failed,
+            error,
+            "sqlite store: usage lost after repeated failed transactions"
+        );
     }
 
     /// Begin the transaction and apply each command of `batch`, its outcome in `out`.
@@ -350,7 +422,7 @@ impl Writer {
 fn apply_one(b: &mut Batch<'_>, cmd: &Cmd) -> rusqlite::Result<Outcome> {
     Ok(match cmd {
         Cmd::Reserve(r, _) => Outcome::Admission(b.reserve(r)?),
-        Cmd::Commit(id, now, used, _) => {
+        Cmd::Commit(id, now, used, _) | Cmd::Detached(id, now, used, _) => {
             b.commit(*id, *now, used)?;
             Outcome::Done
         }
@@ -411,12 +483,9 @@ fn answer(cmd: Cmd, res: Result<Outcome, StoreError>) {
                 let _ = answer_reserve(tx, res);
             }
         }
-        Cmd::Commit(.., None) => {
-            if let Err(e) = res {
-                tracing::warn!(error = %e, "could not record usage");
-            }
-        }
-        Cmd::Commit(.., Some(tx))
+        // Nobody waits; a failed transaction keeps it instead (`Writer::keep`).
+        Cmd::Detached(..) => {}
+        Cmd::Commit(.., tx)
         | Cmd::Release(_, tx)
         | Cmd::Cooldown(.., tx)
         | Cmd::Score(.., tx)

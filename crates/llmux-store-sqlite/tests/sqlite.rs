@@ -287,6 +287,86 @@ async fn a_detached_report_counts_before_the_next_reserve() {
     );
 }
 
+/// The state of `p/k`'s `rpm` counter: (used, reserved).
+async fn used_reserved(s: &SqliteStore) -> (u64, u64) {
+    let c = s.snapshot("p/k").await.unwrap()[0].resources[0].1;
+    (c.used, c.reserved)
+}
+
+/// From now on every write of a counter fails, as on a full disk: a transaction that changed a
+/// counter cannot commit. Dropping the returned connection's trigger ends it.
+fn fail_counter_writes(path: &std::path::Path) -> rusqlite::Connection {
+    let c = rusqlite::Connection::open(path).unwrap();
+    c.execute_batch(
+        "CREATE TRIGGER full BEFORE INSERT ON counters
+         BEGIN SELECT RAISE(ABORT, 'database or disk is full (test)'); END;",
+    )
+    .unwrap();
+    c
+}
+
+/// Finding 5: usage reported by `commit_detached` is kept when the transaction that carried it
+/// fails to commit, and lands with a later transaction once the file takes writes again. An
+/// awaited call in a failed transaction gets the error.
+#[tokio::test]
+async fn finding_5_detached_usage_survives_a_failed_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.db");
+    let s = SqliteStore::open(&path).unwrap();
+    let Admission::Granted(id) = s.reserve(reserve(0, 5)).await.unwrap() else {
+        panic!("denied")
+    };
+    assert_eq!(used_reserved(&s).await, (0, 1));
+    let other = fail_counter_writes(&path);
+    s.commit_detached(id, Timestamp(5), vec![line(5, 3)]);
+    // An awaited call after it rides in the same or a later transaction, which fails too.
+    let unreserved = LeaseId::random(&mut rand::rng());
+    assert!(
+        s.commit(unreserved, Timestamp(6), vec![line(5, 1)])
+            .await
+            .is_err(),
+        "a counter write committed"
+    );
+    other.execute_batch("DROP TRIGGER full").unwrap();
+    let mut state = (0, 0);
+    for _ in 0..300 {
+        state = used_reserved(&s).await;
+        if state == (3, 0) {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("the detached usage was lost: (used, reserved) = {state:?}, expected (3, 0)");
+}
+
+/// A grant answered in a transaction that then fails to commit holds nothing afterwards, and
+/// its commit still records its usage.
+#[tokio::test]
+async fn a_grant_whose_transaction_fails_holds_nothing_and_its_usage_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.db");
+    let s = SqliteStore::open(&path).unwrap();
+    let Admission::Granted(first) = s.reserve(reserve(0, 5)).await.unwrap() else {
+        panic!("denied")
+    };
+    s.commit(first, Timestamp(1), vec![line(5, 1)])
+        .await
+        .unwrap();
+    let other = fail_counter_writes(&path);
+    // Answered before its transaction commits; the commit then fails.
+    let Admission::Granted(id) = s.reserve(reserve(2, 5)).await.unwrap() else {
+        panic!("denied")
+    };
+    other.execute_batch("DROP TRIGGER full").unwrap();
+    assert_eq!(
+        used_reserved(&s).await,
+        (1, 0),
+        "the failed grant holds nothing"
+    );
+    s.commit(id, Timestamp(3), vec![line(5, 2)]).await.unwrap();
+    assert_eq!(used_reserved(&s).await, (3, 0));
+}
+
 /// Finding 6: the store's SQL runs on its own thread. While another connection holds the file's
 /// write lock, a call waits for it without blocking the runtime it was made from, and completes
 /// once the lock is released.
