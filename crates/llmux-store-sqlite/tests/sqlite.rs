@@ -106,7 +106,7 @@ async fn detached_commits_reach_the_file_without_further_calls() {
         panic!()
     };
     s.commit_detached(id, Timestamp(5), vec![line(5, 3)]);
-    // Another connection (as the CLI would be) sees it once the background flush has run.
+    // Another connection (as the CLI would be) sees it once the writer has run it.
     let other = SqliteStore::open(&path).unwrap();
     for _ in 0..200 {
         let snap = other.snapshot("p/k").await.unwrap();
@@ -121,14 +121,19 @@ async fn detached_commits_reach_the_file_without_further_calls() {
 #[tokio::test]
 async fn a_grant_nobody_waits_for_is_released() {
     let dir = tempfile::tempdir().unwrap();
-    let s = SqliteStore::open(dir.path().join("s.db")).unwrap();
+    let path = dir.path().join("s.db");
+    let s = SqliteStore::open(&path).unwrap();
+    // Another connection holds the write lock, so the writer cannot answer at once.
+    let other = rusqlite::Connection::open(&path).unwrap();
+    other.execute_batch("BEGIN IMMEDIATE").unwrap();
     // The caller queues its reserve and gives up before it runs (a client that hung up).
     use futures_util::FutureExt;
     assert!(
         s.reserve(reserve(0, 5)).now_or_never().is_none(),
         "the reserve was still queued"
     );
-    // The background flush runs it, finds nobody waiting, and gives the capacity back.
+    other.execute_batch("COMMIT").unwrap();
+    // The writer runs it, finds nobody waiting, and gives the capacity back.
     for _ in 0..200 {
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         let snap = s.snapshot("p/k").await.unwrap();
@@ -279,5 +284,135 @@ async fn a_detached_report_counts_before_the_next_reserve() {
     assert!(
         matches!(s.reserve(r).await.unwrap(), Admission::Denied(_)),
         "95 used + 10 asked > 100"
+    );
+}
+
+/// The state of `p/k`'s `rpm` counter: (used, reserved).
+async fn used_reserved(s: &SqliteStore) -> (u64, u64) {
+    let c = s.snapshot("p/k").await.unwrap()[0].resources[0].1;
+    (c.used, c.reserved)
+}
+
+/// From now on every write of a counter fails, as on a full disk: a transaction that changed a
+/// counter cannot commit. Dropping the returned connection's trigger ends it.
+fn fail_counter_writes(path: &std::path::Path) -> rusqlite::Connection {
+    let c = rusqlite::Connection::open(path).unwrap();
+    c.execute_batch(
+        "CREATE TRIGGER full BEFORE INSERT ON counters
+         BEGIN SELECT RAISE(ABORT, 'database or disk is full (test)'); END;",
+    )
+    .unwrap();
+    c
+}
+
+/// Finding 5: usage reported by `commit_detached` is kept when the transaction that carried it
+/// fails to commit, and lands with a later transaction once the file takes writes again. An
+/// awaited call in a failed transaction gets the error.
+#[tokio::test]
+async fn finding_5_detached_usage_survives_a_failed_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.db");
+    let s = SqliteStore::open(&path).unwrap();
+    let Admission::Granted(id) = s.reserve(reserve(0, 5)).await.unwrap() else {
+        panic!("denied")
+    };
+    assert_eq!(used_reserved(&s).await, (0, 1));
+    let other = fail_counter_writes(&path);
+    s.commit_detached(id, Timestamp(5), vec![line(5, 3)]);
+    // An awaited call after it rides in the same or a later transaction, which fails too.
+    let unreserved = LeaseId::random(&mut rand::rng());
+    assert!(
+        s.commit(unreserved, Timestamp(6), vec![line(5, 1)])
+            .await
+            .is_err(),
+        "a counter write committed"
+    );
+    other.execute_batch("DROP TRIGGER full").unwrap();
+    let mut state = (0, 0);
+    for _ in 0..300 {
+        state = used_reserved(&s).await;
+        if state == (3, 0) {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("the detached usage was lost: (used, reserved) = {state:?}, expected (3, 0)");
+}
+
+/// A grant answered in a transaction that then fails to commit holds nothing afterwards, and
+/// its commit still records its usage.
+#[tokio::test]
+async fn a_grant_whose_transaction_fails_holds_nothing_and_its_usage_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.db");
+    let s = SqliteStore::open(&path).unwrap();
+    let Admission::Granted(first) = s.reserve(reserve(0, 5)).await.unwrap() else {
+        panic!("denied")
+    };
+    s.commit(first, Timestamp(1), vec![line(5, 1)])
+        .await
+        .unwrap();
+    let other = fail_counter_writes(&path);
+    // Answered before its transaction commits; the commit then fails.
+    let Admission::Granted(id) = s.reserve(reserve(2, 5)).await.unwrap() else {
+        panic!("denied")
+    };
+    other.execute_batch("DROP TRIGGER full").unwrap();
+    assert_eq!(
+        used_reserved(&s).await,
+        (1, 0),
+        "the failed grant holds nothing"
+    );
+    s.commit(id, Timestamp(3), vec![line(5, 2)]).await.unwrap();
+    assert_eq!(used_reserved(&s).await, (3, 0));
+}
+
+/// Finding 6: the store's SQL runs on its own thread. While another connection holds the file's
+/// write lock, a call waits for it without blocking the runtime it was made from, and completes
+/// once the lock is released.
+#[tokio::test(flavor = "current_thread")]
+async fn finding_6_a_call_waiting_for_the_write_lock_does_not_block_the_runtime() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.db");
+    let s = SqliteStore::open(&path).unwrap();
+    let (held_tx, held_rx) = std::sync::mpsc::channel();
+    let holder = std::thread::spawn(move || {
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.execute_batch("BEGIN IMMEDIATE").unwrap();
+        held_tx.send(()).unwrap();
+        std::thread::sleep(Duration::from_millis(1500));
+        c.execute_batch("COMMIT").unwrap();
+    });
+    held_rx.recv().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let ticker = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            let mut last = Instant::now();
+            let mut worst = Duration::ZERO;
+            while !stop.load(Ordering::Relaxed) {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                worst = worst.max(last.elapsed());
+                last = Instant::now();
+            }
+            worst
+        }
+    });
+    let started = Instant::now();
+    let admission = s.reserve(reserve(0, 5)).await.unwrap();
+    let waited = started.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    let worst = ticker.await.unwrap();
+    holder.join().unwrap();
+    assert!(matches!(admission, Admission::Granted(_)));
+    assert!(
+        waited >= Duration::from_millis(1000),
+        "the call did not wait for the lock ({waited:?})"
+    );
+    assert!(
+        worst < Duration::from_millis(500),
+        "the runtime stalled for {worst:?} while the call waited {waited:?} for the lock"
     );
 }

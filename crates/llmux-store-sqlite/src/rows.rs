@@ -1,0 +1,158 @@
+//! Rows of the file: counters, subject flags and lease lines, read and written with cached
+//! statements. Nothing here caches or decides; it is the SQL under [`crate::cache::Batch`].
+
+use llmux_core::ids::at_or_below;
+use llmux_core::store::{Counter, Flags, Line, SubjectState};
+use llmux_core::{Subject, Timestamp, Window};
+use rusqlite::{params, Connection, OptionalExtension};
+use std::sync::Arc;
+
+/// One reserved line of a lease: subject, resource, amount.
+pub(crate) type Held = (Subject, Arc<str>, u64);
+
+/// Lease lines as stored: `subject\tresource\tamount` per line. Names never hold tabs or
+/// newlines (config validation).
+pub(crate) fn encode_lines(lines: &[Line]) -> String {
+    use std::fmt::Write;
+    let mut s = String::with_capacity(lines.len() * 48);
+    for l in lines {
+        let _ = writeln!(s, "{}\t{}\t{}", l.subject, l.resource, l.amount);
+    }
+    s
+}
+
+pub(crate) fn decode_lines(text: &str) -> Vec<Held> {
+    text.lines()
+        .filter_map(|l| {
+            let mut parts = l.split('\t');
+            let s = parts.next()?;
+            let r = parts.next()?;
+            let a = parts.next()?.parse().ok()?;
+            Some((Subject::new(s), Arc::from(r), a))
+        })
+        .collect()
+}
+
+pub(crate) fn load_counter(
+    tx: &Connection,
+    subject: &str,
+    resource: &str,
+) -> rusqlite::Result<Option<Counter>> {
+    tx.prepare_cached(
+        "SELECT capacity, used, reserved, window_start, window_end FROM counters
+         WHERE subject = ?1 AND resource = ?2",
+    )?
+    .query_row(params![subject, resource], |r| {
+        Ok(Counter {
+            capacity: r.get::<_, i64>(0)? as u64,
+            used: r.get::<_, i64>(1)? as u64,
+            reserved: r.get::<_, i64>(2)? as u64,
+            window: Window {
+                start: Timestamp(r.get(3)?),
+                end: Timestamp(r.get(4)?),
+            },
+        })
+    })
+    .optional()
+}
+
+pub(crate) fn save_counter(
+    tx: &Connection,
+    subject: &str,
+    resource: &str,
+    c: &Counter,
+) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "INSERT OR REPLACE INTO counters
+         (subject, resource, capacity, used, reserved, window_start, window_end)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![
+        subject,
+        resource,
+        c.capacity as i64,
+        c.used as i64,
+        c.reserved as i64,
+        c.window.start.0,
+        c.window.end.0
+    ])?;
+    Ok(())
+}
+
+pub(crate) fn load_flags(tx: &Connection, s: &str) -> rusqlite::Result<Flags> {
+    Ok(tx
+        .prepare_cached("SELECT cooldown_until, disabled, score FROM subjects WHERE subject = ?1")?
+        .query_row([s], |r| {
+            Ok(Flags {
+                cooldown_until: r.get::<_, Option<i64>>(0)?.map(Timestamp),
+                disabled: r.get::<_, i64>(1)? != 0,
+                score: r.get(2)?,
+            })
+        })
+        .optional()?
+        .unwrap_or_default())
+}
+
+/// `subject = ?1` or below it (`?2` = `subject/`): an exact prefix, unlike LIKE, where `_` is a
+/// wildcard and case is folded.
+pub(crate) const UNDER: &str = "(subject = ?1 OR substr(subject, 1, length(?2)) = ?2)";
+
+/// After a reset, leases in flight must not give back, at settle or expiry, amounts reserved on
+/// counters that no longer exist: drop their lines on the reset subjects.
+pub(crate) fn forget_lease_lines(tx: &Connection, subject: &str) -> rusqlite::Result<()> {
+    let leases: Vec<(i64, String)> = tx
+        .prepare_cached("SELECT id, lines FROM leases")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    for (id, text) in leases {
+        let kept: Vec<&str> = text
+            .lines()
+            .filter(|l| !at_or_below(l.split('\t').next().unwrap_or(""), subject))
+            .collect();
+        if kept.len() == text.lines().count() {
+            continue;
+        }
+        let mut joined = kept.join("\n");
+        if !joined.is_empty() {
+            joined.push('\n');
+        }
+        tx.prepare_cached("UPDATE leases SET lines = ?2 WHERE id = ?1")?
+            .execute(params![id, joined])?;
+    }
+    Ok(())
+}
+
+pub(crate) fn snapshot(tx: &Connection, subject: &str) -> rusqlite::Result<Vec<SubjectState>> {
+    let below = format!("{subject}/");
+    let mut stmt = tx.prepare_cached(
+        "SELECT subject, resource, capacity, used, reserved, window_start, window_end
+         FROM counters WHERE (subject = ?1 OR substr(subject, 1, length(?2)) = ?2)
+         ORDER BY subject, resource",
+    )?;
+    let rows = stmt.query_map(params![subject, below], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            Counter {
+                capacity: r.get::<_, i64>(2)? as u64,
+                used: r.get::<_, i64>(3)? as u64,
+                reserved: r.get::<_, i64>(4)? as u64,
+                window: Window {
+                    start: Timestamp(r.get(5)?),
+                    end: Timestamp(r.get(6)?),
+                },
+            },
+        ))
+    })?;
+    let counters = rows.collect::<Result<Vec<_>, _>>()?;
+    let mut stmt = tx.prepare_cached(&format!("SELECT subject FROM subjects WHERE {UNDER}"))?;
+    let subjects: Vec<String> = stmt
+        .query_map(params![subject, below], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    let mut flags = Vec::with_capacity(subjects.len());
+    for s in subjects {
+        let f = load_flags(tx, &s)?;
+        flags.push((s, f));
+    }
+    Ok(SubjectState::collect(counters, flags))
+}
