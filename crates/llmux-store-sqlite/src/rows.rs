@@ -33,6 +33,20 @@ pub(crate) fn decode_lines(text: &str) -> Vec<Held> {
         .collect()
 }
 
+/// A counter from the five columns `capacity, used, reserved, window_start, window_end` of
+/// `r`, starting at column `first`.
+fn counter_at(r: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Counter> {
+    Ok(Counter {
+        capacity: r.get::<_, i64>(first)? as u64,
+        used: r.get::<_, i64>(first + 1)? as u64,
+        reserved: r.get::<_, i64>(first + 2)? as u64,
+        window: Window {
+            start: Timestamp(r.get(first + 3)?),
+            end: Timestamp(r.get(first + 4)?),
+        },
+    })
+}
+
 pub(crate) fn load_counter(
     tx: &Connection,
     subject: &str,
@@ -43,15 +57,7 @@ pub(crate) fn load_counter(
          WHERE subject = ?1 AND resource = ?2",
     )?
     .query_row(params![subject, resource], |r| {
-        Ok(Counter {
-            capacity: r.get::<_, i64>(0)? as u64,
-            used: r.get::<_, i64>(1)? as u64,
-            reserved: r.get::<_, i64>(2)? as u64,
-            window: Window {
-                start: Timestamp(r.get(3)?),
-                end: Timestamp(r.get(4)?),
-            },
-        })
+        counter_at(r, 0)
     })
     .optional()
 }
@@ -133,15 +139,7 @@ pub(crate) fn snapshot(tx: &Connection, subject: &str) -> rusqlite::Result<Vec<S
         Ok((
             r.get::<_, String>(0)?,
             r.get::<_, String>(1)?,
-            Counter {
-                capacity: r.get::<_, i64>(2)? as u64,
-                used: r.get::<_, i64>(3)? as u64,
-                reserved: r.get::<_, i64>(4)? as u64,
-                window: Window {
-                    start: Timestamp(r.get(5)?),
-                    end: Timestamp(r.get(6)?),
-                },
-            },
+            counter_at(r, 2)?,
         ))
     })?;
     let counters = rows.collect::<Result<Vec<_>, _>>()?;
