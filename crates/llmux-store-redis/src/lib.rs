@@ -1,6 +1,13 @@
 //! `RedisStore`: the store several gateway replicas share. Nothing home-made replaces Redis:
-//! every check-and-write is one Lua script (`src/lua/*_v1.lua`), one round trip, atomic on the
-//! server, so no replica slips between another's check and write.
+//! every check-and-write is one Lua script (`src/lua/*_vN.lua`, versioned by name), one round
+//! trip, atomic on the server, so no replica slips between another's check and write.
+//!
+//! Two clocks. Lease expiry runs on the Redis server's clock (`TIME` inside `reserve_v3`): a
+//! lease lives `lease_ttl_ms` of server time and is swept by server time, so replicas whose
+//! clocks disagree cannot expire each other's leases (one running ten minutes ahead would
+//! otherwise free every lease of the others, and limits would stop holding). The caller's `now`
+//! is kept for the calendar the caller computed: which window a line is in, the roll check
+//! `now >= window_end`, cooldown instants, and how long a counter outlives its window.
 //!
 //! Key layout under `PREFIX:v1:{PREFIX}:` (the `{PREFIX}` hash tag puts every key of one llmux
 //! deployment in one slot, so a reservation across provider, key and model subjects stays one
@@ -76,7 +83,7 @@ impl RedisStore {
                 conn: parking_lot::Mutex::new(None),
                 base: format!("{prefix}:v1:{{{prefix}}}:"),
                 scripts: Scripts {
-                    reserve: Script::new(include_str!("lua/reserve_v2.lua")),
+                    reserve: Script::new(include_str!("lua/reserve_v3.lua")),
                     commit: Script::new(include_str!("lua/commit_v2.lua")),
                     release: Script::new(include_str!("lua/release_v1.lua")),
                     cooldown: Script::new(include_str!("lua/cooldown_v1.lua")),
@@ -275,7 +282,7 @@ impl Store for RedisStore {
                 let line = r
                     .lines
                     .get(idx)
-                    .ok_or_else(|| StoreError::Backend("bad reply from reserve_v2".into()))?;
+                    .ok_or_else(|| StoreError::Backend("bad reply from reserve_v3".into()))?;
                 let (capacity, used, reserved, amount) =
                     (num(3) as u64, num(4) as u64, num(5) as u64, num(6) as u64);
                 Denial {

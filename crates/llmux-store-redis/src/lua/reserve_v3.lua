@@ -1,7 +1,18 @@
--- llmux reserve_v2: check every line and gate, then write all or nothing, under the lease id
--- the caller chose (v1 drew it from a counter), so a caller that stops waiting can release it.
+-- llmux reserve_v3: check every line and gate, then write all or nothing, under the lease id
+-- the caller chose, so a caller that stops waiting can release it.
 -- Versioned name: a rolling deploy may run two versions of llmux on one Redis; a changed
--- script gets a new name (reserve_v2) instead of changing meaning under old callers.
+-- script gets a new name instead of changing meaning under old callers. v3 (same KEYS, ARGV
+-- and reply as v2) expires leases by the Redis server's clock instead of the caller's.
+--
+-- Two clocks. Lease expiry is bookkeeping between replicas: it uses the server's TIME, one
+-- clock for every replica, so a replica whose clock runs ahead cannot expire the leases of
+-- the others (and one that runs behind cannot keep its own forever). A lease lives
+-- lease_ttl_ms of server time. The caller's now_ms is for what the caller computed from its
+-- calendar: the window a line belongs to, the roll check `now >= window_end`, cooldowns and
+-- counter expiry after their window. A v2 caller on the same Redis keeps working: both
+-- versions store expiry as epoch ms, v2 by its caller's clock.
+-- Uses TIME before writing, so it needs effects replication (the default since Redis 5).
+--
 -- KEYS: seq (unused since v2), leases, lease_expiry, index, then nl counter keys, then ng flag
 --       keys.
 -- ARGV: now_ms, lease_ttl_ms, nl, ng, lease_id, then per line: member, window_start,
@@ -13,6 +24,8 @@ local ttl = tonumber(ARGV[2])
 local nl = tonumber(ARGV[3])
 local ng = tonumber(ARGV[4])
 local id = ARGV[5]
+local t = redis.call('TIME')
+local server_now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
 local function release(id)
   local rec = redis.call('HGET', KEYS[2], id)
@@ -28,7 +41,7 @@ local function release(id)
   end
 end
 
-for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, 100)) do
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', server_now, 'LIMIT', 0, 100)) do
   release(id)
 end
 
@@ -78,5 +91,5 @@ for i = 1, nl do
   rec[#rec + 1] = k .. '\t' .. string.format('%d', s[6])
 end
 redis.call('HSET', KEYS[2], id, table.concat(rec, '\n'))
-redis.call('ZADD', KEYS[3], now + ttl, id)
+redis.call('ZADD', KEYS[3], server_now + ttl, id)
 return {1, id}
