@@ -15,6 +15,8 @@
 //! `c:SUBJECT|RESOURCE` counter hashes (`cap used res ws we`, expiring an hour after their
 //! window ends), `f:SUBJECT` flag hashes (`cool dis score`), `leases` + `lexp` (reservations
 //! and their expiry), `seq`, and the `index` / `fidx` sets the CLI lists state from.
+//! Counts are stored as decimal integers (never `1e+17`): capacities exactly as configured, sums
+//! computed in Lua's doubles, so exact up to 2^53.
 //!
 //! The connection is made lazily and then kept by redis' `ConnectionManager`, which reconnects
 //! by itself: a gateway starts while Redis is down (calls fail with `StoreError::Unavailable`)
@@ -84,10 +86,10 @@ impl RedisStore {
                 base: format!("{prefix}:v1:{{{prefix}}}:"),
                 scripts: Scripts {
                     reserve: Script::new(include_str!("lua/reserve_v3.lua")),
-                    commit: Script::new(include_str!("lua/commit_v2.lua")),
-                    release: Script::new(include_str!("lua/release_v1.lua")),
+                    commit: Script::new(include_str!("lua/commit_v3.lua")),
+                    release: Script::new(include_str!("lua/release_v2.lua")),
                     cooldown: Script::new(include_str!("lua/cooldown_v1.lua")),
-                    admin: Script::new(include_str!("lua/admin_v1.lua")),
+                    admin: Script::new(include_str!("lua/admin_v2.lua")),
                     reset: Script::new(include_str!("lua/reset_v1.lua")),
                 },
                 linger_ms: 3_600_000,
@@ -180,29 +182,25 @@ impl RedisStore {
                 .arg("ws")
                 .arg("we");
         }
-        type Row = (
-            Option<u64>,
-            Option<u64>,
-            Option<u64>,
-            Option<i64>,
-            Option<i64>,
-        );
+        type Row = [Option<String>; 5];
         let rows: Vec<Row> = pipe.query_async(c).await.map_err(unavailable)?;
-        Ok(rows
-            .into_iter()
-            .map(|r| match r {
-                (Some(capacity), used, reserved, Some(ws), Some(we)) => Some(Counter {
-                    capacity,
-                    used: used.unwrap_or(0),
-                    reserved: reserved.unwrap_or(0),
+        rows.into_iter()
+            .map(|[cap, used, res, ws, we]| {
+                let (Some(cap), Some(ws), Some(we)) = (cap, ws, we) else {
+                    return Ok(None);
+                };
+                let count = |v: Option<String>| v.as_deref().map_or(Ok(0), parse_count);
+                Ok(Some(Counter {
+                    capacity: parse_count(&cap)?,
+                    used: count(used)?,
+                    reserved: count(res)?,
                     window: Window {
-                        start: Timestamp(ws),
-                        end: Timestamp(we),
+                        start: Timestamp(parse_instant(&ws)?),
+                        end: Timestamp(parse_instant(&we)?),
                     },
-                }),
-                _ => None,
+                }))
             })
-            .collect())
+            .collect()
     }
 }
 
@@ -212,6 +210,42 @@ fn line_args(inv: &mut redis::ScriptInvocation<'_>, l: &Line) {
         .arg(l.window.end.0)
         .arg(l.capacity)
         .arg(l.amount);
+}
+
+/// A count as the scripts store it: an integer, of any size up to `u64::MAX`. A float
+/// (`1e+17`, written by scripts before commit_v3, release_v2 and admin_v2) is read as the
+/// integer it stands for.
+fn parse_count(s: &str) -> Result<u64, StoreError> {
+    s.parse::<u64>()
+        .ok()
+        .or_else(|| {
+            s.parse::<f64>()
+                .ok()
+                .filter(|f| f.is_finite())
+                .map(|f| f.max(0.0) as u64)
+        })
+        .ok_or_else(|| StoreError::Backend(format!("redis: {s:?} is not a count")))
+}
+
+/// An instant (ms since the epoch) as the scripts store it; see [`parse_count`].
+fn parse_instant(s: &str) -> Result<i64, StoreError> {
+    s.parse::<i64>()
+        .ok()
+        .or_else(|| {
+            s.parse::<f64>()
+                .ok()
+                .filter(|f| f.is_finite())
+                .map(|f| f as i64)
+        })
+        .ok_or_else(|| StoreError::Backend(format!("redis: {s:?} is not an instant")))
+}
+
+/// A count in a script's reply: an integer, or an integer string (beyond `i64`).
+fn count(v: &Value) -> Result<u64, StoreError> {
+    match v {
+        Value::Int(i) => Ok((*i).max(0) as u64),
+        other => parse_count(&text(other)),
+    }
 }
 
 fn int(v: &Value) -> i64 {
@@ -229,6 +263,7 @@ fn text(v: &Value) -> String {
     match v {
         Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
         Value::SimpleString(s) => s.clone(),
+        Value::Int(i) => i.to_string(),
         other => format!("{other:?}"),
     }
 }
@@ -283,8 +318,9 @@ impl Store for RedisStore {
                     .lines
                     .get(idx)
                     .ok_or_else(|| StoreError::Backend("bad reply from reserve_v3".into()))?;
+                let count = |i: usize| out.get(i).map_or(Ok(0), count);
                 let (capacity, used, reserved, amount) =
-                    (num(3) as u64, num(4) as u64, num(5) as u64, num(6) as u64);
+                    (count(3)?, count(4)?, count(5)?, count(6)?);
                 Denial {
                     subject: line.subject.clone(),
                     reason: if kind == "never" {
@@ -469,13 +505,13 @@ impl StoreAdmin for RedisStore {
 
     async fn update(&self, line: Line, op: AdminOp, now: Timestamp) -> Result<Counter, StoreError> {
         let mut c = self.conn().await?;
-        let (name, value): (&str, i64) = match op {
-            AdminOp::SetUsed(v) => ("set_used", v as i64),
-            AdminOp::AdjustUsed(d) => ("adjust", d),
-            AdminOp::SetTtl { secs } => ("ttl", secs as i64),
-            AdminOp::Sync { custom_ttl_ms } => ("sync", custom_ttl_ms.unwrap_or(-1)),
+        let (name, value): (&str, String) = match op {
+            AdminOp::SetUsed(v) => ("set_used", v.to_string()),
+            AdminOp::AdjustUsed(d) => ("adjust", d.to_string()),
+            AdminOp::SetTtl { secs } => ("ttl", secs.to_string()),
+            AdminOp::Sync { custom_ttl_ms } => ("sync", custom_ttl_ms.unwrap_or(-1).to_string()),
         };
-        let out: Vec<i64> = self
+        let out: Vec<Value> = self
             .inner
             .scripts
             .admin
@@ -492,14 +528,18 @@ impl StoreAdmin for RedisStore {
             .invoke_async(&mut c)
             .await
             .map_err(unavailable)?;
-        let get = |i: usize| out.get(i).copied().unwrap_or(0);
+        let field = |i: usize| {
+            out.get(i)
+                .map(text)
+                .ok_or_else(|| StoreError::Backend("bad reply from admin_v2".into()))
+        };
         Ok(Counter {
-            capacity: get(0) as u64,
-            used: get(1) as u64,
-            reserved: get(2) as u64,
+            capacity: parse_count(&field(0)?)?,
+            used: parse_count(&field(1)?)?,
+            reserved: parse_count(&field(2)?)?,
             window: Window {
-                start: Timestamp(get(3)),
-                end: Timestamp(get(4)),
+                start: Timestamp(parse_instant(&field(3)?)?),
+                end: Timestamp(parse_instant(&field(4)?)?),
             },
         })
     }

@@ -12,6 +12,7 @@
 -- counter expiry after their window. A v2 caller on the same Redis keeps working: both
 -- versions store expiry as epoch ms, v2 by its caller's clock.
 -- Uses TIME before writing, so it needs effects replication (the default since Redis 5).
+-- Counts in a denial are strings (integers of any size); retry_at is a number.
 --
 -- KEYS: seq (unused since v2), leases, lease_expiry, index, then nl counter keys, then ng flag
 --       keys.
@@ -24,6 +25,10 @@ local ttl = tonumber(ARGV[2])
 local nl = tonumber(ARGV[3])
 local ng = tonumber(ARGV[4])
 local id = ARGV[5]
+-- Counts are written as integers: a Lua number is a double, and Redis turns one of 1e17 or
+-- more into `1e+17`, which is no integer to Redis or to the Rust side. Capacities and amounts
+-- are written as the caller's strings, exactly; sums are exact up to 2^53.
+local function int(x) return string.format('%.0f', x) end
 local t = redis.call('TIME')
 local server_now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
@@ -36,7 +41,7 @@ local function release(id)
     if redis.call('EXISTS', k) == 1 then
       local r = tonumber(redis.call('HGET', k, 'res') or '0') - tonumber(a)
       if r < 0 then r = 0 end
-      redis.call('HSET', k, 'res', r)
+      redis.call('HSET', k, 'res', int(r))
     end
   end
 end
@@ -65,13 +70,13 @@ for i = 1, nl do
   -- A new counter, or a new window: its place in the index is (re)set below.
   local fresh = not c[3]
   if now >= cwe then used = 0; cws = ws; cwe = we; fresh = true end
-  state[i] = {used, res, cws, cwe, cap, amt, fresh}
+  state[i] = {used, res, cws, cwe, ARGV[b + 4], ARGV[b + 5], fresh, amt}
   if used + res + amt > cap then
     local d
     if amt > cap then
-      d = {0, 'never', i, cap, used, res, amt, -1}
+      d = {0, 'never', i, ARGV[b + 4], int(used), int(res), ARGV[b + 5], -1}
     else
-      d = {0, 'exhausted', i, cap, used, res, amt, cwe}
+      d = {0, 'exhausted', i, ARGV[b + 4], int(used), int(res), ARGV[b + 5], cwe}
     end
     if worst == nil or (worst[8] ~= -1 and (d[8] == -1 or d[8] > worst[8])) then worst = d end
   end
@@ -82,13 +87,14 @@ local rec = {}
 for i = 1, nl do
   local s = state[i]
   local k = KEYS[4 + i]
-  redis.call('HSET', k, 'cap', s[5], 'used', s[1], 'res', s[2] + s[6], 'ws', s[3], 'we', s[4])
-  redis.call('PEXPIRE', k, math.max(s[4] - now, 0) + ttl)
+  redis.call('HSET', k, 'cap', s[5], 'used', int(s[1]), 'res', int(s[2] + s[8]), 'ws', int(s[3]),
+    'we', int(s[4]))
+  redis.call('PEXPIRE', k, int(math.max(s[4] - now, 0) + ttl))
   if s[7] then
     -- A counter already in its window is in the index.
     redis.call('SADD', KEYS[4], ARGV[5 + (i - 1) * 5 + 1])
   end
-  rec[#rec + 1] = k .. '\t' .. string.format('%d', s[6])
+  rec[#rec + 1] = k .. '\t' .. s[6]
 end
 redis.call('HSET', KEYS[2], id, table.concat(rec, '\n'))
 redis.call('ZADD', KEYS[3], server_now + ttl, id)
