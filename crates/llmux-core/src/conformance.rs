@@ -230,9 +230,15 @@ async fn windows_roll<S: Store + StoreAdmin>(s: &S, p: &str) {
 }
 
 async fn leases_expire<S: Store + StoreAdmin>(s: &S, p: &str) {
-    let _lost = granted(s, reserve(1_000, vec![line(p, "rpm", 1, 1, 60_000)], &[])).await;
-    denied(s, reserve(5_000, vec![line(p, "rpm", 1, 1, 60_000)], &[])).await;
-    // lease_ttl_ms = 10 s: after it, the reservation is swept.
+    // A store may expire leases by the caller's `now` or by its own clock (Redis: one clock
+    // for all replicas), so the lease outlives its TTL on both: 500 ms of `now` and of real
+    // time.
+    let mut lost = reserve(1_000, vec![line(p, "rpm", 1, 1, 60_000)], &[]);
+    lost.lease_ttl_ms = 500;
+    granted(s, lost).await;
+    denied(s, reserve(1_100, vec![line(p, "rpm", 1, 1, 60_000)], &[])).await;
+    // Blocks the thread briefly: this suite has no runtime of its own to sleep on.
+    std::thread::sleep(std::time::Duration::from_millis(600));
     let id = granted(s, reserve(11_001, vec![line(p, "rpm", 1, 1, 60_000)], &[])).await;
     assert_eq!(counter(s, p, "rpm").await.reserved, 1);
     s.release(id).await.unwrap();

@@ -1,6 +1,13 @@
 //! `RedisStore`: the store several gateway replicas share. Nothing home-made replaces Redis:
-//! every check-and-write is one Lua script (`src/lua/*_v1.lua`), one round trip, atomic on the
-//! server, so no replica slips between another's check and write.
+//! every check-and-write is one Lua script (`src/lua/*_vN.lua`, versioned by name), one round
+//! trip, atomic on the server, so no replica slips between another's check and write.
+//!
+//! Two clocks. Lease expiry runs on the Redis server's clock (`TIME` inside `reserve_v3`): a
+//! lease lives `lease_ttl_ms` of server time and is swept by server time, so replicas whose
+//! clocks disagree cannot expire each other's leases (one running ten minutes ahead would
+//! otherwise free every lease of the others, and limits would stop holding). The caller's `now`
+//! is kept for the calendar the caller computed: which window a line is in, the roll check
+//! `now >= window_end`, cooldown instants, and how long a counter outlives its window.
 //!
 //! Key layout under `PREFIX:v1:{PREFIX}:` (the `{PREFIX}` hash tag puts every key of one llmux
 //! deployment in one slot, so a reservation across provider, key and model subjects stays one
@@ -8,10 +15,20 @@
 //! `c:SUBJECT|RESOURCE` counter hashes (`cap used res ws we`, expiring an hour after their
 //! window ends), `f:SUBJECT` flag hashes (`cool dis score`), `leases` + `lexp` (reservations
 //! and their expiry), `seq`, and the `index` / `fidx` sets the CLI lists state from.
+//! Counts are stored as decimal integers (never `1e+17`): capacities exactly as configured, sums
+//! computed in Lua's doubles, so exact up to 2^53.
 //!
 //! The connection is made lazily and then kept by redis' `ConnectionManager`, which reconnects
 //! by itself: a gateway starts while Redis is down (calls fail with `StoreError::Unavailable`)
 //! and recovers when it returns.
+//!
+//! Detached commits keep their order: one background task per store (started by the first
+//! `commit_detached`, on the caller's runtime) sends them in the order they were made, several
+//! queued ones pipelined in one round trip. Every other call of the store (and of its clones)
+//! first waits until the detached commits made before it are applied, so it sees them. A
+//! commit Redis refuses is logged; one that could not be sent because Redis is unreachable is
+//! retried a few times, then logged. A later call waits for them at most `TIMEOUT` (2 s), and
+//! not at all while they find Redis unreachable (it would fail as well); then it goes on.
 
 use llmux_core::ids::at_or_below;
 use llmux_core::store::{
@@ -19,10 +36,12 @@ use llmux_core::store::{
     Store, StoreAdmin, StoreError, SubjectState,
 };
 use llmux_core::{Subject, Timestamp, Window};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Script, Value};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::{ErrorKind, RedisError, Script, ServerErrorKind, Value};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::{mpsc, watch};
 
 struct Scripts {
     reserve: Script,
@@ -33,12 +52,14 @@ struct Scripts {
     reset: Script,
 }
 
-/// A [`Store`] in Redis. Cloning shares the connection.
+/// A [`Store`] in Redis. Cloning shares the connection and the order of detached commits.
 #[derive(Clone)]
 pub struct RedisStore {
     inner: Arc<Inner>,
+    detached: Arc<Detached>,
 }
 
+/// What the store handles and the background task of detached commits share.
 struct Inner {
     client: redis::Client,
     conn: parking_lot::Mutex<Option<ConnectionManager>>,
@@ -47,6 +68,29 @@ struct Inner {
     scripts: Scripts,
     /// Keeps counters this long past their window so late commits find them.
     linger_ms: i64,
+    /// The ticket of the last detached commit applied (or given up on).
+    done: watch::Sender<u64>,
+    /// The background task's last round trip found Redis unreachable: calls do not wait for
+    /// it then (they would fail anyway, and an outage must not slow every call down).
+    unreachable: AtomicBool,
+}
+
+/// The queue of detached commits, held by the store handles only: when the last handle goes,
+/// the sender goes, and the background task ends once it has sent what was queued.
+struct Detached {
+    /// To the background task; `None` until the first detached commit, replaced when the
+    /// task's runtime has stopped.
+    queue: parking_lot::Mutex<Option<mpsc::UnboundedSender<Job>>>,
+    /// The ticket of the last detached commit queued (tickets count up from 1, in queue order).
+    issued: AtomicU64,
+}
+
+/// One detached commit.
+struct Job {
+    ticket: u64,
+    lease: LeaseId,
+    now: Timestamp,
+    used: Vec<Line>,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -64,6 +108,68 @@ fn unavailable(e: redis::RedisError) -> StoreError {
 
 /// How long a call may take before the store counts as unreachable.
 const TIMEOUT: Duration = Duration::from_secs(2);
+/// At most this many queued detached commits share one round trip.
+const MAX_BATCH: usize = 256;
+/// Tries to send detached commits while Redis is unreachable (100 ms apart, doubling).
+const ATTEMPTS: u32 = 4;
+
+impl Inner {
+    async fn conn(&self) -> Result<ConnectionManager, StoreError> {
+        if let Some(c) = self.conn.lock().clone() {
+            return Ok(c);
+        }
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(TIMEOUT))
+            .set_response_timeout(Some(TIMEOUT))
+            .set_number_of_retries(1);
+        let c = tokio::time::timeout(
+            TIMEOUT * 2,
+            ConnectionManager::new_with_config(self.client.clone(), config),
+        )
+        .await
+        .map_err(|_| StoreError::Unavailable("redis: connection timed out".into()))?
+        .map_err(unavailable)?;
+        *self.conn.lock() = Some(c.clone());
+        Ok(c)
+    }
+
+    fn key(&self, rest: &str) -> String {
+        format!("{}{rest}", self.base)
+    }
+    fn counter_key(&self, subject: &str, resource: &str) -> String {
+        format!("{}c:{subject}|{resource}", self.base)
+    }
+    fn flags_key(&self, subject: &str) -> String {
+        format!("{}f:{subject}", self.base)
+    }
+
+    /// The commit script's invocation for one commit.
+    fn commit_invocation(
+        &self,
+        lease: LeaseId,
+        now: Timestamp,
+        used: &[Line],
+    ) -> redis::ScriptInvocation<'_> {
+        let mut inv = self.scripts.commit.prepare_invoke();
+        inv.key(self.key("leases"))
+            .key(self.key("lexp"))
+            .key(self.key("index"));
+        for l in used {
+            inv.key(self.counter_key(l.subject.as_str(), &l.resource));
+        }
+        for l in used {
+            inv.key(self.flags_key(l.subject.as_str()));
+        }
+        inv.arg(lease.0)
+            .arg(now.0)
+            .arg(used.len())
+            .arg(self.linger_ms);
+        for l in used {
+            line_args(&mut inv, l);
+        }
+        inv
+    }
+}
 
 impl RedisStore {
     /// A store at `url` (`redis://…`) under `prefix`. Connects on first use.
@@ -76,14 +182,20 @@ impl RedisStore {
                 conn: parking_lot::Mutex::new(None),
                 base: format!("{prefix}:v1:{{{prefix}}}:"),
                 scripts: Scripts {
-                    reserve: Script::new(include_str!("lua/reserve_v2.lua")),
-                    commit: Script::new(include_str!("lua/commit_v2.lua")),
-                    release: Script::new(include_str!("lua/release_v1.lua")),
+                    reserve: Script::new(include_str!("lua/reserve_v3.lua")),
+                    commit: Script::new(include_str!("lua/commit_v3.lua")),
+                    release: Script::new(include_str!("lua/release_v2.lua")),
                     cooldown: Script::new(include_str!("lua/cooldown_v1.lua")),
-                    admin: Script::new(include_str!("lua/admin_v1.lua")),
+                    admin: Script::new(include_str!("lua/admin_v2.lua")),
                     reset: Script::new(include_str!("lua/reset_v1.lua")),
                 },
                 linger_ms: 3_600_000,
+                done: watch::Sender::new(0),
+                unreachable: AtomicBool::new(false),
+            }),
+            detached: Arc::new(Detached {
+                queue: parking_lot::Mutex::new(None),
+                issued: AtomicU64::new(0),
             }),
         })
     }
@@ -98,40 +210,36 @@ impl RedisStore {
             .map_err(unavailable)
     }
 
-    async fn conn(&self) -> Result<ConnectionManager, StoreError> {
-        if let Some(c) = self.inner.conn.lock().clone() {
-            return Ok(c);
+    /// The connection, once every detached commit made before is applied: every call goes
+    /// through here, so it sees them ([`Store::commit_detached`]'s promise).
+    async fn conn(&self) -> Result<Conn, StoreError> {
+        let issued = self.detached.issued.load(Ordering::Acquire);
+        let inner = &self.inner;
+        let settled = |d: &u64| *d >= issued || inner.unreachable.load(Ordering::Acquire);
+        if !settled(&inner.done.borrow()) {
+            let mut done = inner.done.subscribe();
+            let settled = tokio::time::timeout(TIMEOUT, done.wait_for(settled)).await;
+            if settled.is_err() {
+                tracing::debug!("earlier usage is still being recorded in redis; going on");
+            }
         }
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(TIMEOUT))
-            .set_response_timeout(Some(TIMEOUT))
-            .set_number_of_retries(1);
-        let c = tokio::time::timeout(
-            TIMEOUT * 2,
-            ConnectionManager::new_with_config(self.inner.client.clone(), config),
-        )
-        .await
-        .map_err(|_| StoreError::Unavailable("redis: connection timed out".into()))?
-        .map_err(unavailable)?;
-        *self.inner.conn.lock() = Some(c.clone());
-        Ok(c)
+        Ok(Conn {
+            c: self.inner.conn().await?,
+            inner: self.inner.clone(),
+        })
     }
 
     fn key(&self, rest: &str) -> String {
-        format!("{}{rest}", self.inner.base)
+        self.inner.key(rest)
     }
     fn counter_key(&self, subject: &str, resource: &str) -> String {
-        format!("{}c:{subject}|{resource}", self.inner.base)
+        self.inner.counter_key(subject, resource)
     }
     fn flags_key(&self, subject: &str) -> String {
-        format!("{}f:{subject}", self.inner.base)
+        self.inner.flags_key(subject)
     }
 
-    async fn flags(
-        &self,
-        c: &mut ConnectionManager,
-        subjects: &[&str],
-    ) -> Result<Vec<Flags>, StoreError> {
+    async fn flags(&self, c: &mut Conn, subjects: &[&str]) -> Result<Vec<Flags>, StoreError> {
         if subjects.is_empty() {
             return Ok(Vec::new());
         }
@@ -157,7 +265,7 @@ impl RedisStore {
 
     async fn counters(
         &self,
-        c: &mut ConnectionManager,
+        c: &mut Conn,
         keys: &[String],
     ) -> Result<Vec<Option<Counter>>, StoreError> {
         if keys.is_empty() {
@@ -173,29 +281,238 @@ impl RedisStore {
                 .arg("ws")
                 .arg("we");
         }
-        type Row = (
-            Option<u64>,
-            Option<u64>,
-            Option<u64>,
-            Option<i64>,
-            Option<i64>,
-        );
+        type Row = [Option<String>; 5];
         let rows: Vec<Row> = pipe.query_async(c).await.map_err(unavailable)?;
-        Ok(rows
-            .into_iter()
-            .map(|r| match r {
-                (Some(capacity), used, reserved, Some(ws), Some(we)) => Some(Counter {
-                    capacity,
-                    used: used.unwrap_or(0),
-                    reserved: reserved.unwrap_or(0),
+        rows.into_iter()
+            .map(|[cap, used, res, ws, we]| {
+                let (Some(cap), Some(ws), Some(we)) = (cap, ws, we) else {
+                    return Ok(None);
+                };
+                let count = |v: Option<String>| v.as_deref().map_or(Ok(0), parse_count);
+                Ok(Some(Counter {
+                    capacity: parse_count(&cap)?,
+                    used: count(used)?,
+                    reserved: count(res)?,
                     window: Window {
-                        start: Timestamp(ws),
-                        end: Timestamp(we),
+                        start: Timestamp(parse_instant(&ws)?),
+                        end: Timestamp(parse_instant(&we)?),
                     },
-                }),
-                _ => None,
+                }))
             })
-            .collect())
+            .collect()
+    }
+}
+
+/// The connection as the store's calls use it: an answer from Redis shows it reachable again,
+/// so later calls wait for detached commits again.
+struct Conn {
+    c: ConnectionManager,
+    inner: Arc<Inner>,
+}
+
+impl Conn {
+    fn seen<T>(&self, r: &redis::RedisResult<T>) {
+        let answered = match r {
+            Ok(_) => true,
+            Err(e) => !e.is_io_error(),
+        };
+        if answered {
+            self.inner.unreachable.store(false, Ordering::Release);
+        }
+    }
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, Value> {
+        Box::pin(async move {
+            let r = self.c.req_packed_command(cmd).await;
+            self.seen(&r);
+            r
+        })
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<Value>> {
+        Box::pin(async move {
+            let r = self.c.req_packed_commands(pipeline, offset, count).await;
+            self.seen(&r);
+            r
+        })
+    }
+
+    fn get_db(&self) -> i64 {
+        self.c.get_db()
+    }
+}
+
+/// The background task of one store's detached commits: it sends them in queue order.
+struct Worker {
+    inner: Arc<Inner>,
+    rx: mpsc::UnboundedReceiver<Job>,
+    /// The last ticket and the size of the batch being sent.
+    in_flight: Option<(u64, usize)>,
+}
+
+impl Worker {
+    async fn run(mut self) {
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        while self.rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+            let last = batch.last().map_or(0, |j: &Job| j.ticket);
+            self.in_flight = Some((last, batch.len()));
+            self.inner.apply_detached(&batch).await;
+            self.inner.done.send_modify(|d| *d = (*d).max(last));
+            self.in_flight = None;
+            batch.clear();
+        }
+    }
+}
+
+impl Drop for Worker {
+    /// The task ends: all handles are gone (nothing is queued), or its runtime stopped with
+    /// commits unsent. Those are lost; calls waiting for them need not wait any more.
+    fn drop(&mut self) {
+        self.rx.close();
+        let (mut last, mut lost) = match self.in_flight {
+            Some((last, n)) => (Some(last), n),
+            None => (None, 0),
+        };
+        while let Ok(j) = self.rx.try_recv() {
+            last = Some(j.ticket);
+            lost += 1;
+        }
+        if let Some(last) = last {
+            self.inner.done.send_modify(|d| *d = (*d).max(last));
+        }
+        if lost > 0 {
+            tracing::warn!(
+                commits = lost,
+                "the runtime stopped: usage not (or not all) recorded in redis"
+            );
+        }
+    }
+}
+
+/// Whether a failed round trip is sent again: Redis refused the connection, or the
+/// connection was found closed. The latter is nearly always a connection that died before
+/// the commits were sent (the first use after Redis went away), but may, rarely, be one lost
+/// while they ran: usage may then count twice, which errs on the side of limits holding,
+/// where not sending again would lose every commit that meets a dead connection.
+fn resend(e: &RedisError) -> bool {
+    e.is_connection_refusal() || e.is_connection_dropped()
+}
+
+impl Inner {
+    /// Send `batch` in order, pipelined; retry what could not be sent (Redis unreachable) up
+    /// to [`ATTEMPTS`] times, and log what fails for good. Never fails, never panics.
+    async fn apply_detached(&self, batch: &[Job]) {
+        let mut todo: Vec<&Job> = batch.iter().collect();
+        let mut load_first = false;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let again = match self.send_commits(&todo, load_first).await {
+                Ok(results) => {
+                    self.unreachable.store(false, Ordering::Release);
+                    let mut again = Vec::new();
+                    for (job, r) in todo.iter().zip(results) {
+                        match r {
+                            Ok(_) => {}
+                            // The script cache was flushed: load it and send those again.
+                            Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                                again.push(*job)
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, "could not record usage in redis")
+                            }
+                        }
+                    }
+                    load_first = !again.is_empty();
+                    again
+                }
+                Err(f) if f.unsent() && attempt < ATTEMPTS => {
+                    tracing::debug!(error = %f, attempt, "redis unreachable; retrying usage");
+                    // Let the calls waiting for these go on.
+                    self.unreachable.store(true, Ordering::Release);
+                    self.done.send_modify(|_| {});
+                    tokio::time::sleep(Duration::from_millis(100 << (attempt - 1))).await;
+                    todo
+                }
+                Err(f) => {
+                    tracing::warn!(
+                        error = %f,
+                        commits = todo.len(),
+                        "could not record usage in redis"
+                    );
+                    return;
+                }
+            };
+            if again.is_empty() {
+                return;
+            }
+            if attempt >= ATTEMPTS {
+                tracing::warn!(commits = again.len(), "could not record usage in redis");
+                return;
+            }
+            todo = again;
+        }
+    }
+
+    /// One round trip: the commits of `jobs` in order (after loading the script if asked).
+    async fn send_commits(
+        &self,
+        jobs: &[&Job],
+        load_first: bool,
+    ) -> Result<Vec<redis::RedisResult<i64>>, Failure> {
+        let mut c = self.conn().await.map_err(Failure::NoConnection)?;
+        let invocations: Vec<_> = jobs
+            .iter()
+            .map(|j| self.commit_invocation(j.lease, j.now, &j.used))
+            .collect();
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        if load_first {
+            pipe.load_script(&self.scripts.commit).ignore();
+        }
+        for inv in &invocations {
+            pipe.invoke_script(inv);
+        }
+        pipe.query_async(&mut c).await.map_err(|e| {
+            if resend(&e) {
+                Failure::Unsent(e)
+            } else {
+                Failure::Unknown(e)
+            }
+        })
+    }
+}
+
+/// Why a round trip of detached commits failed.
+enum Failure {
+    /// No connection: nothing was sent.
+    NoConnection(StoreError),
+    /// Refused, or the connection was closed (see [`resend`]).
+    Unsent(RedisError),
+    /// Anything else (a timeout: Redis may be running it): not sent again.
+    Unknown(RedisError),
+}
+
+impl Failure {
+    /// Whether to send again.
+    fn unsent(&self) -> bool {
+        !matches!(self, Failure::Unknown(_))
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::NoConnection(e) => write!(f, "{e}"),
+            Failure::Unsent(e) | Failure::Unknown(e) => write!(f, "redis: {e}"),
+        }
     }
 }
 
@@ -205,6 +522,42 @@ fn line_args(inv: &mut redis::ScriptInvocation<'_>, l: &Line) {
         .arg(l.window.end.0)
         .arg(l.capacity)
         .arg(l.amount);
+}
+
+/// A count as the scripts store it: an integer, of any size up to `u64::MAX`. A float
+/// (`1e+17`, written by scripts before commit_v3, release_v2 and admin_v2) is read as the
+/// integer it stands for.
+fn parse_count(s: &str) -> Result<u64, StoreError> {
+    s.parse::<u64>()
+        .ok()
+        .or_else(|| {
+            s.parse::<f64>()
+                .ok()
+                .filter(|f| f.is_finite())
+                .map(|f| f.max(0.0) as u64)
+        })
+        .ok_or_else(|| StoreError::Backend(format!("redis: {s:?} is not a count")))
+}
+
+/// An instant (ms since the epoch) as the scripts store it; see [`parse_count`].
+fn parse_instant(s: &str) -> Result<i64, StoreError> {
+    s.parse::<i64>()
+        .ok()
+        .or_else(|| {
+            s.parse::<f64>()
+                .ok()
+                .filter(|f| f.is_finite())
+                .map(|f| f as i64)
+        })
+        .ok_or_else(|| StoreError::Backend(format!("redis: {s:?} is not an instant")))
+}
+
+/// A count in a script's reply: an integer, or an integer string (beyond `i64`).
+fn count(v: &Value) -> Result<u64, StoreError> {
+    match v {
+        Value::Int(i) => Ok((*i).max(0) as u64),
+        other => parse_count(&text(other)),
+    }
 }
 
 fn int(v: &Value) -> i64 {
@@ -222,6 +575,7 @@ fn text(v: &Value) -> String {
     match v {
         Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
         Value::SimpleString(s) => s.clone(),
+        Value::Int(i) => i.to_string(),
         other => format!("{other:?}"),
     }
 }
@@ -275,9 +629,10 @@ impl Store for RedisStore {
                 let line = r
                     .lines
                     .get(idx)
-                    .ok_or_else(|| StoreError::Backend("bad reply from reserve_v2".into()))?;
+                    .ok_or_else(|| StoreError::Backend("bad reply from reserve_v3".into()))?;
+                let count = |i: usize| out.get(i).map_or(Ok(0), count);
                 let (capacity, used, reserved, amount) =
-                    (num(3) as u64, num(4) as u64, num(5) as u64, num(6) as u64);
+                    (count(3)?, count(4)?, count(5)?, count(6)?);
                 Denial {
                     subject: line.subject.clone(),
                     reason: if kind == "never" {
@@ -309,39 +664,54 @@ impl Store for RedisStore {
         used: Vec<Line>,
     ) -> Result<(), StoreError> {
         let mut c = self.conn().await?;
-        let mut inv = self.inner.scripts.commit.prepare_invoke();
-        inv.key(self.key("leases"))
-            .key(self.key("lexp"))
-            .key(self.key("index"));
-        for l in &used {
-            inv.key(self.counter_key(l.subject.as_str(), &l.resource));
-        }
-        for l in &used {
-            inv.key(self.flags_key(l.subject.as_str()));
-        }
-        inv.arg(lease.0)
-            .arg(now.0)
-            .arg(used.len())
-            .arg(self.inner.linger_ms);
-        for l in &used {
-            line_args(&mut inv, l);
-        }
-        inv.invoke_async::<i64>(&mut c).await.map_err(unavailable)?;
+        self.inner
+            .commit_invocation(lease, now, &used)
+            .invoke_async::<i64>(&mut c)
+            .await
+            .map_err(unavailable)?;
         Ok(())
     }
 
+    /// Queued to the store's background task, which applies detached commits in order; every
+    /// later call of this store waits for them (see the module docs).
     fn commit_detached(&self, lease: LeaseId, now: Timestamp, used: Vec<Line>) {
-        let store = self.clone();
-        match tokio::runtime::Handle::try_current() {
-            Ok(h) => {
-                h.spawn(async move {
-                    if let Err(e) = store.commit(lease, now, used).await {
-                        tracing::warn!(error = %e, "could not record usage in redis");
-                    }
-                });
+        let mut queue = self.detached.queue.lock();
+        let ticket = self.detached.issued.load(Ordering::Relaxed) + 1;
+        let mut job = Job {
+            ticket,
+            lease,
+            now,
+            used,
+        };
+        if let Some(tx) = queue.as_ref() {
+            match tx.send(job) {
+                Ok(()) => {
+                    self.detached.issued.store(ticket, Ordering::Release);
+                    return;
+                }
+                // The task's runtime has stopped: start another on this one.
+                Err(mpsc::error::SendError(j)) => job = j,
             }
-            Err(_) => tracing::warn!("no runtime to record usage in redis"),
         }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!("no runtime to record usage in redis");
+            return;
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        runtime.spawn(
+            Worker {
+                inner: self.inner.clone(),
+                rx,
+                in_flight: None,
+            }
+            .run(),
+        );
+        if tx.send(job).is_ok() {
+            self.detached.issued.store(ticket, Ordering::Release);
+        } else {
+            tracing::warn!("no runtime to record usage in redis");
+        }
+        *queue = Some(tx);
     }
 
     async fn release(&self, lease: LeaseId) -> Result<(), StoreError> {
@@ -462,13 +832,13 @@ impl StoreAdmin for RedisStore {
 
     async fn update(&self, line: Line, op: AdminOp, now: Timestamp) -> Result<Counter, StoreError> {
         let mut c = self.conn().await?;
-        let (name, value): (&str, i64) = match op {
-            AdminOp::SetUsed(v) => ("set_used", v as i64),
-            AdminOp::AdjustUsed(d) => ("adjust", d),
-            AdminOp::SetTtl { secs } => ("ttl", secs as i64),
-            AdminOp::Sync { custom_ttl_ms } => ("sync", custom_ttl_ms.unwrap_or(-1)),
+        let (name, value): (&str, String) = match op {
+            AdminOp::SetUsed(v) => ("set_used", v.to_string()),
+            AdminOp::AdjustUsed(d) => ("adjust", d.to_string()),
+            AdminOp::SetTtl { secs } => ("ttl", secs.to_string()),
+            AdminOp::Sync { custom_ttl_ms } => ("sync", custom_ttl_ms.unwrap_or(-1).to_string()),
         };
-        let out: Vec<i64> = self
+        let out: Vec<Value> = self
             .inner
             .scripts
             .admin
@@ -485,14 +855,18 @@ impl StoreAdmin for RedisStore {
             .invoke_async(&mut c)
             .await
             .map_err(unavailable)?;
-        let get = |i: usize| out.get(i).copied().unwrap_or(0);
+        let field = |i: usize| {
+            out.get(i)
+                .map(text)
+                .ok_or_else(|| StoreError::Backend("bad reply from admin_v2".into()))
+        };
         Ok(Counter {
-            capacity: get(0) as u64,
-            used: get(1) as u64,
-            reserved: get(2) as u64,
+            capacity: parse_count(&field(0)?)?,
+            used: parse_count(&field(1)?)?,
+            reserved: parse_count(&field(2)?)?,
             window: Window {
-                start: Timestamp(get(3)),
-                end: Timestamp(get(4)),
+                start: Timestamp(parse_instant(&field(3)?)?),
+                end: Timestamp(parse_instant(&field(4)?)?),
             },
         })
     }

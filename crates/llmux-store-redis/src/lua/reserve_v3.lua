@@ -1,7 +1,19 @@
--- llmux reserve_v2: check every line and gate, then write all or nothing, under the lease id
--- the caller chose (v1 drew it from a counter), so a caller that stops waiting can release it.
+-- llmux reserve_v3: check every line and gate, then write all or nothing, under the lease id
+-- the caller chose, so a caller that stops waiting can release it.
 -- Versioned name: a rolling deploy may run two versions of llmux on one Redis; a changed
--- script gets a new name (reserve_v2) instead of changing meaning under old callers.
+-- script gets a new name instead of changing meaning under old callers. v3 (same KEYS, ARGV
+-- and reply as v2) expires leases by the Redis server's clock instead of the caller's.
+--
+-- Two clocks. Lease expiry is bookkeeping between replicas: it uses the server's TIME, one
+-- clock for every replica, so a replica whose clock runs ahead cannot expire the leases of
+-- the others (and one that runs behind cannot keep its own forever). A lease lives
+-- lease_ttl_ms of server time. The caller's now_ms is for what the caller computed from its
+-- calendar: the window a line belongs to, the roll check `now >= window_end`, cooldowns and
+-- counter expiry after their window. A v2 caller on the same Redis keeps working: both
+-- versions store expiry as epoch ms, v2 by its caller's clock.
+-- Uses TIME before writing, so it needs effects replication (the default since Redis 5).
+-- Counts in a denial are strings (integers of any size); retry_at is a number.
+--
 -- KEYS: seq (unused since v2), leases, lease_expiry, index, then nl counter keys, then ng flag
 --       keys.
 -- ARGV: now_ms, lease_ttl_ms, nl, ng, lease_id, then per line: member, window_start,
@@ -13,6 +25,12 @@ local ttl = tonumber(ARGV[2])
 local nl = tonumber(ARGV[3])
 local ng = tonumber(ARGV[4])
 local id = ARGV[5]
+-- Counts are written as integers: a Lua number is a double, and Redis turns one of 1e17 or
+-- more into `1e+17`, which is no integer to Redis or to the Rust side. Capacities and amounts
+-- are written as the caller's strings, exactly; sums are exact up to 2^53.
+local function int(x) return string.format('%.0f', x) end
+local t = redis.call('TIME')
+local server_now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
 local function release(id)
   local rec = redis.call('HGET', KEYS[2], id)
@@ -23,12 +41,12 @@ local function release(id)
     if redis.call('EXISTS', k) == 1 then
       local r = tonumber(redis.call('HGET', k, 'res') or '0') - tonumber(a)
       if r < 0 then r = 0 end
-      redis.call('HSET', k, 'res', r)
+      redis.call('HSET', k, 'res', int(r))
     end
   end
 end
 
-for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, 100)) do
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', server_now, 'LIMIT', 0, 100)) do
   release(id)
 end
 
@@ -52,13 +70,13 @@ for i = 1, nl do
   -- A new counter, or a new window: its place in the index is (re)set below.
   local fresh = not c[3]
   if now >= cwe then used = 0; cws = ws; cwe = we; fresh = true end
-  state[i] = {used, res, cws, cwe, cap, amt, fresh}
+  state[i] = {used, res, cws, cwe, ARGV[b + 4], ARGV[b + 5], fresh, amt}
   if used + res + amt > cap then
     local d
     if amt > cap then
-      d = {0, 'never', i, cap, used, res, amt, -1}
+      d = {0, 'never', i, ARGV[b + 4], int(used), int(res), ARGV[b + 5], -1}
     else
-      d = {0, 'exhausted', i, cap, used, res, amt, cwe}
+      d = {0, 'exhausted', i, ARGV[b + 4], int(used), int(res), ARGV[b + 5], cwe}
     end
     if worst == nil or (worst[8] ~= -1 and (d[8] == -1 or d[8] > worst[8])) then worst = d end
   end
@@ -69,14 +87,15 @@ local rec = {}
 for i = 1, nl do
   local s = state[i]
   local k = KEYS[4 + i]
-  redis.call('HSET', k, 'cap', s[5], 'used', s[1], 'res', s[2] + s[6], 'ws', s[3], 'we', s[4])
-  redis.call('PEXPIRE', k, math.max(s[4] - now, 0) + ttl)
+  redis.call('HSET', k, 'cap', s[5], 'used', int(s[1]), 'res', int(s[2] + s[8]), 'ws', int(s[3]),
+    'we', int(s[4]))
+  redis.call('PEXPIRE', k, int(math.max(s[4] - now, 0) + ttl))
   if s[7] then
     -- A counter already in its window is in the index.
     redis.call('SADD', KEYS[4], ARGV[5 + (i - 1) * 5 + 1])
   end
-  rec[#rec + 1] = k .. '\t' .. string.format('%d', s[6])
+  rec[#rec + 1] = k .. '\t' .. s[6]
 end
 redis.call('HSET', KEYS[2], id, table.concat(rec, '\n'))
-redis.call('ZADD', KEYS[3], now + ttl, id)
+redis.call('ZADD', KEYS[3], server_now + ttl, id)
 return {1, id}
