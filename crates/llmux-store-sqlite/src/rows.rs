@@ -56,9 +56,7 @@ pub(crate) fn load_counter(
         "SELECT capacity, used, reserved, window_start, window_end FROM counters
          WHERE subject = ?1 AND resource = ?2",
     )?
-    .query_row(params![subject, resource], |r| {
-        counter_at(r, 0)
-    })
+    .query_row(params![subject, resource], |r| counter_at(r, 0))
     .optional()
 }
 

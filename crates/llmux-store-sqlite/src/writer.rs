@@ -42,6 +42,8 @@ pub(crate) enum Cmd {
     Scores(Timestamp, Vec<(Subject, Vec<Line>)>, Reply<Vec<f64>>),
 }
 
+/// Longest a detached commit waits for a transaction when nothing else wakes the writer.
+const FLUSH_EVERY: Duration = Duration::from_millis(5);
 /// How often the checkpointer copies the WAL into the database file.
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 /// Transactions a detached commit is applied in before its usage is given up (logged).
@@ -77,9 +79,12 @@ struct Turn {
 
 impl Queue {
     fn push(&self, cmd: Cmd) {
+        // A detached commit does not wake the writer: it rides with the next transaction,
+        // which the writer starts within `FLUSH_EVERY` at the latest.
+        let wake = !matches!(cmd, Cmd::Detached(..));
         let mut s = self.state.lock();
         s.cmds.push(cmd);
-        if s.idle {
+        if wake && s.idle {
             s.idle = false;
             drop(s);
             self.wake.notify_one();
@@ -105,9 +110,21 @@ impl Queue {
         let mut s = self.state.lock();
         match retry_at {
             None => {
+                let mut slept = false;
                 while s.cmds.is_empty() && !s.checkpoint && !s.closed {
                     s.idle = true;
-                    self.wake.wait(&mut s);
+                    // Detached commits queue without waking us: look again within the bound.
+                    self.wake.wait_for(&mut s, FLUSH_EVERY);
+                    slept = true;
+                }
+                if slept && !s.closed {
+                    // Woken by the first command after a pause: let its sender's thread run
+                    // on, so the commands it queues next (on one core, all of them until it
+                    // waits) share this transaction instead of each waking us again.
+                    s.idle = false;
+                    drop(s);
+                    std::thread::yield_now();
+                    s = self.state.lock();
                 }
             }
             Some(at) => {
@@ -303,11 +320,19 @@ impl Writer {
             // (The caller releases it too, by the id it chose: whichever comes second finds
             // nothing to do.)
             let mut orphans = Vec::new();
+            let mut answered = false;
             for (cmd, out) in batch.iter_mut().zip(outcomes.iter_mut()) {
                 if let Cmd::Reserve(_, tx @ Some(_)) = cmd {
                     let out = std::mem::replace(out, Outcome::Done);
                     orphans.extend(tx.take().and_then(|tx| answer_reserve(tx, Ok(out))));
+                    answered = true;
                 }
+            }
+            if answered {
+                // The callers just woken send their requests upstream first; the commit's
+                // writes follow while those requests travel (on one core they would
+                // otherwise wait for it).
+                std::thread::yield_now();
             }
             done = self.commit(&orphans);
         }

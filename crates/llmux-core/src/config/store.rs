@@ -15,13 +15,15 @@ pub(super) fn check_store(s: &RawStore, out: &mut Issues) -> StoreConfig {
             } else if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
                 out.push("store.url", "must start with redis:// or rediss://");
             }
-            if s.prefix
-                .as_deref()
-                .is_some_and(|p| p.is_empty() || p.contains(['{', '}', ' ']))
-            {
+            if s.prefix.as_deref().is_some_and(|p| {
+                p.is_empty()
+                    || p.contains(['{', '}'])
+                    || p.contains(char::is_whitespace)
+                    || p.contains(char::is_control)
+            }) {
                 out.push(
                     "store.prefix",
-                    "must be non-empty, without braces or spaces",
+                    "must be non-empty, without braces, whitespace or control characters",
                 );
             }
             StoreConfig::Redis {
