@@ -110,6 +110,14 @@ impl Queue {
         let mut s = self.state.lock();
         match retry_at {
             None => {
+                if s.cmds.is_empty() && !s.closed {
+                    // Before sleeping (and being woken again by the next push: a futex
+                    // round trip each way), let the threads that were just answered run:
+                    // under load they queue the next commands meanwhile.
+                    drop(s);
+                    std::thread::yield_now();
+                    s = self.state.lock();
+                }
                 let mut slept = false;
                 while s.cmds.is_empty() && !s.checkpoint && !s.closed {
                     s.idle = true;

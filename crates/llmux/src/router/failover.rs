@@ -150,10 +150,12 @@ impl Router {
             lines: ls,
             gates: t.gates.clone(),
         };
-        let fail_open = self.inner.config.on_store_error == OnStoreError::FailOpen;
-        let (admission, local) = match ledger.store.reserve(reserve.clone()).await {
+        // Fail-open keeps a copy for the process-local store; fail-closed needs none.
+        let fail_open =
+            (self.inner.config.on_store_error == OnStoreError::FailOpen).then(|| reserve.clone());
+        let (admission, local) = match ledger.store.reserve(reserve).await {
             Ok(a) => (a, false),
-            Err(e) if fail_open => {
+            Err(e) if fail_open.is_some() => {
                 tracing::error!(error = %e, "store unreachable: serving fail-open, counting in this process only");
                 metrics::counter!("llmux_store_errors_total", "policy" => "fail-open").increment(1);
                 // What this process saw of cooldowns and disabled keys still holds.
@@ -166,6 +168,9 @@ impl Router {
                         }));
                     }
                 }
+                let Some(reserve) = fail_open else {
+                    return Err(e.into());
+                };
                 (ledger.reserve(reserve, true).await?, true)
             }
             Err(e) => {
