@@ -221,3 +221,28 @@ targets = [{{ provider = "p", model = "x" }}]
         "{seen:?}"
     );
 }
+
+#[tokio::test]
+async fn an_answer_over_max_response_bytes_fails_over_and_keeps_its_estimate() {
+    let (a, b) = (MockUpstream::start().await, MockUpstream::start().await);
+    // The mock's chat answers are a few hundred bytes: over 64 on a, never read whole.
+    let cfg = two_providers(&a, &b, "priority")
+        .replace("[store]", "max_response_bytes = 64\n[store]")
+        .replace(
+            "secret = \"sk-a\"",
+            "secret = \"sk-a\"\nresources = [{ name = \"tpm\", value = 100000, period = \"minutely\" }]",
+        );
+    let gw = start(&cfg).await;
+    let r = post(gw.addr, "/v1/chat/completions", chat("m"), &[]).await;
+    // b's answer is as large: every attempt fails, and the client hears why.
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert!(r.text().contains("larger than 64 bytes"), "{}", r.text());
+    assert_eq!((a.request_count(), b.request_count()), (1, 1));
+    // The upstream did the work: a's estimate stays committed, nothing stays reserved.
+    let (used, reserved) = counter(&gw.router, "a/k1", "tpm").await;
+    assert_eq!(reserved, 0);
+    assert!(
+        used > 4096,
+        "the estimate (prompt + default_max_tokens) is kept: {used}"
+    );
+}

@@ -26,7 +26,7 @@ pub struct UsageScanner {
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
+    memchr::memmem::find(hay, needle)
 }
 
 fn has_usage_object(b: &[u8]) -> bool {
@@ -157,7 +157,7 @@ pub fn usage_of(v: &serde_json::Value) -> Option<Usage> {
 /// flat (numbers and small objects), so matching braces from its opening one is enough.
 fn usage_object(body: &[u8]) -> Option<&[u8]> {
     let key = b"\"usage\"";
-    let at = body.windows(key.len()).rposition(|w| w == key)?;
+    let at = memchr::memmem::rfind(body, key)?;
     let rest = &body[at + key.len()..];
     let open = rest.iter().position(|b| !b" \t\r\n:".contains(b))?;
     if rest[open] != b'{' {
