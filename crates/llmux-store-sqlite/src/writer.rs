@@ -118,21 +118,10 @@ impl Queue {
                     std::thread::yield_now();
                     s = self.state.lock();
                 }
-                let mut slept = false;
                 while s.cmds.is_empty() && !s.checkpoint && !s.closed {
                     s.idle = true;
                     // Detached commits queue without waking us: look again within the bound.
                     self.wake.wait_for(&mut s, FLUSH_EVERY);
-                    slept = true;
-                }
-                if slept && !s.closed {
-                    // Woken by the first command after a pause: let its sender's thread run
-                    // on, so the commands it queues next (on one core, all of them until it
-                    // waits) share this transaction instead of each waking us again.
-                    s.idle = false;
-                    drop(s);
-                    std::thread::yield_now();
-                    s = self.state.lock();
                 }
             }
             Some(at) => {
