@@ -14,7 +14,7 @@ use error::ApiError;
 use futures_util::StreamExt;
 use http::{header, HeaderMap, HeaderValue, StatusCode};
 use llmux::{Endpoint, Request, ResponseBody, Router};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
@@ -60,8 +60,14 @@ fn metrics_handle() -> Option<PrometheusHandle> {
             let buckets = [
                 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
             ];
+            // actual / estimate: 1 is exact, below 1 the estimate reserved too much.
+            let ratios = [
+                0.1, 0.25, 0.5, 0.75, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0, 4.0, 10.0,
+            ];
             let handle = PrometheusBuilder::new()
                 .set_buckets(&buckets)
+                .ok()?
+                .set_buckets_for_metric(Matcher::Full("llmux_estimate_error_ratio".into()), &ratios)
                 .ok()?
                 .install_recorder()
                 .map_err(|e| tracing::warn!(error = %e, "metrics recorder not installed"))

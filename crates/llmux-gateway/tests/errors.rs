@@ -137,4 +137,30 @@ async fn models_health_and_metrics() {
         "{text}"
     );
     assert!(!text.contains("sk-upstream-secret"));
+    // The estimate's error, from the usage the mock reported.
+    assert!(
+        text.contains("llmux_estimate_error_ratio_bucket{target=\"up/k1/gpt-4o-mini\",measure=\"input\",le=\"1\"}"),
+        "{text}"
+    );
+    // A stream that breaks reports no usage: counted as unknown (its estimate is committed).
+    mock.set_default(llmux_testkit::Behavior::BreakStreamAfter(1));
+    let broken = post(
+        gw.addr,
+        "/v1/chat/completions",
+        chat_stream("m", false),
+        &[],
+    )
+    .await;
+    assert!(
+        broken.text().contains("upstream_stream_broken"),
+        "{}",
+        broken.text()
+    );
+    eventually(|| async {
+        get(gw.addr, "/metrics")
+            .await
+            .text()
+            .contains("llmux_usage_unknown_total{target=\"up/k1/gpt-4o-mini\"}")
+    })
+    .await;
 }

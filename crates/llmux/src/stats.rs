@@ -3,6 +3,7 @@
 
 use llmux_core::plan::{Bound, PlannedPool};
 use llmux_core::select::Candidate;
+use llmux_core::Usage;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +18,8 @@ pub struct TargetStats {
     /// Metric handles of the success path, registered on first use (after the gateway has
     /// installed its recorder), so a request does no label allocation or registry lookup.
     ok_metrics: std::sync::OnceLock<(metrics::Counter, metrics::Histogram)>,
+    /// `llmux_usage_unknown_total` and the input and output `llmux_estimate_error_ratio`.
+    usage_metrics: std::sync::OnceLock<(metrics::Counter, metrics::Histogram, metrics::Histogram)>,
     in_flight: AtomicU64,
     /// Latency EWMA in microseconds, as f64 bits.
     latency_us: AtomicU64,
@@ -31,11 +34,39 @@ impl TargetStats {
                 .unwrap_or_else(|_| http::HeaderValue::from_static("invalid")),
             label,
             ok_metrics: std::sync::OnceLock::new(),
+            usage_metrics: std::sync::OnceLock::new(),
             in_flight: AtomicU64::new(0),
             latency_us: AtomicU64::new(0),
             success: AtomicU64::new(1f64.to_bits()),
         }
     }
+    /// The usage to commit for an answer that reported `reported`: that, or (absent usage is
+    /// not zero) the estimate, counted in `llmux_usage_unknown_total`. A reported usage also
+    /// records the estimate's error, actual / estimate, for input and output.
+    pub(crate) fn observe_usage(&self, reported: Option<Usage>, estimate: Usage) -> Usage {
+        let (unknown, input, output) = self.usage_metrics.get_or_init(|| {
+            let ratio = |m: &'static str| {
+                metrics::histogram!("llmux_estimate_error_ratio", "target" => self.label.clone(), "measure" => m)
+            };
+            (
+                metrics::counter!("llmux_usage_unknown_total", "target" => self.label.clone()),
+                ratio("input"),
+                ratio("output"),
+            )
+        });
+        let Some(actual) = reported else {
+            unknown.increment(1);
+            return estimate;
+        };
+        if estimate.input_tokens > 0 {
+            input.record(actual.input_tokens as f64 / estimate.input_tokens as f64);
+        }
+        if estimate.output_tokens > 0 {
+            output.record(actual.output_tokens as f64 / estimate.output_tokens as f64);
+        }
+        actual
+    }
+
     pub(crate) fn record_ok(&self, latency: Option<Duration>) {
         let (count, hist) = self.ok_metrics.get_or_init(|| {
             (

@@ -401,10 +401,10 @@ impl Router {
             ReplyBody::Full(bytes) => {
                 let latency = started.elapsed();
                 stats.record_ok(Some(latency));
-                let usage = provider
+                let reported = provider
                     .actual_cost(&bytes)
-                    .or_else(|| usage_of_body(&bytes))
-                    .unwrap_or(lease.estimate());
+                    .or_else(|| usage_of_body(&bytes));
+                let usage = stats.observe_usage(reported, lease.estimate());
                 lease.complete_detached(usage, latency);
                 ResponseBody::Full(bytes)
             }

@@ -49,7 +49,9 @@ impl Tracked {
         if let Some(lease) = self.lease.take() {
             // A stream that ended without usage (or broke) commits the estimate: tokens that
             // cannot be proved unused are never given back.
-            let usage = self.scanner.usage.unwrap_or(lease.estimate());
+            let usage = lease
+                .stats
+                .observe_usage(self.scanner.usage, lease.estimate());
             lease.complete_detached(usage, self.started.elapsed());
         }
     }
