@@ -6,6 +6,7 @@ use crate::NotFound;
 use anyhow::bail;
 use llmux::core::config::{Provider, Resource};
 use llmux::core::store::{score, AdminOp, Counter, StoreAdmin, SubjectState};
+use llmux::core::time::secs_to_millis;
 use llmux::core::{window_at, Clock, Line, Measure, Period, Subject, SystemClock, Timestamp};
 use llmux::{AnyStore, Config};
 use std::io::Write;
@@ -383,11 +384,7 @@ pub async fn sync(config: &Config, only: Option<&str>) -> anyhow::Result<()> {
         for t in &subjects {
             for r in t.resources {
                 let custom_ttl_ms = match r.period {
-                    Period::Custom { ttl_secs } => Some(
-                        i64::try_from(ttl_secs)
-                            .unwrap_or(i64::MAX)
-                            .saturating_mul(1000),
-                    ),
+                    Period::Custom { ttl_secs } => Some(secs_to_millis(ttl_secs)),
                     _ => None,
                 };
                 store

@@ -401,8 +401,7 @@ impl Counter {
             AdminOp::SetTtl { secs } => {
                 self.window = Window {
                     start: now,
-                    end: now
-                        .plus_millis(i64::try_from(secs).unwrap_or(i64::MAX).saturating_mul(1000)),
+                    end: now.plus_millis(crate::time::secs_to_millis(secs)),
                 };
             }
             AdminOp::Sync { custom_ttl_ms } => {

@@ -19,11 +19,21 @@ impl Timestamp {
     pub fn plus_millis(self, ms: i64) -> Timestamp {
         Timestamp(self.0.saturating_add(ms))
     }
+    /// This instant plus `d` (saturating).
+    pub fn plus(self, d: std::time::Duration) -> Timestamp {
+        self.plus_millis(i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+    }
     /// Whole seconds from `self` until `later`, rounded up, at least 0.
     pub fn secs_until_ceil(self, later: Timestamp) -> u64 {
         let ms = later.0.saturating_sub(self.0).max(0);
         (ms as u64).div_ceil(1000)
     }
+}
+
+/// `secs` seconds in milliseconds, saturating (config bounds every duration, so this never
+/// saturates in practice, but it never wraps either).
+pub fn secs_to_millis(secs: u64) -> i64 {
+    i64::try_from(secs).unwrap_or(i64::MAX).saturating_mul(1000)
 }
 
 /// A source of the current time.

@@ -135,11 +135,7 @@ pub fn window_at(period: Period, tz: &TimeZone, now: Timestamp) -> Window {
         Period::Minutely => fixed(MINUTE, 0),
         Period::Custom { ttl_secs } => Window {
             start: now,
-            end: now.plus_millis(
-                i64::try_from(ttl_secs)
-                    .unwrap_or(i64::MAX)
-                    .saturating_mul(SECOND),
-            ),
+            end: now.plus_millis(crate::time::secs_to_millis(ttl_secs)),
         },
         Period::Hourly => hourly(tz, now).unwrap_or_else(|| fixed(HOUR, 0)),
         Period::Daily | Period::Weekly | Period::Monthly | Period::Quarterly | Period::Yearly => {

@@ -12,6 +12,11 @@ use llmux_core::{Secret, StoreError, Subject, TargetId, Timestamp, Usage};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// When a key told to wait `retry_after` at `now` may serve again (1 s without a hint).
+pub(crate) fn cooldown_until(now: Timestamp, retry_after: Option<Duration>) -> Timestamp {
+    now.plus(retry_after.unwrap_or(Duration::from_secs(1)))
+}
+
 /// A granted reservation on one target.
 #[must_use = "settle it: complete(), failed() or rate_limited()"]
 pub struct Lease {
@@ -128,9 +133,7 @@ impl Lease {
     pub async fn rate_limited(mut self, retry_after: Option<Duration>) -> Result<(), StoreError> {
         self.settled = true;
         self.stats.record_failure();
-        let wait = retry_after.unwrap_or(Duration::from_secs(1));
-        let wait_ms = i64::try_from(wait.as_millis()).unwrap_or(i64::MAX);
-        let until = self.ledger.clock.now().plus_millis(wait_ms);
+        let until = cooldown_until(self.ledger.clock.now(), retry_after);
         self.ledger.note_local_gate(&self.key_subject, until);
         self.ledger.release(self.id, self.local).await?;
         match self

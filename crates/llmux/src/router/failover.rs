@@ -4,8 +4,8 @@
 use super::outcome::{classify, Outcome};
 use super::tracked::Tracked;
 use super::{AuthorizedKey, Response, ResponseBody, Router};
-use crate::error::{RouteError, UpstreamError};
-use crate::lease::{Grant, Lease};
+use crate::error::RouteError;
+use crate::lease::{cooldown_until, Grant, Lease};
 use crate::ledger::Ledger;
 use crate::protocol::openai::RawRequest;
 use crate::provider::{Call, Endpoint, Provider, ReplyBody};
@@ -16,15 +16,11 @@ use http::HeaderMap;
 use llmux_core::config::OnStoreError;
 use llmux_core::plan::lines;
 use llmux_core::store::{Admission, Denial, DenialReason, LeaseId, Reserve, Store};
+use llmux_core::time::secs_to_millis;
 use llmux_core::{Subject, Timestamp, Usage};
 use serde_json::{Map, Value};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// Seconds as milliseconds, saturating (config bounds durations; this never wraps anyway).
-pub(super) fn secs_to_millis(secs: u64) -> i64 {
-    i64::try_from(secs).unwrap_or(i64::MAX).saturating_mul(1000)
-}
 
 /// A settle that failed in the store: the reservation expires with its lease; the request
 /// goes on (failover, or the upstream's answer) rather than failing on bookkeeping.
@@ -93,10 +89,6 @@ pub(super) struct Prepared<'a> {
     pub(super) body: RawRequest<'a>,
     /// The body as a map, for providers with their own estimate (built on first need).
     pub(super) map: Option<Map<String, Value>>,
-    pub(super) stream: bool,
-    /// Ask the upstream for the usage chunk of a stream.
-    pub(super) include_usage: bool,
-    pub(super) client_wants_usage: bool,
     pub(super) estimate: Usage,
     pub(super) tier: Option<String>,
     pub(super) key: Option<&'a AuthorizedKey>,
@@ -153,9 +145,9 @@ impl Router {
         // Fail-open keeps a copy for the process-local store; fail-closed needs none.
         let fail_open =
             (self.inner.config.on_store_error == OnStoreError::FailOpen).then(|| reserve.clone());
-        let (admission, local) = match ledger.store.reserve(reserve).await {
-            Ok(a) => (a, false),
-            Err(e) if fail_open.is_some() => {
+        let (admission, local) = match (ledger.store.reserve(reserve).await, fail_open) {
+            (Ok(a), _) => (a, false),
+            (Err(e), Some(copy)) => {
                 tracing::error!(error = %e, "store unreachable: serving fail-open, counting in this process only");
                 metrics::counter!("llmux_store_errors_total", "policy" => "fail-open").increment(1);
                 // What this process saw of cooldowns and disabled keys still holds.
@@ -168,12 +160,9 @@ impl Router {
                         }));
                     }
                 }
-                let Some(reserve) = fail_open else {
-                    return Err(e.into());
-                };
-                (ledger.reserve(reserve, true).await?, true)
+                (ledger.reserve(copy, true).await?, true)
             }
-            Err(e) => {
+            (Err(e), None) => {
                 metrics::counter!("llmux_store_errors_total", "policy" => "fail-closed")
                     .increment(1);
                 return Err(e.into());
@@ -299,7 +288,9 @@ impl Router {
     ) -> Result<Step, RouteError> {
         let target = &pool.plan.targets[i];
         let stats = &pool.stats[i];
-        let payload = req.body.write(&target.id.model, req.include_usage);
+        // A stream asks the upstream for its usage (hidden again from clients that did not).
+        let include_usage = req.body.stream && req.endpoint != Endpoint::Embeddings;
+        let payload = req.body.write(&target.id.model, include_usage);
         let timeout_secs = pool
             .plan
             .pool
@@ -309,7 +300,7 @@ impl Router {
         let call = Call {
             endpoint: req.endpoint,
             body: Bytes::from(payload),
-            stream: req.stream,
+            stream: req.body.stream,
             secret: lease.secret().clone(),
             timeout: Duration::from_secs(timeout_secs),
             max_response_bytes: self.inner.config.max_response_bytes,
@@ -331,7 +322,7 @@ impl Router {
         };
         let reply = match (outcome, result) {
             (outcome, Err(e)) => {
-                let timeout = matches!(e, UpstreamError::Timeout(_));
+                let timeout = outcome == Outcome::Lost { timeout: true };
                 metrics::counter!("llmux_upstream_requests_total", "target" => label.clone(), "outcome" => if timeout { "timeout" } else { "error" }).increment(1);
                 tracing::info!(target = %label, error = %e, "upstream attempt failed");
                 lease.stats.record_failure();
@@ -352,8 +343,7 @@ impl Router {
             (Outcome::Success, Ok(reply)) => reply,
             (Outcome::RateLimited { retry_after }, Ok(reply)) => {
                 count_status(label, 429);
-                let wait_ms = retry_after.unwrap_or(Duration::from_secs(1)).as_millis();
-                let until = now.plus_millis(i64::try_from(wait_ms).unwrap_or(i64::MAX));
+                let until = cooldown_until(now, retry_after);
                 let subject = lease.key_subject().clone();
                 log_settle(lease.rate_limited(retry_after).await);
                 tracing::info!(target = %label, retry_after_ms = until.0 - now.0, "upstream 429: key cooling down");
@@ -415,7 +405,7 @@ impl Router {
                     .pool
                     .stream_idle_timeout_secs
                     .unwrap_or(timeout_secs);
-                let scanner = UsageScanner::new(!req.client_wants_usage);
+                let scanner = UsageScanner::new(!req.body.client_wants_usage);
                 ResponseBody::Stream(Box::pin(Tracked::new(
                     s,
                     scanner,

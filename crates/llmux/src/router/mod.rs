@@ -289,10 +289,6 @@ impl Router {
             Prepared {
                 model,
                 endpoint,
-                // Streams ask the upstream for usage (hidden again from clients that did not).
-                include_usage: parsed.stream && endpoint != Endpoint::Embeddings,
-                stream: parsed.stream,
-                client_wants_usage: parsed.client_wants_usage,
                 body: parsed,
                 map,
                 estimate,
