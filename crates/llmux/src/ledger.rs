@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 pub(crate) struct Ledger {
     pub(crate) store: AnyStore,
     /// Counts in this process while the store is unreachable.
-    pub(crate) fallback: MemoryStore,
+    fallback: MemoryStore,
     pub(crate) clock: Arc<dyn Clock>,
     /// Lease ids to release, and whether they live in `fallback`.
     orphans: mpsc::UnboundedSender<(LeaseId, bool)>,
@@ -38,12 +38,7 @@ impl Ledger {
         let (reaper_store, reaper_fallback) = (store.clone(), fallback.clone());
         rt.spawn(async move {
             while let Some((id, local)) = rx.recv().await {
-                let done = if local {
-                    reaper_fallback.release(id).await
-                } else {
-                    reaper_store.release(id).await
-                };
-                if let Err(e) = done {
+                if let Err(e) = release_in(&reaper_store, &reaper_fallback, id, local).await {
                     tracing::warn!(error = %e, "could not release an abandoned reservation");
                 }
             }
@@ -62,12 +57,10 @@ impl Ledger {
         let _ = self.orphans.send((id, local));
     }
 
-    pub(crate) async fn reserve(&self, r: Reserve, local: bool) -> Result<Admission, StoreError> {
-        if local {
-            self.fallback.reserve(r).await
-        } else {
-            self.store.reserve(r).await
-        }
+    /// Reserve in the process-local fallback (the store is unreachable and the policy is
+    /// fail-open); the shared store is asked through `store` directly.
+    pub(crate) async fn reserve_locally(&self, r: Reserve) -> Result<Admission, StoreError> {
+        self.fallback.reserve(r).await
     }
 
     pub(crate) async fn commit(
@@ -99,11 +92,7 @@ impl Ledger {
     }
 
     pub(crate) async fn release(&self, id: LeaseId, local: bool) -> Result<(), StoreError> {
-        if local {
-            self.fallback.release(id).await
-        } else {
-            self.store.release(id).await
-        }
+        release_in(&self.store, &self.fallback, id, local).await
     }
 
     /// Remember locally that `subject` is out until `until` (for fail-open serving).
@@ -126,5 +115,21 @@ impl Ledger {
             .get(subject)
             .copied()
             .filter(|u| *u > now)
+    }
+}
+
+/// Release `id` in `fallback` if it was reserved there (`local`), else in `store`: for the
+/// ledger and for its release task, which holds clones (not the ledger, whose sender it would
+/// keep alive).
+async fn release_in(
+    store: &AnyStore,
+    fallback: &MemoryStore,
+    id: LeaseId,
+    local: bool,
+) -> Result<(), StoreError> {
+    if local {
+        fallback.release(id).await
+    } else {
+        store.release(id).await
     }
 }

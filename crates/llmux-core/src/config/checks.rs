@@ -20,6 +20,17 @@ pub(super) fn check_secs(v: Option<u64>, at: &str, out: &mut Issues) -> Option<u
     }
 }
 
+/// Check a size in bytes: `Some(0)` is an issue at `at`.
+pub(super) fn check_bytes(v: Option<u64>, at: &str, out: &mut Issues) -> Option<usize> {
+    match v {
+        Some(0) => {
+            out.push(at, "must be greater than 0");
+            None
+        }
+        v => v.map(|v| usize::try_from(v).unwrap_or(usize::MAX)),
+    }
+}
+
 /// Names that end up in store keys, lease records, metrics labels and headers (model names,
 /// upstream model names): anything printable but whitespace and control characters.
 pub(super) fn check_label(name: &str, at: &str, what: &str, out: &mut Issues) {

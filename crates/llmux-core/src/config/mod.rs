@@ -260,22 +260,10 @@ impl Config {
 
         let gateway_keys = check_gateway_keys(&raw, out);
 
-        let max_body_bytes = match raw.max_body_bytes {
-            Some(0) => {
-                out.push("max_body_bytes", "must be greater than 0");
-                0
-            }
-            Some(v) => usize::try_from(v).unwrap_or(usize::MAX),
-            None => 4 * 1024 * 1024,
-        };
-        let max_response_bytes = match raw.max_response_bytes {
-            Some(0) => {
-                out.push("max_response_bytes", "must be greater than 0");
-                0
-            }
-            Some(v) => usize::try_from(v).unwrap_or(usize::MAX),
-            None => 64 * 1024 * 1024,
-        };
+        let max_body_bytes =
+            check_bytes(raw.max_body_bytes, "max_body_bytes", out).unwrap_or(4 * 1024 * 1024);
+        let max_response_bytes = check_bytes(raw.max_response_bytes, "max_response_bytes", out)
+            .unwrap_or(64 * 1024 * 1024);
         let request_timeout_secs =
             check_secs(raw.request_timeout_secs, "request_timeout_secs", out).unwrap_or(600);
         let lease_ttl_secs = check_secs(raw.lease_ttl_secs, "lease_ttl_secs", out).unwrap_or(900);

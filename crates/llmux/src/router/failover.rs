@@ -160,7 +160,7 @@ impl Router {
                         }));
                     }
                 }
-                (ledger.reserve(copy, true).await?, true)
+                (ledger.reserve_locally(copy).await?, true)
             }
             (Err(e), None) => {
                 metrics::counter!("llmux_store_errors_total", "policy" => "fail-closed")
