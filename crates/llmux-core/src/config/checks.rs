@@ -85,3 +85,28 @@ pub(super) fn parse_tz(
         },
     }
 }
+
+/// The global `timezone`, from the config or the resources file (not both, unless equal).
+pub(super) fn check_global_tz(
+    raw_tz: Option<&str>,
+    file: Option<(&str, &RawResourcesFile)>,
+    out: &mut Issues,
+) -> TimeZone {
+    let file_tz = file.and_then(|(name, f)| {
+        f.timezone
+            .as_deref()
+            .map(|tz| (tz, format!("{name}: timezone")))
+    });
+    match (raw_tz, &file_tz) {
+        (Some(a), Some((b, at))) if a != *b => {
+            out.push(
+                "timezone",
+                format!("{a:?} conflicts with {b:?} set in {at}"),
+            );
+            TimeZone::UTC
+        }
+        (Some(_), _) => parse_tz(raw_tz, "timezone", &TimeZone::UTC, out),
+        (None, Some((tz, at))) => parse_tz(Some(tz), at, &TimeZone::UTC, out),
+        (None, None) => TimeZone::UTC,
+    }
+}

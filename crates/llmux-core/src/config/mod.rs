@@ -26,7 +26,7 @@ use checks::*;
 use keys::check_gateway_keys;
 use model::check_model;
 use provider::{check_provider, Shared};
-use store::check_store;
+use store::{check_on_store_error, check_store};
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:4000";
 
@@ -168,23 +168,7 @@ impl Config {
                 DEFAULT_LISTEN.parse().ok()?
             }
         };
-        let file_tz = file.and_then(|(name, f)| {
-            f.timezone
-                .as_deref()
-                .map(|tz| (tz, format!("{name}: timezone")))
-        });
-        let timezone = match (&raw.timezone, &file_tz) {
-            (Some(a), Some((b, at))) if a != b => {
-                out.push(
-                    "timezone",
-                    format!("{a:?} conflicts with {b:?} set in {at}"),
-                );
-                TimeZone::UTC
-            }
-            (Some(_), _) => parse_tz(raw.timezone.as_deref(), "timezone", &TimeZone::UTC, out),
-            (None, Some((tz, at))) => parse_tz(Some(tz), at, &TimeZone::UTC, out),
-            (None, None) => TimeZone::UTC,
-        };
+        let timezone = check_global_tz(raw.timezone.as_deref(), file, out);
         if let Some((name, f)) = file {
             for p in f.providers.keys() {
                 if !raw.providers.contains_key(p) {
@@ -205,35 +189,7 @@ impl Config {
             }
         }
         let store = check_store(&raw.store, out);
-        let on_store_error = match (
-            raw.on_store_error.as_deref(),
-            raw.store.on_store_error.as_deref(),
-        ) {
-            (Some(a), Some(b)) if a != b => {
-                out.push(
-                    "on_store_error",
-                    format!("{a:?} conflicts with store.on_store_error = {b:?}"),
-                );
-                OnStoreError::FailClosed
-            }
-            (Some(v), _) | (None, Some(v)) => match v {
-                "fail-closed" => OnStoreError::FailClosed,
-                "fail-open" => OnStoreError::FailOpen,
-                other => {
-                    let at = if raw.on_store_error.is_some() {
-                        "on_store_error"
-                    } else {
-                        "store.on_store_error"
-                    };
-                    out.push(
-                        at,
-                        format!("unknown policy {other:?}; expected fail-closed or fail-open"),
-                    );
-                    OnStoreError::FailClosed
-                }
-            },
-            (None, None) => OnStoreError::FailClosed,
-        };
+        let on_store_error = check_on_store_error(&raw, out);
 
         let shared = Shared {
             global_tz: &timezone,

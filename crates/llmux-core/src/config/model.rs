@@ -27,7 +27,62 @@ pub(super) fn check_model(
     if m.max_attempts == Some(0) {
         out.push(format!("{at}.max_attempts"), "must be at least 1");
     }
-    let fallback_on = match &m.fallback_on {
+    let fallback_on = check_fallback_on(m.fallback_on.as_deref(), at, out);
+    for (i, f) in m.fallback_models.iter().enumerate() {
+        if f == name {
+            out.push(
+                format!("{at}.fallback_models[{i}]"),
+                "a model cannot fall back to itself",
+            );
+        } else if !raw.models.contains_key(f) {
+            out.push(
+                format!("{at}.fallback_models[{i}]"),
+                format!("unknown model {f:?}"),
+            );
+        }
+    }
+    if m.targets.is_empty() {
+        out.push(format!("{at}.targets"), "needs at least one target");
+    }
+    let targets = check_targets(m, at, raw, providers, out);
+    if m.max_concurrent == Some(0) {
+        out.push(format!("{at}.max_concurrent"), "must be greater than 0");
+    }
+    let timeout_secs = check_secs(m.timeout_secs, &format!("{at}.timeout_secs"), out);
+    let stream_idle_timeout_secs = check_secs(
+        m.stream_idle_timeout_secs,
+        &format!("{at}.stream_idle_timeout_secs"),
+        out,
+    );
+    let default_max_tokens = match m.default_max_tokens {
+        None => DEFAULT_MAX_TOKENS,
+        Some(n) if (1..=MAX_OUTPUT_TOKENS).contains(&n) => n,
+        Some(n) => {
+            out.push(
+                format!("{at}.default_max_tokens"),
+                format!("{n} is out of range; expected 1..={MAX_OUTPUT_TOKENS}"),
+            );
+            DEFAULT_MAX_TOKENS
+        }
+    };
+    Some(ModelPool {
+        name: Arc::from(name),
+        strategy,
+        max_attempts: m.max_attempts.unwrap_or(3).max(1),
+        fallback_on,
+        fallback_models: m.fallback_models.clone(),
+        targets,
+        resources: check_resources(&m.resources, &format!("{at}.resources"), out),
+        max_concurrent: m.max_concurrent,
+        timeout_secs,
+        default_max_tokens,
+        stream_idle_timeout_secs,
+    })
+}
+
+/// `fallback_on`: statuses 400..=599 and `"timeout"`; absent, the default set.
+fn check_fallback_on(list: Option<&[RawFallbackOn]>, at: &str, out: &mut Issues) -> FallbackOn {
+    match list {
         None => FallbackOn::default(),
         Some(list) => {
             let mut f = FallbackOn {
@@ -48,23 +103,18 @@ pub(super) fn check_model(
             }
             f
         }
-    };
-    for (i, f) in m.fallback_models.iter().enumerate() {
-        if f == name {
-            out.push(
-                format!("{at}.fallback_models[{i}]"),
-                "a model cannot fall back to itself",
-            );
-        } else if !raw.models.contains_key(f) {
-            out.push(
-                format!("{at}.fallback_models[{i}]"),
-                format!("unknown model {f:?}"),
-            );
-        }
     }
-    if m.targets.is_empty() {
-        out.push(format!("{at}.targets"), "needs at least one target");
-    }
+}
+
+/// The targets: each on a known provider, with a well-formed upstream model name, a weight
+/// above 0 and, when it names keys, only keys its provider has (and at least one).
+fn check_targets(
+    m: &RawModel,
+    at: &str,
+    raw: &RawConfig,
+    providers: &BTreeMap<ProviderId, Arc<Provider>>,
+    out: &mut Issues,
+) -> Vec<TargetConfig> {
     let mut targets = Vec::new();
     for (i, t) in m.targets.iter().enumerate() {
         let tat = format!("{at}.targets[{i}]");
@@ -116,37 +166,5 @@ pub(super) fn check_model(
             keys,
         });
     }
-    if m.max_concurrent == Some(0) {
-        out.push(format!("{at}.max_concurrent"), "must be greater than 0");
-    }
-    let timeout_secs = check_secs(m.timeout_secs, &format!("{at}.timeout_secs"), out);
-    let stream_idle_timeout_secs = check_secs(
-        m.stream_idle_timeout_secs,
-        &format!("{at}.stream_idle_timeout_secs"),
-        out,
-    );
-    let default_max_tokens = match m.default_max_tokens {
-        None => DEFAULT_MAX_TOKENS,
-        Some(n) if (1..=MAX_OUTPUT_TOKENS).contains(&n) => n,
-        Some(n) => {
-            out.push(
-                format!("{at}.default_max_tokens"),
-                format!("{n} is out of range; expected 1..={MAX_OUTPUT_TOKENS}"),
-            );
-            DEFAULT_MAX_TOKENS
-        }
-    };
-    Some(ModelPool {
-        name: Arc::from(name),
-        strategy,
-        max_attempts: m.max_attempts.unwrap_or(3).max(1),
-        fallback_on,
-        fallback_models: m.fallback_models.clone(),
-        targets,
-        resources: check_resources(&m.resources, &format!("{at}.resources"), out),
-        max_concurrent: m.max_concurrent,
-        timeout_secs,
-        default_max_tokens,
-        stream_idle_timeout_secs,
-    })
+    targets
 }

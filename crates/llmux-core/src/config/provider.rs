@@ -114,6 +114,31 @@ pub(super) fn check_provider(
     }
     let timeout_secs = check_secs(p.timeout_secs, &format!("{at}.timeout_secs"), out);
 
+    let keys = check_keys(name, p, &kind, at, out);
+    let mock = check_mock(p, &kind, at, out);
+
+    Some(Provider {
+        id: ProviderId::new(name),
+        kind,
+        base_url,
+        tiers: p.tiers.clone(),
+        timezone,
+        resources,
+        keys,
+        timeout_secs,
+        mock,
+    })
+}
+
+/// The provider's keys: ids unique and well-formed, secrets present (but for mock and
+/// plug-in kinds, which get a `default` key when they list none), weights above 0.
+fn check_keys(
+    name: &str,
+    p: &RawProvider,
+    kind: &ProviderKind,
+    at: &str,
+    out: &mut Issues,
+) -> Vec<Key> {
     let mut keys = Vec::new();
     let mut ids = BTreeSet::new();
     for (i, k) in p.keys.iter().enumerate() {
@@ -125,7 +150,7 @@ pub(super) fn check_provider(
                 format!("duplicate key id {:?} in provider {name:?}", k.id),
             );
         }
-        let secret = match (&k.secret, &kind) {
+        let secret = match (&k.secret, kind) {
             (Some(s), _) if !s.is_empty() => Secret::new(s),
             (_, ProviderKind::Mock | ProviderKind::Custom(_)) => Secret::new(""),
             _ => {
@@ -161,11 +186,15 @@ pub(super) fn check_provider(
             );
         }
     }
+    keys
+}
 
-    let mock = match &p.mock {
+/// `mock = { … }`: only on a provider of kind `mock`, with an error rate in 0..=1.
+fn check_mock(p: &RawProvider, kind: &ProviderKind, at: &str, out: &mut Issues) -> MockSettings {
+    match &p.mock {
         None => MockSettings::default(),
         Some(m) => {
-            if kind != ProviderKind::Mock {
+            if *kind != ProviderKind::Mock {
                 out.push(
                     format!("{at}.mock"),
                     "only a provider of kind \"mock\" takes mock settings",
@@ -189,17 +218,5 @@ pub(super) fn check_provider(
                 content: m.content.clone().unwrap_or(d.content),
             }
         }
-    };
-
-    Some(Provider {
-        id: ProviderId::new(name),
-        kind,
-        base_url,
-        tiers: p.tiers.clone(),
-        timezone,
-        resources,
-        keys,
-        timeout_secs,
-        mock,
-    })
+    }
 }

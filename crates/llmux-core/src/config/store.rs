@@ -40,3 +40,36 @@ pub(super) fn check_store(s: &RawStore, out: &mut Issues) -> StoreConfig {
         }
     }
 }
+
+/// `on_store_error` (top level or under `[store]`, not both with different values).
+pub(super) fn check_on_store_error(raw: &RawConfig, out: &mut Issues) -> OnStoreError {
+    match (
+        raw.on_store_error.as_deref(),
+        raw.store.on_store_error.as_deref(),
+    ) {
+        (Some(a), Some(b)) if a != b => {
+            out.push(
+                "on_store_error",
+                format!("{a:?} conflicts with store.on_store_error = {b:?}"),
+            );
+            OnStoreError::FailClosed
+        }
+        (Some(v), _) | (None, Some(v)) => match v {
+            "fail-closed" => OnStoreError::FailClosed,
+            "fail-open" => OnStoreError::FailOpen,
+            other => {
+                let at = if raw.on_store_error.is_some() {
+                    "on_store_error"
+                } else {
+                    "store.on_store_error"
+                };
+                out.push(
+                    at,
+                    format!("unknown policy {other:?}; expected fail-closed or fail-open"),
+                );
+                OnStoreError::FailClosed
+            }
+        },
+        (None, None) => OnStoreError::FailClosed,
+    }
+}
