@@ -46,28 +46,7 @@ pub(super) fn check_provider(
             "provider kind \"anthropic\" is not available in this build yet; use \"openai-compatible\" with an OpenAI-compatible endpoint",
         );
     }
-    let base_url = match (&p.base_url, &kind) {
-        (Some(u), _) => {
-            if !(u.starts_with("http://") || u.starts_with("https://")) {
-                out.push(
-                    format!("{at}.base_url"),
-                    format!("must start with http:// or https://, got {u:?}"),
-                );
-            }
-            Some(u.trim_end_matches('/').to_string())
-        }
-        (None, ProviderKind::OpenAi) => Some("https://api.openai.com/v1".to_string()),
-        (None, ProviderKind::OpenRouter) => Some("https://openrouter.ai/api/v1".to_string()),
-        (None, ProviderKind::Anthropic) => Some("https://api.anthropic.com/v1".to_string()),
-        (None, ProviderKind::OpenAiCompatible) => {
-            out.push(
-                format!("{at}.base_url"),
-                "required for kind \"openai-compatible\"",
-            );
-            None
-        }
-        (None, ProviderKind::Mock | ProviderKind::Custom(_)) => None,
-    };
+    let base_url = check_base_url(p, &kind, at, out);
     if let Some(tiers) = &p.tiers {
         for (i, t) in tiers.iter().enumerate() {
             if !tier_order.contains(t) {
@@ -93,25 +72,7 @@ pub(super) fn check_provider(
         ),
         (None, None) => global_tz.clone(),
     };
-    let mut resources = check_resources(&p.resources, &format!("{at}.resources"), out);
-    if let Some((f, fp)) = from_file {
-        let file_at = format!("{f}: providers.{name}.resources");
-        for (j, r) in check_resources(&fp.resources, &file_at, out)
-            .into_iter()
-            .enumerate()
-        {
-            match resources.iter().position(|x| x.name == r.name) {
-                Some(i) => out.push(
-                    format!("{at}.resources[{i}]"),
-                    format!(
-                        "resource {:?} is defined both here and in {file_at}[{j}]",
-                        &*r.name
-                    ),
-                ),
-                None => resources.push(r),
-            }
-        }
-    }
+    let resources = provider_resources(name, p, at, from_file, out);
     let timeout_secs = check_secs(p.timeout_secs, &format!("{at}.timeout_secs"), out);
 
     let keys = check_keys(name, p, &kind, at, out);
@@ -219,4 +180,66 @@ fn check_mock(p: &RawProvider, kind: &ProviderKind, at: &str, out: &mut Issues) 
             }
         }
     }
+}
+
+/// `base_url`: `http(s)://…`, required for `openai-compatible`, else the kind's default.
+fn check_base_url(
+    p: &RawProvider,
+    kind: &ProviderKind,
+    at: &str,
+    out: &mut Issues,
+) -> Option<String> {
+    match (&p.base_url, kind) {
+        (Some(u), _) => {
+            if !(u.starts_with("http://") || u.starts_with("https://")) {
+                out.push(
+                    format!("{at}.base_url"),
+                    format!("must start with http:// or https://, got {u:?}"),
+                );
+            }
+            Some(u.trim_end_matches('/').to_string())
+        }
+        (None, ProviderKind::OpenAi) => Some("https://api.openai.com/v1".to_string()),
+        (None, ProviderKind::OpenRouter) => Some("https://openrouter.ai/api/v1".to_string()),
+        (None, ProviderKind::Anthropic) => Some("https://api.anthropic.com/v1".to_string()),
+        (None, ProviderKind::OpenAiCompatible) => {
+            out.push(
+                format!("{at}.base_url"),
+                "required for kind \"openai-compatible\"",
+            );
+            None
+        }
+        (None, ProviderKind::Mock | ProviderKind::Custom(_)) => None,
+    }
+}
+
+/// The provider's resources: inline ones, then those of the resources file; one defined in
+/// both is an issue naming both places.
+fn provider_resources(
+    name: &str,
+    p: &RawProvider,
+    at: &str,
+    from_file: Option<(&str, &RawFileProvider)>,
+    out: &mut Issues,
+) -> Vec<Resource> {
+    let mut resources = check_resources(&p.resources, &format!("{at}.resources"), out);
+    if let Some((f, fp)) = from_file {
+        let file_at = format!("{f}: providers.{name}.resources");
+        for (j, r) in check_resources(&fp.resources, &file_at, out)
+            .into_iter()
+            .enumerate()
+        {
+            match resources.iter().position(|x| x.name == r.name) {
+                Some(i) => out.push(
+                    format!("{at}.resources[{i}]"),
+                    format!(
+                        "resource {:?} is defined both here and in {file_at}[{j}]",
+                        &*r.name
+                    ),
+                ),
+                None => resources.push(r),
+            }
+        }
+    }
+    resources
 }

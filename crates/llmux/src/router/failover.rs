@@ -10,7 +10,7 @@ use crate::ledger::Ledger;
 use crate::protocol::openai::RawRequest;
 use crate::provider::{Call, Endpoint, Provider, ReplyBody};
 use crate::sse::{usage_of_body, UsageScanner};
-use crate::stats::{Pool, PoolSlot};
+use crate::stats::{Pool, PoolSlot, TargetStats};
 use bytes::Bytes;
 use http::HeaderMap;
 use llmux_core::config::OnStoreError;
@@ -387,34 +387,51 @@ impl Router {
             }
         };
         let headers = client_headers(&reply.headers);
-        let body = match reply.body {
-            ReplyBody::Full(bytes) => {
-                let latency = started.elapsed();
-                stats.record_ok(Some(latency));
-                let reported = provider
-                    .actual_cost(&bytes)
-                    .or_else(|| usage_of_body(&bytes));
-                let usage = stats.observe_usage(reported, lease.estimate());
-                lease.complete_detached(usage, latency);
-                ResponseBody::Full(bytes)
-            }
-            ReplyBody::Stream(s) => {
-                stats.record_ok(None);
-                let idle = pool
-                    .plan
-                    .pool
-                    .stream_idle_timeout_secs
-                    .unwrap_or(timeout_secs);
-                let scanner = UsageScanner::new(!req.body.client_wants_usage);
-                ResponseBody::Stream(Box::pin(Tracked::new(
-                    s,
-                    scanner,
-                    lease,
-                    Duration::from_secs(idle),
-                )))
-            }
-        };
+        let idle = pool
+            .plan
+            .pool
+            .stream_idle_timeout_secs
+            .unwrap_or(timeout_secs);
+        let body = settle_success(
+            reply.body,
+            provider.as_ref(),
+            stats,
+            lease,
+            started,
+            Duration::from_secs(idle),
+            req.body.client_wants_usage,
+        );
         Ok(answer(reply.status, headers, body))
+    }
+}
+
+/// The answer of a successful attempt: a whole body settles its lease now (its reported usage,
+/// else the estimate); a stream settles it when it ends, breaks, stalls or is dropped.
+fn settle_success(
+    body: ReplyBody,
+    provider: &dyn Provider,
+    stats: &TargetStats,
+    lease: Lease,
+    started: Instant,
+    idle: Duration,
+    client_wants_usage: bool,
+) -> ResponseBody {
+    match body {
+        ReplyBody::Full(bytes) => {
+            let latency = started.elapsed();
+            stats.record_ok(Some(latency));
+            let reported = provider
+                .actual_cost(&bytes)
+                .or_else(|| usage_of_body(&bytes));
+            let usage = stats.observe_usage(reported, lease.estimate());
+            lease.complete_detached(usage, latency);
+            ResponseBody::Full(bytes)
+        }
+        ReplyBody::Stream(s) => {
+            stats.record_ok(None);
+            let scanner = UsageScanner::new(!client_wants_usage);
+            ResponseBody::Stream(Box::pin(Tracked::new(s, scanner, lease, idle)))
+        }
     }
 }
 
