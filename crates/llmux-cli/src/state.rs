@@ -159,6 +159,9 @@ fn unit_name(m: Measure) -> &'static str {
         Measure::Tokens => "tokens",
         Measure::InputTokens => "input_tokens",
         Measure::OutputTokens => "output_tokens",
+        Measure::CacheReadTokens => "cache_read_tokens",
+        Measure::CacheWriteTokens => "cache_write_tokens",
+        Measure::ReasoningTokens => "reasoning_tokens",
         Measure::CostMicroUsd => "usd",
     }
 }

@@ -10,18 +10,28 @@ pub enum Measure {
     Requests,
     /// Input plus output tokens.
     Tokens,
+    /// Input tokens, cache reads and writes included.
     InputTokens,
     OutputTokens,
+    /// Input tokens read from the upstream's prompt cache.
+    CacheReadTokens,
+    /// Input tokens written to the upstream's prompt cache.
+    CacheWriteTokens,
+    /// Output tokens spent on reasoning (part of the output).
+    ReasoningTokens,
     /// Micro-USD (1 USD = 1_000_000).
     CostMicroUsd,
 }
 
 impl Measure {
-    pub const UNITS: [&'static str; 5] = [
+    pub const UNITS: [&'static str; 8] = [
         "requests",
         "tokens",
         "input_tokens",
         "output_tokens",
+        "cache_read_tokens",
+        "cache_write_tokens",
+        "reasoning_tokens",
         "cost_usd",
     ];
 
@@ -31,17 +41,27 @@ impl Measure {
             "tokens" => Measure::Tokens,
             "input_tokens" => Measure::InputTokens,
             "output_tokens" => Measure::OutputTokens,
+            "cache_read_tokens" => Measure::CacheReadTokens,
+            "cache_write_tokens" => Measure::CacheWriteTokens,
+            "reasoning_tokens" => Measure::ReasoningTokens,
             "cost_usd" => Measure::CostMicroUsd,
             _ => return None,
         })
     }
 
     /// The unit a resource name implies: `rpm`/`rpd`/`requests…` count requests, `tpm`/`tpd`/
-    /// `tokens…` tokens, `input_*`/`output_*` one side, `cost…`/`budget…` money. Anything else
-    /// counts requests unless the resource sets `unit`.
+    /// `tokens…` tokens, `input_*`/`output_*` one side, `cache_read_*`/`cache_write_*`/
+    /// `reasoning_*` those parts of the ledger, `cost…`/`budget…` money. Anything else counts
+    /// requests unless the resource sets `unit`.
     pub fn from_name(name: &str) -> Measure {
         let n = name.to_ascii_lowercase();
-        if n.starts_with("input_") || n.starts_with("itp") {
+        if n.starts_with("cache_read") {
+            Measure::CacheReadTokens
+        } else if n.starts_with("cache_write") {
+            Measure::CacheWriteTokens
+        } else if n.starts_with("reasoning") {
+            Measure::ReasoningTokens
+        } else if n.starts_with("input_") || n.starts_with("itp") {
             Measure::InputTokens
         } else if n.starts_with("output_") || n.starts_with("otp") {
             Measure::OutputTokens
@@ -63,11 +83,17 @@ impl Measure {
     }
 }
 
-/// Token counts of one request: estimated before, reported after.
+/// Token counts of one request, the normalised ledger of every dialect: estimated before,
+/// reported after. `input_tokens` counts every prompt token, cache reads and writes included
+/// (as OpenTelemetry counts them; Anthropic's own `input_tokens` leaves them out);
+/// `reasoning_tokens` are part of `output_tokens`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Usage {
     pub input_tokens: u64,
     pub output_tokens: u64,
+    pub cache_read_tokens: u64,
+    pub cache_write_tokens: u64,
+    pub reasoning_tokens: u64,
     pub cost_micro_usd: u64,
 }
 
@@ -76,7 +102,7 @@ impl Usage {
         Usage {
             input_tokens,
             output_tokens,
-            cost_micro_usd: 0,
+            ..Usage::default()
         }
     }
 
@@ -87,6 +113,9 @@ impl Usage {
             Measure::Tokens => self.input_tokens.saturating_add(self.output_tokens),
             Measure::InputTokens => self.input_tokens,
             Measure::OutputTokens => self.output_tokens,
+            Measure::CacheReadTokens => self.cache_read_tokens,
+            Measure::CacheWriteTokens => self.cache_write_tokens,
+            Measure::ReasoningTokens => self.reasoning_tokens,
             Measure::CostMicroUsd => self.cost_micro_usd,
         }
     }
@@ -97,8 +126,13 @@ pub fn estimate_tokens(text: &str) -> u64 {
     (text.len() as u64).div_ceil(4)
 }
 
-/// Estimate the input tokens of an OpenAI-style request body (chat `messages`, completion
-/// `prompt`, embedding `input`): text length plus a small per-message overhead.
+/// Members of a request body whose text is prompt, besides `messages`: completion `prompt`,
+/// embeddings and Responses `input`, Anthropic `system`, Responses `instructions`, and tool
+/// definitions.
+pub const PROMPT_FIELDS: [&str; 5] = ["prompt", "input", "system", "instructions", "tools"];
+
+/// Estimate the input tokens of a request body of any dialect (chat and Anthropic `messages`
+/// and the [`PROMPT_FIELDS`]): text length plus a small per-message overhead.
 pub fn estimate_input_tokens(body: &serde_json::Map<String, serde_json::Value>) -> u64 {
     fn text_tokens(v: &serde_json::Value) -> u64 {
         match v {
@@ -116,7 +150,7 @@ pub fn estimate_input_tokens(body: &serde_json::Map<String, serde_json::Value>) 
     if let Some(serde_json::Value::Array(msgs)) = body.get("messages") {
         total += msgs.iter().map(|m| 4 + text_tokens(m)).sum::<u64>() + 3;
     }
-    for field in ["prompt", "input"] {
+    for field in PROMPT_FIELDS {
         if let Some(v) = body.get(field) {
             total += text_tokens(v);
         }
@@ -134,6 +168,18 @@ mod tests {
         assert_eq!(Measure::from_name("tpm"), Measure::Tokens);
         assert_eq!(Measure::from_name("input_tpm"), Measure::InputTokens);
         assert_eq!(Measure::from_name("cost_usd"), Measure::CostMicroUsd);
+        assert_eq!(
+            Measure::from_name("cache_read_tpm"),
+            Measure::CacheReadTokens
+        );
+        assert_eq!(
+            Measure::from_name("cache_write_tpd"),
+            Measure::CacheWriteTokens
+        );
+        assert_eq!(
+            Measure::parse_unit("reasoning_tokens"),
+            Some(Measure::ReasoningTokens)
+        );
         assert_eq!(Measure::from_name("anything"), Measure::Requests);
         assert_eq!(Measure::CostMicroUsd.capacity_from_value(1.5), 1_500_000);
     }

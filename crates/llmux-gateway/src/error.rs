@@ -1,9 +1,12 @@
-//! The one place that knows HTTP statuses and the OpenAI error shape
-//! `{"error": {"message", "type", "code"}}`. The `code` doubles as the metrics label.
+//! The one place that knows the HTTP status of each error. The body is the client dialect's
+//! envelope (`llmux::protocol::errors`): OpenAI's `{"error": {"message", "type", "code"}}`,
+//! or Anthropic's `{"type": "error", "error": {"type", "message"}}` on `/v1/messages`. The
+//! `code` doubles as the metrics label.
 
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode};
-use llmux::RouteError;
+use llmux::protocol::errors::error_body;
+use llmux::{Endpoint, RouteError};
 
 #[derive(Debug)]
 pub enum ApiError {
@@ -72,10 +75,16 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        self.render(Endpoint::ChatCompletions)
+    }
+}
+
+impl ApiError {
+    /// The answer to a client of `client`'s route, in its dialect's envelope.
+    pub fn render(self, client: Endpoint) -> Response {
         let (status, kind, code) = self.parts();
-        let mut body = serde_json::json!({"error": {
-            "message": self.message(), "type": kind, "code": code,
-        }});
+        let mut body = error_body(client, status.as_u16(), kind, code, &self.message());
+        let openai = client.dialect() == llmux::Dialect::OpenAi;
         let mut extra: Vec<(&'static str, String)> = Vec::new();
         if let ApiError::Route(e) = &self {
             match e {
@@ -85,10 +94,14 @@ impl IntoResponse for ApiError {
                     ..
                 } => {
                     let limit = denial.limit();
-                    body["error"]["limit"] = serde_json::Value::String(limit.clone());
+                    if openai {
+                        body["error"]["limit"] = serde_json::Value::String(limit.clone());
+                    }
                     extra.push(("x-llmux-limit", limit));
                     if let Some(s) = retry_after_secs {
-                        body["error"]["retry_after"] = (*s).into();
+                        if openai {
+                            body["error"]["retry_after"] = (*s).into();
+                        }
                         extra.push(("retry-after", s.to_string()));
                     }
                 }

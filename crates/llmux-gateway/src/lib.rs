@@ -21,8 +21,8 @@ use std::time::Instant;
 struct AppState {
     router: Router,
     metrics: Option<PrometheusHandle>,
-    /// Per endpoint (by `endpoint_index`): the handles of the common case, registered once.
-    endpoint_metrics: [EndpointMetrics; 3],
+    /// Per endpoint (by `Endpoint::index`): the handles of the common case, registered once.
+    endpoint_metrics: [EndpointMetrics; 5],
 }
 
 /// Metric handles of one endpoint: its latency histogram and its count of 200s. Other statuses
@@ -38,14 +38,6 @@ impl EndpointMetrics {
             duration: metrics::histogram!("llmux_request_duration_seconds", "endpoint" => endpoint.name()),
             ok: metrics::counter!("llmux_requests_total", "endpoint" => endpoint.name(), "status" => "200"),
         }
-    }
-}
-
-fn endpoint_index(e: Endpoint) -> usize {
-    match e {
-        Endpoint::ChatCompletions => 0,
-        Endpoint::Completions => 1,
-        Endpoint::Embeddings => 2,
     }
 }
 
@@ -96,16 +88,14 @@ pub fn app(router: Router) -> axum::Router {
     let state = Arc::new(AppState {
         router,
         metrics,
-        endpoint_metrics: [
-            EndpointMetrics::new(Endpoint::ChatCompletions),
-            EndpointMetrics::new(Endpoint::Completions),
-            EndpointMetrics::new(Endpoint::Embeddings),
-        ],
+        endpoint_metrics: Endpoint::ALL.map(EndpointMetrics::new),
     });
     axum::Router::new()
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(completions))
         .route("/v1/embeddings", post(embeddings))
+        .route("/v1/messages", post(messages))
+        .route("/v1/responses", post(responses))
         .route("/v1/models", get(models))
         .route("/health", get(health))
         .route("/metrics", get(metrics_text))
@@ -139,12 +129,35 @@ async fn completions(State(s): State<Arc<AppState>>, req: HttpRequest) -> Respon
 async fn embeddings(State(s): State<Arc<AppState>>, req: HttpRequest) -> Response {
     proxy(s, Endpoint::Embeddings, req).await
 }
+async fn messages(State(s): State<Arc<AppState>>, req: HttpRequest) -> Response {
+    proxy(s, Endpoint::Messages, req).await
+}
+async fn responses(State(s): State<Arc<AppState>>, req: HttpRequest) -> Response {
+    proxy(s, Endpoint::Responses, req).await
+}
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
     let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     v.strip_prefix("Bearer ")
         .or_else(|| v.strip_prefix("bearer "))
         .map(str::trim)
+}
+
+/// The gateway key a client of `endpoint` sent: `Authorization: Bearer`, or on
+/// `/v1/messages` also `x-api-key` (as the Anthropic SDKs send it).
+fn gateway_key(endpoint: Endpoint, headers: &HeaderMap) -> Option<&str> {
+    let api_key = || {
+        headers
+            .get("x-api-key")
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
+    match endpoint {
+        Endpoint::Messages => api_key()
+            .filter(|k| !k.is_empty())
+            .or_else(|| bearer(headers)),
+        _ => bearer(headers),
+    }
 }
 
 async fn proxy(s: Arc<AppState>, endpoint: Endpoint, req: HttpRequest) -> Response {
@@ -154,7 +167,7 @@ async fn proxy(s: Arc<AppState>, endpoint: Endpoint, req: HttpRequest) -> Respon
         Ok(r) => r.status(),
         Err(e) => e.parts().0,
     };
-    let m = &s.endpoint_metrics[endpoint_index(endpoint)];
+    let m = &s.endpoint_metrics[endpoint.index()];
     if status == StatusCode::OK {
         m.ok.increment(1);
     } else {
@@ -163,7 +176,7 @@ async fn proxy(s: Arc<AppState>, endpoint: Endpoint, req: HttpRequest) -> Respon
     m.duration.record(started.elapsed().as_secs_f64());
     match result {
         Ok(r) => r,
-        Err(e) => e.into_response(),
+        Err(e) => e.render(endpoint),
     }
 }
 
@@ -178,7 +191,7 @@ async fn route(s: &AppState, endpoint: Endpoint, req: HttpRequest) -> Result<Res
     if declared.is_some_and(|n| n > limit) {
         return Err(ApiError::PayloadTooLarge { limit });
     }
-    let key = s.router.authorize(bearer(&parts.headers))?;
+    let key = s.router.authorize(gateway_key(endpoint, &parts.headers))?;
     let bytes = axum::body::to_bytes(body, limit).await.map_err(|e| {
         let too_large = std::error::Error::source(&e)
             .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());

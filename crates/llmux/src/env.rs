@@ -68,9 +68,10 @@ impl Router {
         Router::from_config(config)
     }
 
-    /// A router with no config file: providers come from `OPENAI_API_KEY` and
-    /// `OPENROUTER_API_KEY`, state lives in memory, and a model name picks its provider
-    /// (`gpt-*`, `o1…`, `text-embedding-*` → openai; `vendor/model` → openrouter).
+    /// A router with no config file: providers come from `OPENAI_API_KEY`,
+    /// `ANTHROPIC_API_KEY` and `OPENROUTER_API_KEY`, state lives in memory, and a model name
+    /// picks its provider (`gpt-*`, `o1…`, `text-embedding-*` → openai; `claude-*` →
+    /// anthropic; `vendor/model` → openrouter).
     pub fn from_env() -> Result<Router, RouteError> {
         Router::from_env_with(&process_env)
     }
@@ -80,6 +81,7 @@ impl Router {
         let mut text = String::from("[store]\nkind = \"memory\"\n");
         for (name, var) in [
             ("openai", "OPENAI_API_KEY"),
+            ("anthropic", "ANTHROPIC_API_KEY"),
             ("openrouter", "OPENROUTER_API_KEY"),
         ] {
             if env(var).is_some_and(|v| !v.is_empty()) {

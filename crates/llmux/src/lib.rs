@@ -31,8 +31,8 @@ pub use env::{load_config, load_config_with, process_env, ConfigError};
 pub use error::{RouteError, UpstreamError};
 pub use lease::Lease;
 pub use llmux_core::{self as core, Config, Secret, TargetId, Usage};
-pub use provider::Endpoint;
 pub use provider::{Call, Provider, Reply, ReplyBody};
+pub use provider::{Dialect, Endpoint};
 pub use router::{
     AuthorizedKey, ProviderFactory, Request, Response, ResponseBody, Router, RouterBuilder,
 };

@@ -5,13 +5,15 @@
 //! the final usage-only chunk (`"choices": []`) is withheld so the client sees exactly the stream
 //! it asked for. Events split across chunks are reassembled before they are forwarded.
 
+use crate::protocol::translate::{AnthropicToChatStream, ChatToAnthropicStream};
+use crate::protocol::usage::{StreamUsage, UsageShape};
 use bytes::{Bytes, BytesMut};
 use llmux_core::Usage;
 
 /// Most bytes held back while waiting for the end of an event.
 const MAX_PENDING: usize = 1 << 20;
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct UsageScanner {
     buf: BytesMut,
     /// Bytes of `buf` already searched for an event end (so each byte is searched once).
@@ -19,7 +21,10 @@ pub struct UsageScanner {
     /// What was forwarded ends inside an event (only after `MAX_PENDING` forced it out).
     mid_event: bool,
     hide_usage_chunk: bool,
-    pub usage: Option<Usage>,
+    shape: UsageShape,
+    usage: StreamUsage,
+    /// Rewrites every event into the client's dialect (a translated request).
+    translator: Option<Translator>,
     /// Bytes searched for event ends, to test that scanning stays linear.
     #[cfg(test)]
     examined: usize,
@@ -48,12 +53,32 @@ fn ends_event(b: &[u8]) -> bool {
 }
 
 impl UsageScanner {
-    /// `hide_usage_chunk`: the client did not ask for usage, so drop the usage-only chunk.
-    pub fn new(hide_usage_chunk: bool) -> Self {
+    /// A scanner of a stream whose events report usage in `shape`. `hide_usage_chunk`: the
+    /// client did not ask for usage, so drop the usage-only chunk (OpenAI chat streams).
+    pub fn new(shape: UsageShape, hide_usage_chunk: bool) -> Self {
         UsageScanner {
-            hide_usage_chunk,
-            ..Default::default()
+            buf: BytesMut::new(),
+            scanned: 0,
+            mid_event: false,
+            hide_usage_chunk: hide_usage_chunk && shape == UsageShape::Chat,
+            shape,
+            usage: StreamUsage::default(),
+            translator: None,
+            #[cfg(test)]
+            examined: 0,
         }
+    }
+
+    /// Rewrite every event with `t` (the stream of a translated request).
+    pub fn translating(mut self, t: Translator) -> Self {
+        self.translator = Some(t);
+        self.hide_usage_chunk = false;
+        self
+    }
+
+    /// The usage the stream reported, once it reported all of it.
+    pub fn usage(&self) -> Option<Usage> {
+        self.usage.get(self.shape)
     }
 
     /// Whether what was forwarded so far stopped inside an event: an event written after it
@@ -73,6 +98,9 @@ impl UsageScanner {
 
     /// Take a chunk from upstream; returns what to forward now (maybe nothing).
     pub fn feed(&mut self, chunk: Bytes) -> Option<Bytes> {
+        if self.translator.is_some() {
+            return self.feed_translated(chunk);
+        }
         if self.buf.is_empty() && ends_event(&chunk) && !has_usage_object(&chunk) {
             self.mid_event = false;
             return Some(chunk); // the common case: whole events, no usage, zero copies
@@ -105,8 +133,50 @@ impl UsageScanner {
         Some(out.freeze())
     }
 
+    /// Whole events only, each read for usage and rewritten by the translator.
+    fn feed_translated(&mut self, chunk: Bytes) -> Option<Bytes> {
+        self.buf.extend_from_slice(&chunk);
+        let mut out = Vec::new();
+        let mut from = self.scanned.saturating_sub(3);
+        while let Some(end) = self.event_end_from(from) {
+            let event = self.buf.split_to(end);
+            from = 0;
+            self.translate_event(&event, &mut out);
+        }
+        self.scanned = self.buf.len();
+        if self.buf.len() > MAX_PENDING {
+            // An event that never ends cannot be translated: drop it rather than grow.
+            self.buf.clear();
+            self.scanned = 0;
+        }
+        (!out.is_empty()).then(|| Bytes::from(out))
+    }
+
+    fn translate_event(&mut self, event: &[u8], out: &mut Vec<u8>) {
+        let (name, data) = split_event(event);
+        if data.is_empty() {
+            return;
+        }
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&data) {
+            self.usage.event(self.shape, &v);
+        }
+        if let Some(t) = &mut self.translator {
+            t.event(name.as_deref(), &data, out);
+        }
+    }
+
     /// Whatever is left when the upstream ends (an unterminated last event).
     pub fn finish(&mut self) -> Option<Bytes> {
+        if self.translator.is_some() {
+            let rest = std::mem::take(&mut self.buf);
+            self.scanned = 0;
+            let mut out = Vec::new();
+            self.translate_event(&rest, &mut out);
+            if let Some(t) = &mut self.translator {
+                t.finish(&mut out);
+            }
+            return (!out.is_empty()).then(|| Bytes::from(out));
+        }
         if self.buf.is_empty() {
             return None;
         }
@@ -131,9 +201,7 @@ impl UsageScanner {
         let Ok(v) = serde_json::from_str::<serde_json::Value>(&data) else {
             return true;
         };
-        if let Some(u) = usage_of(&v) {
-            self.usage = Some(u);
-        }
+        self.usage.event(self.shape, &v);
         let usage_only = v
             .get("choices")
             .and_then(|c| c.as_array())
@@ -142,74 +210,51 @@ impl UsageScanner {
     }
 }
 
-/// The usage block of an OpenAI-shaped response or chunk.
-pub fn usage_of(v: &serde_json::Value) -> Option<Usage> {
-    let u = v.get("usage")?;
-    let input = u.get("prompt_tokens").and_then(|x| x.as_u64())?;
-    let output = u
-        .get("completion_tokens")
-        .and_then(|x| x.as_u64())
-        .unwrap_or(0);
-    Some(Usage::new(input, output))
-}
-
-/// The `"usage": {…}` object of a JSON body, found without parsing the rest: the usage block is
-/// flat (numbers and small objects), so matching braces from its opening one is enough.
-fn usage_object(body: &[u8]) -> Option<&[u8]> {
-    let key = b"\"usage\"";
-    let at = memchr::memmem::rfind(body, key)?;
-    let rest = &body[at + key.len()..];
-    let open = rest.iter().position(|b| !b" \t\r\n:".contains(b))?;
-    if rest[open] != b'{' {
-        return None;
-    }
-    let mut depth = 0usize;
-    for (i, b) in rest[open..].iter().enumerate() {
-        match b {
-            b'{' => depth += 1,
-            b'}' => {
-                depth -= 1;
-                if depth == 0 {
-                    return Some(&rest[open..=open + i]);
-                }
-            }
-            _ => {}
+/// An event's name (its `event:` line) and its `data:` lines joined.
+fn split_event(event: &[u8]) -> (Option<String>, String) {
+    let text = String::from_utf8_lossy(event);
+    let mut name = None;
+    let mut data = Vec::new();
+    for line in text.lines() {
+        if let Some(n) = line.strip_prefix("event:") {
+            name = Some(n.trim().to_string());
+        } else if let Some(d) = line.strip_prefix("data:") {
+            data.push(d.strip_prefix(' ').unwrap_or(d));
         }
     }
-    None
+    (name, data.join("\n"))
 }
 
-/// Usage from a whole JSON body (non-streamed answers).
-pub fn usage_of_body(body: &[u8]) -> Option<Usage> {
-    #[derive(serde::Deserialize)]
-    struct Block {
-        prompt_tokens: u64,
-        #[serde(default)]
-        completion_tokens: u64,
+/// The stream translators of [`crate::protocol::translate`], one per direction.
+pub enum Translator {
+    /// Anthropic events to OpenAI chat chunks.
+    ToChat(AnthropicToChatStream),
+    /// OpenAI chat chunks to Anthropic events.
+    ToMessages(ChatToAnthropicStream),
+}
+
+impl std::fmt::Debug for Translator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Translator::ToChat(_) => "ToChat",
+            Translator::ToMessages(_) => "ToMessages",
+        })
     }
-    if let Some(obj) = usage_object(body) {
-        if let Ok(u) = serde_json::from_slice::<Block>(obj) {
-            return Some(Usage::new(u.prompt_tokens, u.completion_tokens));
+}
+
+impl Translator {
+    fn event(&mut self, name: Option<&str>, data: &str, out: &mut Vec<u8>) {
+        match self {
+            Translator::ToChat(t) => t.event(name, data, out),
+            Translator::ToMessages(t) => t.event(name, data, out),
         }
     }
-    usage_of_whole_body(body)
-}
-
-/// The slow path: parse the whole body (a usage key inside a string, say).
-fn usage_of_whole_body(body: &[u8]) -> Option<Usage> {
-    #[derive(serde::Deserialize)]
-    struct Block {
-        prompt_tokens: u64,
-        #[serde(default)]
-        completion_tokens: u64,
+    fn finish(&mut self, out: &mut Vec<u8>) {
+        match self {
+            Translator::ToChat(t) => t.finish(out),
+            Translator::ToMessages(t) => t.finish(out),
+        }
     }
-    #[derive(serde::Deserialize)]
-    struct Body {
-        usage: Option<Block>,
-    }
-    let b: Body = serde_json::from_slice(body).ok()?;
-    b.usage
-        .map(|u| Usage::new(u.prompt_tokens, u.completion_tokens))
 }
 
 #[cfg(test)]
@@ -222,43 +267,30 @@ mod tests {
 
     #[test]
     fn passes_chunks_and_hides_usage_when_asked() {
-        let mut s = UsageScanner::new(true);
+        let mut s = UsageScanner::new(UsageShape::Chat, true);
         assert_eq!(s.feed(Bytes::from(CHUNK)).unwrap(), CHUNK);
         assert_eq!(s.feed(Bytes::from(USAGE)), None);
         assert_eq!(
             s.feed(Bytes::from("data: [DONE]\n\n")).unwrap(),
             "data: [DONE]\n\n"
         );
-        assert_eq!(s.usage, Some(Usage::new(7, 3)));
+        assert_eq!(s.usage(), Some(Usage::new(7, 3)));
     }
 
     #[test]
     fn keeps_usage_chunk_for_clients_that_asked_and_reassembles_splits() {
-        let mut s = UsageScanner::new(false);
+        let mut s = UsageScanner::new(UsageShape::Chat, false);
         let (a, b) = USAGE.split_at(20);
         assert_eq!(s.feed(Bytes::from(a)), None);
         assert_eq!(s.feed(Bytes::from(b)).unwrap(), USAGE);
-        assert_eq!(s.usage, Some(Usage::new(7, 3)));
-    }
-
-    #[test]
-    fn body_usage() {
-        let u = usage_of_body(
-            br#"{"id":"x","usage":{"prompt_tokens":5,"completion_tokens":2,"total_tokens":7}}"#,
-        );
-        assert_eq!(u, Some(Usage::new(5, 2)));
-        assert_eq!(usage_of_body(b"not json"), None);
-        let nested = br#"{"choices":[{"message":{"content":"say \"usage\" {"}}],"usage":{"prompt_tokens":9,"completion_tokens":4,"prompt_tokens_details":{"cached_tokens":0}}}"#;
-        assert_eq!(usage_of_body(nested), Some(Usage::new(9, 4)));
-        let no_usage = br#"{"choices":[{"message":{"content":"the \"usage\": {x"}}]}"#;
-        assert_eq!(usage_of_body(no_usage), None);
+        assert_eq!(s.usage(), Some(Usage::new(7, 3)));
     }
 
     #[test]
     fn scanning_a_slowly_arriving_event_stays_linear() {
         // One 200 kB event arriving a byte at a time: each byte is searched a bounded number
         // of times (the whole buffer was searched again on every chunk: ~2e10 bytes).
-        let mut s = UsageScanner::new(false);
+        let mut s = UsageScanner::new(UsageShape::Chat, false);
         let event = format!("data: {}\n\n", "x".repeat(200_000));
         let mut out = Vec::new();
         for b in event.as_bytes().chunks(1) {
@@ -276,7 +308,7 @@ mod tests {
 
     #[test]
     fn an_event_forced_out_unfinished_is_marked_so_the_next_one_stands_alone() {
-        let mut s = UsageScanner::new(false);
+        let mut s = UsageScanner::new(UsageShape::Chat, false);
         assert!(!s.mid_event());
         let head = format!("data: {}", "x".repeat(MAX_PENDING));
         let out = s.feed(Bytes::from(head.clone())).unwrap();

@@ -5,7 +5,8 @@ use crate::ids::ProviderId;
 use std::sync::Arc;
 
 /// A one-target pool for `model` on the provider its name belongs to (`gpt-*`, `o1…`,
-/// `text-embedding-*` → `openai`; `vendor/model` → `openrouter`), if that provider is configured.
+/// `text-embedding-*` → `openai`; `claude-*` → `anthropic`; `vendor/model` → `openrouter`), if
+/// that provider is configured.
 pub fn auto_pool(config: &Config, model: &str) -> Option<ModelPool> {
     let provider = if model.contains('/') {
         "openrouter"
@@ -14,6 +15,8 @@ pub fn auto_pool(config: &Config, model: &str) -> Option<ModelPool> {
         || (model.starts_with('o') && model[1..].starts_with(|c: char| c.is_ascii_digit()))
     {
         "openai"
+    } else if model.starts_with("claude-") {
+        "anthropic"
     } else {
         return None;
     };
@@ -59,7 +62,14 @@ mod tests {
             auto_pool(&c, "vendor/model").is_none(),
             "openrouter is not configured"
         );
-        assert!(auto_pool(&c, "claude-3").is_none());
+        assert!(
+            auto_pool(&c, "claude-3").is_none(),
+            "anthropic is not configured"
+        );
+        let text = "[providers.anthropic]\nkind = \"anthropic\"\n[[providers.anthropic.keys]]\nid = \"k\"\nsecret = \"s\"\n";
+        let c = Config::from_toml_str(text, &|_| None).unwrap();
+        let p = auto_pool(&c, "claude-sonnet-4-5").unwrap();
+        assert_eq!(p.targets[0].provider.as_str(), "anthropic");
         assert!(auto_pool(&c, "o").is_none());
     }
 }

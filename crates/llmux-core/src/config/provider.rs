@@ -40,12 +40,7 @@ pub(super) fn check_provider(
             return None;
         }
     };
-    if kind == ProviderKind::Anthropic {
-        out.push(
-            format!("{at}.kind"),
-            "provider kind \"anthropic\" is not available in this build yet; use \"openai-compatible\" with an OpenAI-compatible endpoint",
-        );
-    }
+    let anthropic_version = check_anthropic_version(p, &kind, at, out);
     let base_url = check_base_url(p, &kind, at, out);
     if let Some(tiers) = &p.tiers {
         for (i, t) in tiers.iter().enumerate() {
@@ -88,7 +83,40 @@ pub(super) fn check_provider(
         keys,
         timeout_secs,
         mock,
+        anthropic_version,
     })
+}
+
+/// `anthropic_version`: the `anthropic-version` header of an `anthropic` provider (default
+/// [`DEFAULT_ANTHROPIC_VERSION`]); no other kind sends it.
+fn check_anthropic_version(
+    p: &RawProvider,
+    kind: &ProviderKind,
+    at: &str,
+    out: &mut Issues,
+) -> Option<String> {
+    let path = format!("{at}.anthropic_version");
+    match (&p.anthropic_version, kind) {
+        (None, ProviderKind::Anthropic) => Some(DEFAULT_ANTHROPIC_VERSION.to_string()),
+        (None, _) => None,
+        (Some(_), k) if *k != ProviderKind::Anthropic => {
+            out.push(
+                path,
+                "only providers of kind \"anthropic\" send an anthropic-version",
+            );
+            None
+        }
+        (Some(v), _) => {
+            let valid = !v.is_empty() && v.bytes().all(|b| b.is_ascii_graphic());
+            if !valid {
+                out.push(
+                    path,
+                    format!("must be a non-empty header value without spaces, got {v:?}"),
+                );
+            }
+            Some(v.clone())
+        }
+    }
 }
 
 /// The provider's keys: ids unique and well-formed, secrets present (but for mock and

@@ -53,6 +53,8 @@ pub struct RawProvider {
     pub keys: Vec<RawKey>,
     pub timeout_secs: Option<u64>,
     pub mock: Option<RawMock>,
+    /// `anthropic-version` header of an `anthropic` provider.
+    pub anthropic_version: Option<String>,
 }
 
 #[derive(Deserialize)]

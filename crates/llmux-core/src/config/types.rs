@@ -111,7 +111,12 @@ pub struct Provider {
     pub keys: Vec<Key>,
     pub timeout_secs: Option<u64>,
     pub mock: MockSettings,
+    /// The `anthropic-version` header (`anthropic` providers only).
+    pub anthropic_version: Option<String>,
 }
+
+/// The `anthropic-version` an `anthropic` provider sends unless its config names another.
+pub const DEFAULT_ANTHROPIC_VERSION: &str = "2023-06-01";
 
 #[derive(Clone, Debug)]
 pub struct Key {

@@ -27,7 +27,8 @@ pub struct RawRequest<'a> {
     /// The pool the client names.
     pub model: Cow<'a, str>,
     pub stream: bool,
-    /// `max_tokens`, else `max_completion_tokens`.
+    /// `max_tokens`, else `max_completion_tokens` (chat), else `max_output_tokens`
+    /// (Responses).
     pub max_tokens: Option<u64>,
     /// Whether the client asked for the usage chunk itself (`stream_options.include_usage`).
     pub client_wants_usage: bool,
@@ -67,7 +68,7 @@ impl<'a> RawRequest<'a> {
             },
         };
         let stream = last("stream").is_some_and(|v| v.get() == "true");
-        let max_tokens = ["max_tokens", "max_completion_tokens"]
+        let max_tokens = ["max_tokens", "max_completion_tokens", "max_output_tokens"]
             .iter()
             .find_map(|k| last(k).and_then(|v| serde_json::from_str::<u64>(v.get()).ok()));
         let client_wants_usage = last("stream_options")
@@ -80,7 +81,7 @@ impl<'a> RawRequest<'a> {
                 input_tokens += MessagesTokens.deserialize(&mut de).unwrap_or(0);
             }
         }
-        for field in ["prompt", "input"] {
+        for field in PROMPT_FIELDS {
             if let Some(v) = last(field) {
                 let mut de = serde_json::Deserializer::from_str(v.get());
                 input_tokens += TextTokens.deserialize(&mut de).unwrap_or(0);
@@ -140,6 +141,10 @@ impl<'a> RawRequest<'a> {
         serde_json::from_slice(self.body).unwrap_or_default()
     }
 }
+
+/// Members whose text is prompt, besides `messages`: completion `prompt`, embeddings and
+/// Responses `input`, Anthropic `system`, Responses `instructions`, and tool definitions.
+const PROMPT_FIELDS: [&str; 5] = llmux_core::usage::PROMPT_FIELDS;
 
 /// `stream_options` with `include_usage` set; other options kept as given.
 fn with_include_usage(v: &RawValue) -> Vec<u8> {

@@ -45,6 +45,68 @@ fn json_reply(status: u16, v: &Value, extra: &[(&'static str, String)]) -> Reply
     }
 }
 
+/// A Responses API answer: a JSON `response`, or its typed SSE events ending with
+/// `response.completed` (no `[DONE]`).
+fn responses_reply(content: &str, model: &str, tokens: (u64, u64), n: u64, stream: bool) -> Reply {
+    let (input, output) = tokens;
+    let id = format!("resp_mock{n}");
+    let item_id = format!("msg_mock{n}");
+    let created_at = 1_700_000_000 + n;
+    let text = json!({"type": "output_text", "text": content, "annotations": []});
+    let item = json!({"type": "message", "id": item_id, "status": "completed", "role": "assistant", "content": [text]});
+    let response = |status: &str, output_items: Value, usage: Value| {
+        json!({"id": id, "object": "response", "created_at": created_at, "status": status,
+            "model": model, "output": output_items, "parallel_tool_calls": true,
+            "tool_choice": "auto", "tools": [], "usage": usage})
+    };
+    let usage = json!({"input_tokens": input, "input_tokens_details": {"cached_tokens": 0},
+        "output_tokens": output, "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": input + output});
+    if !stream {
+        return json_reply(200, &response("completed", json!([item]), usage), &[]);
+    }
+    let mut events = vec![
+        json!({"type": "response.created", "response": response("in_progress", json!([]), Value::Null)}),
+        json!({"type": "response.output_item.added", "output_index": 0,
+            "item": {"type": "message", "id": item_id, "status": "in_progress", "role": "assistant", "content": []}}),
+        json!({"type": "response.content_part.added", "item_id": item_id, "output_index": 0,
+            "content_index": 0, "part": {"type": "output_text", "text": "", "annotations": []}}),
+    ];
+    for word in content.split_inclusive(' ') {
+        events.push(
+            json!({"type": "response.output_text.delta", "item_id": item_id,
+            "output_index": 0, "content_index": 0, "delta": word}),
+        );
+    }
+    events.extend([
+        json!({"type": "response.output_text.done", "item_id": item_id, "output_index": 0,
+            "content_index": 0, "text": content}),
+        json!({"type": "response.content_part.done", "item_id": item_id, "output_index": 0,
+            "content_index": 0, "part": text}),
+        json!({"type": "response.output_item.done", "output_index": 0, "item": item}),
+        json!({"type": "response.completed", "response": response("completed", json!([item]), usage)}),
+    ]);
+    let frames = events.into_iter().enumerate().map(|(i, mut e)| {
+        e["sequence_number"] = json!(i);
+        let name = e["type"].as_str().unwrap_or_default().to_string();
+        Ok(Bytes::from(format!("event: {name}\ndata: {e}\n\n")))
+    });
+    sse_reply(futures_util::stream::iter(frames).boxed())
+}
+
+fn sse_reply(stream: super::ByteStream) -> Reply {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/event-stream"),
+    );
+    Reply {
+        status: 200,
+        headers,
+        body: ReplyBody::Stream(stream),
+    }
+}
+
 fn error_body(message: &str, kind: &str, code: &str) -> Value {
     json!({"error": {"message": message, "type": kind, "code": code}})
 }
@@ -107,6 +169,22 @@ impl Provider for MockProvider {
             let id = format!("mock-{n}");
             let created = 1_700_000_000 + n;
             match call.endpoint {
+                Endpoint::Messages => Ok(json_reply(
+                    404,
+                    &error_body(
+                        "the mock speaks the OpenAI dialect; Messages requests reach it translated",
+                        "invalid_request_error",
+                        "not_found",
+                    ),
+                    &[],
+                )),
+                Endpoint::Responses => Ok(responses_reply(
+                    &s.content,
+                    &model,
+                    (prompt_tokens, completion_tokens),
+                    n,
+                    call.stream,
+                )),
                 Endpoint::Embeddings => {
                     let inputs = match body.get("input") {
                         Some(Value::Array(a)) => a.len().max(1),
@@ -168,18 +246,9 @@ impl Provider for MockProvider {
                         events.push(format!("data: {v}\n\n"));
                     }
                     events.push("data: [DONE]\n\n".to_string());
-                    let mut headers = HeaderMap::new();
-                    headers.insert(
-                        http::header::CONTENT_TYPE,
-                        http::HeaderValue::from_static("text/event-stream"),
-                    );
                     let stream =
                         futures_util::stream::iter(events.into_iter().map(|e| Ok(Bytes::from(e))));
-                    Ok(Reply {
-                        status: 200,
-                        headers,
-                        body: ReplyBody::Stream(stream.boxed()),
-                    })
+                    Ok(sse_reply(stream.boxed()))
                 }
                 Endpoint::ChatCompletions => Ok(json_reply(
                     200,

@@ -1,6 +1,7 @@
 //! Provider adapters: how a request reaches an upstream. A provider is a trait object so
 //! users can register their own kinds; the router only sees [`Call`] in and [`Reply`] out.
 
+pub mod anthropic;
 pub mod mock;
 pub mod openai;
 
@@ -12,21 +13,36 @@ use http::HeaderMap;
 use llmux_core::{Secret, Usage};
 use std::time::Duration;
 
-/// The OpenAI-compatible operations llmux routes.
+/// The operations llmux routes: OpenAI's chat completions, completions, embeddings and
+/// Responses, and Anthropic's Messages.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Endpoint {
     ChatCompletions,
     Completions,
     Embeddings,
+    /// Anthropic Messages (`/v1/messages`).
+    Messages,
+    /// OpenAI Responses (`/v1/responses`).
+    Responses,
 }
 
 impl Endpoint {
+    pub const ALL: [Endpoint; 5] = [
+        Endpoint::ChatCompletions,
+        Endpoint::Completions,
+        Endpoint::Embeddings,
+        Endpoint::Messages,
+        Endpoint::Responses,
+    ];
+
     /// The path below the provider's base URL.
     pub fn path(self) -> &'static str {
         match self {
             Endpoint::ChatCompletions => "/chat/completions",
             Endpoint::Completions => "/completions",
             Endpoint::Embeddings => "/embeddings",
+            Endpoint::Messages => "/messages",
+            Endpoint::Responses => "/responses",
         }
     }
     pub fn name(self) -> &'static str {
@@ -34,8 +50,40 @@ impl Endpoint {
             Endpoint::ChatCompletions => "chat_completions",
             Endpoint::Completions => "completions",
             Endpoint::Embeddings => "embeddings",
+            Endpoint::Messages => "messages",
+            Endpoint::Responses => "responses",
         }
     }
+    /// The gateway route that serves it.
+    pub fn route(self) -> &'static str {
+        match self {
+            Endpoint::ChatCompletions => "/v1/chat/completions",
+            Endpoint::Completions => "/v1/completions",
+            Endpoint::Embeddings => "/v1/embeddings",
+            Endpoint::Messages => "/v1/messages",
+            Endpoint::Responses => "/v1/responses",
+        }
+    }
+    /// Position in [`Endpoint::ALL`], for per-endpoint tables.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+    /// The dialect requests and answers of this endpoint are written in.
+    pub fn dialect(self) -> Dialect {
+        match self {
+            Endpoint::Messages => Dialect::Anthropic,
+            _ => Dialect::OpenAi,
+        }
+    }
+}
+
+/// The wire dialect an upstream speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Dialect {
+    /// The OpenAI family: chat completions, completions, embeddings, Responses.
+    OpenAi,
+    /// Anthropic Messages.
+    Anthropic,
 }
 
 /// One upstream call.
@@ -81,6 +129,11 @@ pub struct Reply {
 /// An upstream API. Users register their own with `RouterBuilder::provider_kind` and name the
 /// kind in config.
 pub trait Provider: Send + Sync + 'static {
+    /// The dialect this upstream speaks: a request of the other one is translated for it.
+    fn dialect(&self) -> Dialect {
+        Dialect::OpenAi
+    }
+
     /// Send one call. Must not retry: the router does failover.
     fn send(&self, call: Call) -> BoxFuture<'static, Result<Reply, UpstreamError>>;
 

@@ -1,5 +1,6 @@
 //! The OpenAI-compatible HTTP adapter (`openai`, `openai-compatible`, `openrouter`): Bearer
-//! auth, one pooled hyper client (HTTP/1 and HTTP/2, rustls) shared by every provider.
+//! auth, and the one pooled hyper client (HTTP/1 and HTTP/2, rustls) and send path that every
+//! HTTP provider shares.
 
 use super::{Call, Endpoint, Provider, Reply, ReplyBody};
 use crate::error::UpstreamError;
@@ -31,35 +32,34 @@ pub fn http_client() -> HttpClient {
 
 /// An OpenAI-compatible upstream at `base_url` (e.g. `https://api.openai.com/v1`).
 pub struct OpenAiCompatible {
-    /// The URL of each endpoint, parsed once (`None`: the base URL does not make one).
-    uris: [Option<http::Uri>; 3],
+    /// The URL of each endpoint (by [`Endpoint::index`]), parsed once (`None`: not served, or
+    /// the base URL does not make one).
+    uris: [Option<http::Uri>; 5],
     client: HttpClient,
-    extra_headers: Vec<(http::HeaderName, http::HeaderValue)>,
 }
 
 impl OpenAiCompatible {
     pub fn new(base_url: &str, client: HttpClient) -> Self {
-        let base = base_url.trim_end_matches('/');
-        let uri = |e: Endpoint| format!("{base}{}", e.path()).parse().ok();
-        OpenAiCompatible {
-            uris: [
-                uri(Endpoint::ChatCompletions),
-                uri(Endpoint::Completions),
-                uri(Endpoint::Embeddings),
-            ],
-            client,
-            extra_headers: Vec::new(),
-        }
+        let uris = Endpoint::ALL.map(|e| match e {
+            Endpoint::Messages => None,
+            e => endpoint_uri(base_url, e),
+        });
+        OpenAiCompatible { uris, client }
     }
+}
 
-    fn uri(&self, e: Endpoint) -> Option<&http::Uri> {
-        self.uris[match e {
-            Endpoint::ChatCompletions => 0,
-            Endpoint::Completions => 1,
-            Endpoint::Embeddings => 2,
-        }]
-        .as_ref()
-    }
+/// `base_url` joined with the endpoint's path.
+pub(crate) fn endpoint_uri(base_url: &str, e: Endpoint) -> Option<http::Uri> {
+    format!("{}{}", base_url.trim_end_matches('/'), e.path())
+        .parse()
+        .ok()
+}
+
+/// A header value that holds a secret: marked sensitive, so it never prints.
+pub(crate) fn secret_header(value: String) -> Option<http::HeaderValue> {
+    let mut v = http::HeaderValue::try_from(value).ok()?;
+    v.set_sensitive(true);
+    Some(v)
 }
 
 impl Provider for OpenAiCompatible {
@@ -68,84 +68,85 @@ impl Provider for OpenAiCompatible {
     }
 
     fn send(&self, call: Call) -> BoxFuture<'static, Result<Reply, UpstreamError>> {
-        let client = self.client.clone();
-        let auth =
-            http::HeaderValue::try_from(format!("Bearer {}", call.secret.expose())).map(|mut v| {
-                v.set_sensitive(true);
-                v
-            });
-        let req = match (self.uri(call.endpoint), auth) {
-            (Some(uri), Ok(auth)) => {
-                let mut builder = http::Request::post(uri.clone())
-                    .header(http::header::CONTENT_TYPE, "application/json")
-                    .header(http::header::AUTHORIZATION, auth);
-                for (k, v) in &self.extra_headers {
-                    builder = builder.header(k, v);
-                }
-                builder.body(Full::new(call.body)).ok()
-            }
+        let auth = secret_header(format!("Bearer {}", call.secret.expose()));
+        let req = match (&self.uris[call.endpoint.index()], auth) {
+            (Some(uri), Some(auth)) => http::Request::post(uri.clone())
+                .header(http::header::CONTENT_TYPE, "application/json")
+                .header(http::header::AUTHORIZATION, auth)
+                .body(Full::new(call.body.clone()))
+                .ok(),
             _ => None,
         };
-        let timeout_secs = call.timeout.as_secs();
-        Box::pin(async move {
-            // Never echo the request (it holds the key) in an error.
-            let req = req.ok_or_else(|| {
-                UpstreamError::Connect("invalid upstream URL or key for a header".into())
-            })?;
-            let work = async {
-                let resp = client.request(req).await.map_err(|e| {
-                    // Only a failed connect proves the request never left.
-                    if e.is_connect() {
-                        UpstreamError::Connect(describe(&e))
-                    } else {
-                        UpstreamError::Reset(describe(&e))
-                    }
-                })?;
-                let (parts, body) = resp.into_parts();
-                let status = parts.status.as_u16();
-                let is_sse = parts
-                    .headers
-                    .get(http::header::CONTENT_TYPE)
-                    .and_then(|v| v.to_str().ok())
-                    .is_some_and(|v| v.starts_with("text/event-stream"));
-                let body = if call.stream && status == 200 && is_sse {
-                    ReplyBody::Stream(
-                        BodyStream::new(body)
-                            .filter_map(|frame| async move {
-                                match frame {
-                                    Ok(f) => f.into_data().ok().map(Ok),
-                                    Err(e) => Some(Err(UpstreamError::Body(e.to_string()))),
-                                }
-                            })
-                            .boxed(),
-                    )
-                } else {
-                    let limit = call.max_response_bytes;
-                    let bytes = Limited::new(body, limit)
-                        .collect()
-                        .await
-                        .map_err(|e| {
-                            if e.is::<LengthLimitError>() {
-                                UpstreamError::TooLarge(limit)
-                            } else {
-                                UpstreamError::Body(e.to_string())
-                            }
-                        })?
-                        .to_bytes();
-                    ReplyBody::Full(bytes)
-                };
-                Ok(Reply {
-                    status,
-                    headers: parts.headers,
-                    body,
-                })
-            };
-            match tokio::time::timeout(call.timeout, work).await {
-                Ok(r) => r,
-                Err(_) => Err(UpstreamError::Timeout(timeout_secs)),
-            }
-        })
+        send_http(self.client.clone(), req, call)
     }
+}
+
+/// Send `req` (`None`: it could not be built) for `call`: the answer's head within the call's
+/// timeout, then the whole body, or the stream for a streamed 200 in SSE.
+pub(crate) fn send_http(
+    client: HttpClient,
+    req: Option<http::Request<Full<Bytes>>>,
+    call: Call,
+) -> BoxFuture<'static, Result<Reply, UpstreamError>> {
+    let timeout_secs = call.timeout.as_secs();
+    Box::pin(async move {
+        // Never echo the request (it holds the key) in an error.
+        let req = req.ok_or_else(|| {
+            UpstreamError::Connect("invalid upstream URL or key for a header".into())
+        })?;
+        let work = async {
+            let resp = client.request(req).await.map_err(|e| {
+                // Only a failed connect proves the request never left.
+                if e.is_connect() {
+                    UpstreamError::Connect(describe(&e))
+                } else {
+                    UpstreamError::Reset(describe(&e))
+                }
+            })?;
+            let (parts, body) = resp.into_parts();
+            let status = parts.status.as_u16();
+            let is_sse = parts
+                .headers
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.starts_with("text/event-stream"));
+            let body = if call.stream && status == 200 && is_sse {
+                ReplyBody::Stream(
+                    BodyStream::new(body)
+                        .filter_map(|frame| async move {
+                            match frame {
+                                Ok(f) => f.into_data().ok().map(Ok),
+                                Err(e) => Some(Err(UpstreamError::Body(e.to_string()))),
+                            }
+                        })
+                        .boxed(),
+                )
+            } else {
+                let limit = call.max_response_bytes;
+                let bytes = Limited::new(body, limit)
+                    .collect()
+                    .await
+                    .map_err(|e| {
+                        if e.is::<LengthLimitError>() {
+                            UpstreamError::TooLarge(limit)
+                        } else {
+                            UpstreamError::Body(e.to_string())
+                        }
+                    })?
+                    .to_bytes();
+                ReplyBody::Full(bytes)
+            };
+            Ok(Reply {
+                status,
+                headers: parts.headers,
+                body,
+            })
+        };
+        match tokio::time::timeout(call.timeout, work).await {
+            Ok(r) => r,
+            Err(_) => Err(UpstreamError::Timeout(timeout_secs)),
+        }
+    })
 }
 
 fn describe(e: &hyper_util::client::legacy::Error) -> String {

@@ -4,6 +4,7 @@
 use super::{AuthorizedKey, Inner, Router};
 use crate::error::RouteError;
 use crate::ledger::Ledger;
+use crate::provider::anthropic::Anthropic;
 use crate::provider::mock::MockProvider;
 use crate::provider::openai::{http_client, OpenAiCompatible};
 use crate::provider::Provider;
@@ -94,6 +95,13 @@ impl RouterBuilder {
                         )))
                     }
                 },
+                ProviderKind::Anthropic => Arc::new(Anthropic::new(
+                    p.base_url.as_deref().unwrap_or_default(),
+                    p.anthropic_version
+                        .as_deref()
+                        .unwrap_or(llmux_core::config::DEFAULT_ANTHROPIC_VERSION),
+                    http.clone(),
+                )),
                 _ => Arc::new(OpenAiCompatible::new(
                     p.base_url.as_deref().unwrap_or_default(),
                     http.clone(),

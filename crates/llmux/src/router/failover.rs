@@ -7,9 +7,13 @@ use super::{AuthorizedKey, Response, ResponseBody, Router};
 use crate::error::RouteError;
 use crate::lease::{cooldown_until, Grant, Lease};
 use crate::ledger::Ledger;
+use crate::protocol::errors::error_body;
 use crate::protocol::openai::RawRequest;
+use crate::protocol::translate::{self, AnthropicToChatStream, ChatToAnthropicStream};
+use crate::protocol::usage::{usage_of_body, UsageShape};
+use crate::protocol::Wire;
 use crate::provider::{Call, Endpoint, Provider, ReplyBody};
-use crate::sse::{usage_of_body, UsageScanner};
+use crate::sse::{Translator, UsageScanner};
 use crate::stats::{Pool, PoolSlot, TargetStats};
 use bytes::Bytes;
 use http::HeaderMap;
@@ -56,6 +60,8 @@ pub(super) struct Outcomes {
     pub(super) denial: Option<Denial>,
     /// The last upstream failure: (message, timeout?).
     failure: Option<(String, bool)>,
+    /// Why a target could not take the request at all (its dialect cannot express it).
+    unservable: Option<String>,
 }
 
 impl Outcomes {
@@ -75,7 +81,11 @@ fn client_headers(h: &HeaderMap) -> HeaderMap {
     let mut out = HeaderMap::new();
     for (k, v) in h {
         let name = k.as_str();
-        if name == "content-type" || name == "x-request-id" || name.starts_with("openai-") {
+        if name == "content-type"
+            || name == "x-request-id"
+            || name == "request-id"
+            || name.starts_with("openai-")
+        {
             out.append(k.clone(), v.clone());
         }
     }
@@ -231,6 +241,20 @@ impl Router {
                 let Some(provider) = self.inner.providers.get(&target.id.provider).cloned() else {
                     return Err(RouteError::UnknownModel(req.model));
                 };
+                let wire = match Wire::between(req.endpoint, provider.dialect()) {
+                    Ok(w) => w,
+                    Err(why) => {
+                        out.unservable.get_or_insert(why);
+                        continue;
+                    }
+                };
+                let payload = match payload(&mut req, wire, &target.id.model, &pool) {
+                    Ok(p) => p,
+                    Err(why) => {
+                        out.unservable = Some(why.0);
+                        continue;
+                    }
+                };
                 let estimate = if provider.has_own_estimate() {
                     let map = req.map.get_or_insert_with(|| req.body.to_map());
                     provider.estimate_cost(map).unwrap_or(req.estimate)
@@ -246,8 +270,13 @@ impl Router {
                 };
                 tried += 1;
                 out.attempts += 1;
+                let call = Sent {
+                    wire,
+                    payload,
+                    lease,
+                };
                 match self
-                    .attempt(&pool, i, &provider, lease, &mut req, now, &mut out)
+                    .attempt(&pool, i, &provider, call, &mut req, now, &mut out)
                     .await?
                 {
                     Step::Answer(r) => return Ok(r),
@@ -262,6 +291,11 @@ impl Router {
                 timeout,
                 message,
             });
+        }
+        if out.denial.is_none() {
+            if let Some(why) = out.unservable.take() {
+                return Err(RouteError::BadRequest(why));
+            }
         }
         if let Some(d) = &out.denial {
             metrics::counter!("llmux_no_capacity_total", "model" => req.model.clone(), "limit" => d.limit()).increment(1);
@@ -281,16 +315,18 @@ impl Router {
         pool: &Pool,
         i: usize,
         provider: &Arc<dyn Provider>,
-        lease: Lease,
+        sent: Sent,
         req: &mut Prepared<'_>,
         now: Timestamp,
         out: &mut Outcomes,
     ) -> Result<Step, RouteError> {
+        let Sent {
+            wire,
+            payload,
+            lease,
+        } = sent;
         let target = &pool.plan.targets[i];
         let stats = &pool.stats[i];
-        // A stream asks the upstream for its usage (hidden again from clients that did not).
-        let include_usage = req.body.stream && req.endpoint != Endpoint::Embeddings;
-        let payload = req.body.write(&target.id.model, include_usage);
         let timeout_secs = pool
             .plan
             .pool
@@ -298,8 +334,8 @@ impl Router {
             .or(target.provider.timeout_secs)
             .unwrap_or(self.inner.config.request_timeout_secs);
         let call = Call {
-            endpoint: req.endpoint,
-            body: Bytes::from(payload),
+            endpoint: wire.upstream(req.endpoint),
+            body: payload,
             stream: req.body.stream,
             secret: lease.secret().clone(),
             timeout: Duration::from_secs(timeout_secs),
@@ -310,7 +346,23 @@ impl Router {
         let fallback_on = &pool.plan.pool.fallback_on;
         let result = provider.send(call).await;
         let outcome = classify(&result);
+        let client = req.endpoint;
         let answer = |status: u16, headers: HeaderMap, body: ResponseBody| {
+            let body = match (wire, body) {
+                (Wire::Native, b) | (_, b @ ResponseBody::Stream(_)) => b,
+                // An error answer of the other dialect, in the client's envelope.
+                (_, ResponseBody::Full(b)) if status >= 400 => {
+                    ResponseBody::Full(Bytes::from(match client.dialect() {
+                        crate::provider::Dialect::Anthropic => {
+                            translate::error_to_anthropic(status, &b).to_string()
+                        }
+                        crate::provider::Dialect::OpenAi => {
+                            translate::error_to_openai(status, &b).to_string()
+                        }
+                    }))
+                }
+                (_, b) => b,
+            };
             Step::Answer(Response {
                 target: target.id.clone(),
                 target_header: stats.header.clone(),
@@ -392,21 +444,40 @@ impl Router {
             .pool
             .stream_idle_timeout_secs
             .unwrap_or(timeout_secs);
-        let body = settle_success(
+        let answer_to = Answering {
+            client,
+            wire,
+            model: &target.id.model,
+            created: u64::try_from(now.0 / 1000).unwrap_or(0),
+            client_wants_usage: req.body.client_wants_usage,
+        };
+        let (status, body) = settle_success(
             reply.body,
             provider.as_ref(),
             stats,
             lease,
             started,
             Duration::from_secs(idle),
-            req.body.client_wants_usage,
+            &answer_to,
         );
-        Ok(answer(reply.status, headers, body))
+        Ok(answer(status, headers, body))
     }
 }
 
+/// What the answer of a successful attempt is turned into for the client.
+struct Answering<'a> {
+    client: Endpoint,
+    wire: Wire,
+    /// The upstream model, named in a translated answer that names none.
+    model: &'a str,
+    /// Unix seconds, for a translated answer's `created`.
+    created: u64,
+    client_wants_usage: bool,
+}
+
 /// The answer of a successful attempt: a whole body settles its lease now (its reported usage,
-/// else the estimate); a stream settles it when it ends, breaks, stalls or is dropped.
+/// else the estimate); a stream settles it when it ends, breaks, stalls or is dropped. A
+/// translated request's answer is translated back.
 fn settle_success(
     body: ReplyBody,
     provider: &dyn Provider,
@@ -414,25 +485,96 @@ fn settle_success(
     lease: Lease,
     started: Instant,
     idle: Duration,
-    client_wants_usage: bool,
-) -> ResponseBody {
+    to: &Answering<'_>,
+) -> (u16, ResponseBody) {
+    let shape = UsageShape::of(to.wire.upstream(to.client));
     match body {
         ReplyBody::Full(bytes) => {
             let latency = started.elapsed();
             stats.record_ok(Some(latency));
             let reported = provider
                 .actual_cost(&bytes)
-                .or_else(|| usage_of_body(&bytes));
+                .or_else(|| usage_of_body(shape, &bytes));
             let usage = stats.observe_usage(reported, lease.estimate());
             lease.complete_detached(usage, latency);
-            ResponseBody::Full(bytes)
+            match translate_body(to, &bytes) {
+                Some(b) => (200, ResponseBody::Full(b)),
+                None => {
+                    let msg = "the upstream's answer could not be translated to this API";
+                    let e = error_body(to.client, 502, "upstream_error", "upstream_error", msg);
+                    (502, ResponseBody::Full(Bytes::from(e.to_string())))
+                }
+            }
         }
         ReplyBody::Stream(s) => {
             stats.record_ok(None);
-            let scanner = UsageScanner::new(!client_wants_usage);
-            ResponseBody::Stream(Box::pin(Tracked::new(s, scanner, lease, idle)))
+            let mut scanner = UsageScanner::new(shape, !to.client_wants_usage);
+            match to.wire {
+                Wire::Native => {}
+                Wire::ChatToMessages => {
+                    let t = AnthropicToChatStream::new(to.model, to.client_wants_usage, to.created);
+                    scanner = scanner.translating(Translator::ToChat(t));
+                }
+                Wire::MessagesToChat => {
+                    let t = ChatToAnthropicStream::new(to.model);
+                    scanner = scanner.translating(Translator::ToMessages(t));
+                }
+            }
+            let tracked = Tracked::new(s, scanner, lease, idle, to.client);
+            (200, ResponseBody::Stream(Box::pin(tracked)))
         }
     }
+}
+
+/// A whole successful answer in the client's dialect (`None`: not the shape expected).
+fn translate_body(to: &Answering<'_>, bytes: &Bytes) -> Option<Bytes> {
+    let convert = match to.wire {
+        Wire::Native => return Some(bytes.clone()),
+        Wire::ChatToMessages => {
+            |v: &Value, created| translate::messages_response_to_chat(v, created)
+        }
+        Wire::MessagesToChat => |v: &Value, _| translate::chat_response_to_messages(v),
+    };
+    let v: Value = serde_json::from_slice(bytes).ok()?;
+    let out = convert(&v, to.created)?;
+    Some(Bytes::from(out.to_string()))
+}
+
+/// The body for one attempt on a target of `wire` serving `upstream_model`.
+fn payload(
+    req: &mut Prepared<'_>,
+    wire: Wire,
+    upstream_model: &str,
+    pool: &Pool,
+) -> Result<Bytes, translate::Untranslatable> {
+    let v = match wire {
+        Wire::Native => {
+            // A stream asks the upstream for its usage (hidden again from clients that did not).
+            let include_usage = req.body.stream
+                && matches!(
+                    req.endpoint,
+                    Endpoint::ChatCompletions | Endpoint::Completions
+                );
+            return Ok(Bytes::from(req.body.write(upstream_model, include_usage)));
+        }
+        Wire::ChatToMessages => {
+            let map = req.map.get_or_insert_with(|| req.body.to_map());
+            let max = pool.plan.pool.default_max_tokens;
+            translate::chat_to_messages(map, upstream_model, max)?
+        }
+        Wire::MessagesToChat => {
+            let map = req.map.get_or_insert_with(|| req.body.to_map());
+            translate::messages_to_chat(map, upstream_model)?
+        }
+    };
+    Ok(Bytes::from(v.to_string()))
+}
+
+/// An attempt about to be sent: its wire, its body and its reservation.
+struct Sent {
+    wire: Wire,
+    payload: Bytes,
+    lease: Lease,
 }
 
 fn count_status(label: &str, status: u16) {

@@ -4,7 +4,8 @@
 
 use crate::error::UpstreamError;
 use crate::lease::Lease;
-use crate::provider::ByteStream;
+use crate::protocol::errors::stream_error_event;
+use crate::provider::{ByteStream, Endpoint};
 use crate::sse::UsageScanner;
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
@@ -24,6 +25,8 @@ pub(crate) struct Tracked {
     last_chunk: tokio::time::Instant,
     idle_timer: Pin<Box<tokio::time::Sleep>>,
     done: bool,
+    /// Whose dialect the error event is written in.
+    client: Endpoint,
 }
 
 impl Tracked {
@@ -32,6 +35,7 @@ impl Tracked {
         scanner: UsageScanner,
         lease: Lease,
         idle: Duration,
+        client: Endpoint,
     ) -> Self {
         Tracked {
             inner,
@@ -42,6 +46,7 @@ impl Tracked {
             last_chunk: tokio::time::Instant::now(),
             idle_timer: Box::pin(tokio::time::sleep(idle)),
             done: false,
+            client,
         }
     }
 
@@ -51,22 +56,18 @@ impl Tracked {
             // cannot be proved unused are never given back.
             let usage = lease
                 .stats
-                .observe_usage(self.scanner.usage, lease.estimate());
+                .observe_usage(self.scanner.usage(), lease.estimate());
             lease.complete_detached(usage, self.started.elapsed());
         }
     }
 
-    /// End the stream with an OpenAI-shaped error event, on a line of its own.
+    /// End the stream with the client dialect's error event, on a line of its own.
     fn error_event(&mut self, message: &str, code: &str) -> Bytes {
         self.done = true;
         self.settle();
-        let event = serde_json::json!({"error": {
-            "message": message,
-            "type": "upstream_error",
-            "code": code,
-        }});
+        let event = stream_error_event(self.client, message, code);
         let sep = if self.scanner.mid_event() { "\n\n" } else { "" };
-        Bytes::from(format!("{sep}data: {event}\n\n"))
+        Bytes::from(format!("{sep}{event}"))
     }
 }
 
