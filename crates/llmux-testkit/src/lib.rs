@@ -8,7 +8,15 @@
 //!   when `"stream_options": {"include_usage": true}` is set, as OpenAI does);
 //! * `POST /v1/completions` — a legacy text completion, JSON or SSE;
 //! * `POST /v1/embeddings` — one `[0.1, 0.2, 0.3]` embedding per input;
-//! * `GET /v1/models` — a list holding the single model `gpt-4o-mini`.
+//! * `GET /v1/models` — a list holding the single model `gpt-4o-mini`;
+//! * `POST /v1/messages` — Anthropic Messages, JSON or SSE (`message_start` …
+//!   `message_stop`), usage with cache tokens ([`MockUpstream::set_cache_usage`]), errors in
+//!   Anthropic's envelope and `anthropic-ratelimit-*` headers on a 429;
+//! * `POST /v1/responses` — OpenAI Responses, JSON or typed SSE events ending with
+//!   `response.completed`.
+//!
+//! A chat or Messages request with `tools` whose last message is not a tool result is
+//! answered with a call of its first tool, arguments `{"q":"mock"}` (streamed in two pieces).
 //!
 //! Every request is recorded (see [`MockUpstream::requests`]) and answered
 //! according to a [`Behavior`]: the next one queued with [`MockUpstream::push`]
@@ -28,6 +36,7 @@
 //! # }
 //! ```
 
+mod dialects;
 pub mod redis;
 
 use std::collections::VecDeque;
@@ -110,6 +119,9 @@ struct Inner {
     default: Behavior,
     requests: Vec<Recorded>,
     usage: (u64, u64),
+    /// Cache (read, write) tokens: reported by Anthropic answers (beside `input_tokens`),
+    /// and as `prompt_tokens_details.cached_tokens` (included in `prompt_tokens`) by OpenAI ones.
+    cache: (u64, u64),
 }
 
 type Shared = Arc<Mutex<Inner>>;
@@ -142,12 +154,15 @@ impl MockUpstream {
             default: Behavior::Ok,
             requests: Vec::new(),
             usage: (10, 5),
+            cache: (0, 0),
         }));
         let app = Router::new()
             .route("/v1/chat/completions", post(chat))
             .route("/v1/completions", post(completions))
             .route("/v1/embeddings", post(embeddings))
             .route("/v1/models", get(models))
+            .route("/v1/messages", post(messages))
+            .route("/v1/responses", post(responses))
             .fallback(unknown)
             .with_state(shared.clone());
         let task = tokio::spawn(async move {
@@ -191,6 +206,13 @@ impl MockUpstream {
     pub fn set_usage(&self, prompt_tokens: u64, completion_tokens: u64) {
         self.shared.lock().usage = (prompt_tokens, completion_tokens);
     }
+
+    /// Sets the prompt-cache tokens reported (default none): Anthropic answers report them
+    /// beside `input_tokens` (= the prompt tokens of [`MockUpstream::set_usage`]); OpenAI chat
+    /// answers report `read` as `cached_tokens`, inside `prompt_tokens`.
+    pub fn set_cache_usage(&self, read: u64, write: u64) {
+        self.shared.lock().cache = (read, write);
+    }
 }
 
 impl Drop for MockUpstream {
@@ -206,6 +228,8 @@ enum Endpoint {
     Completions,
     Embeddings,
     Models,
+    Messages,
+    Responses,
 }
 
 /// What a normal answer needs to know about its request.
@@ -217,7 +241,30 @@ struct Ctx {
     body: Value,
     prompt_tokens: u64,
     completion_tokens: u64,
+    /// Cache (read, write) tokens.
+    cache: (u64, u64),
     include_usage: bool,
+}
+
+impl Ctx {
+    /// The name of the tool to call: the request has tools and does not end with a result.
+    fn tool_call(&self) -> Option<String> {
+        let first = self.body.get("tools")?.as_array()?.first()?;
+        let name = first
+            .pointer("/function/name")
+            .or_else(|| first.get("name"))?
+            .as_str()?;
+        let last = self.body.get("messages")?.as_array()?.last()?;
+        let is_result = last.get("role").and_then(Value::as_str) == Some("tool")
+            || last
+                .get("content")
+                .and_then(Value::as_array)
+                .is_some_and(|c| {
+                    c.iter()
+                        .any(|b| b.get("type").and_then(Value::as_str) == Some("tool_result"))
+                });
+        (!is_result).then(|| name.to_string())
+    }
 }
 
 async fn chat(State(s): State<Shared>, req: Request) -> Response {
@@ -236,6 +283,14 @@ async fn models(State(s): State<Shared>, req: Request) -> Response {
     handle(s, Some(Endpoint::Models), req).await
 }
 
+async fn messages(State(s): State<Shared>, req: Request) -> Response {
+    handle(s, Some(Endpoint::Messages), req).await
+}
+
+async fn responses(State(s): State<Shared>, req: Request) -> Response {
+    handle(s, Some(Endpoint::Responses), req).await
+}
+
 async fn unknown(State(s): State<Shared>, req: Request) -> Response {
     handle(s, None, req).await
 }
@@ -247,7 +302,7 @@ async fn handle(shared: Shared, endpoint: Option<Endpoint>, req: Request) -> Res
         .await
         .unwrap_or_default();
     let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-    let (behavior, n, (prompt_tokens, completion_tokens)) = {
+    let (behavior, n, (prompt_tokens, completion_tokens), cache) = {
         let mut inner = shared.lock();
         inner.requests.push(Recorded {
             method: parts.method.to_string(),
@@ -265,7 +320,7 @@ async fn handle(shared: Shared, endpoint: Option<Endpoint>, req: Request) -> Res
             Some(b) => b,
             None => inner.default.clone(),
         });
-        (behavior, inner.requests.len(), inner.usage)
+        (behavior, inner.requests.len(), inner.usage, inner.cache)
     };
     let (Some(endpoint), Some(behavior)) = (endpoint, behavior) else {
         return error_response(StatusCode::NOT_FOUND, None, HeaderMap::new());
@@ -275,6 +330,8 @@ async fn handle(shared: Shared, endpoint: Option<Endpoint>, req: Request) -> Res
         id: match endpoint {
             Endpoint::Chat => format!("chatcmpl-mock-{n}"),
             Endpoint::Completions => format!("cmpl-mock-{n}"),
+            Endpoint::Messages => format!("msg_mock{n}"),
+            Endpoint::Responses => format!("resp_mock{n}"),
             Endpoint::Embeddings | Endpoint::Models => format!("mock-{n}"),
         },
         created: SystemTime::now()
@@ -293,7 +350,9 @@ async fn handle(shared: Shared, endpoint: Option<Endpoint>, req: Request) -> Res
         body,
         prompt_tokens,
         completion_tokens,
+        cache,
     };
+    let anthropic = endpoint == Endpoint::Messages;
     match behavior {
         Behavior::Ok => normal(&ctx, Flow::Plain),
         Behavior::Delay(d) => {
@@ -307,7 +366,13 @@ async fn handle(shared: Shared, endpoint: Option<Endpoint>, req: Request) -> Res
             retry_after_secs,
         } => {
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            if anthropic {
+                return dialects::anthropic_error(status, retry_after_secs, HeaderMap::new());
+            }
             error_response(status, retry_after_secs, HeaderMap::new())
+        }
+        Behavior::RateLimited { retry_after_secs } if anthropic => {
+            dialects::anthropic_rate_limited(retry_after_secs)
         }
         Behavior::RateLimited { retry_after_secs } => {
             let reset = format!("{retry_after_secs}s");
@@ -336,7 +401,7 @@ enum Flow {
 
 /// A successful answer for `ctx`, streamed if the request asked for it.
 fn normal(ctx: &Ctx, flow: Flow) -> Response {
-    let streams = matches!(ctx.endpoint, Endpoint::Chat | Endpoint::Completions)
+    let streams = !matches!(ctx.endpoint, Endpoint::Embeddings | Endpoint::Models)
         && ctx.body.get("stream").and_then(Value::as_bool) == Some(true);
     let mut headers = success_headers(ctx);
     if !streams {
@@ -353,14 +418,15 @@ fn normal(ctx: &Ctx, flow: Flow) -> Response {
     }
     insert(&mut headers, "content-type", "text/event-stream");
     insert(&mut headers, "cache-control", "no-cache");
+    let events = |pieces, complete| match ctx.endpoint {
+        Endpoint::Messages => dialects::anthropic_events(ctx, pieces, complete),
+        Endpoint::Responses => dialects::responses_events(ctx, pieces, complete),
+        _ => sse_events(ctx, pieces, complete),
+    };
     let body = match flow {
-        Flow::Plain => stream_body(sse_events(ctx, CONTENT_PIECES.len(), true), None, false),
-        Flow::Gated(sem) => stream_body(
-            sse_events(ctx, CONTENT_PIECES.len(), true),
-            Some(sem),
-            false,
-        ),
-        Flow::Break(k) => stream_body(sse_events(ctx, k, false), None, true),
+        Flow::Plain => stream_body(events(CONTENT_PIECES.len(), true), None, false),
+        Flow::Gated(sem) => stream_body(events(CONTENT_PIECES.len(), true), Some(sem), false),
+        Flow::Break(k) => stream_body(events(k, false), None, true),
     };
     build(StatusCode::OK, headers, body)
 }
@@ -371,20 +437,9 @@ fn json_answer(ctx: &Ctx) -> Value {
     let usage = json!({"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c});
     let content: String = CONTENT_PIECES.concat();
     match ctx.endpoint {
-        Endpoint::Chat => json!({
-            "id": ctx.id,
-            "object": "chat.completion",
-            "created": ctx.created,
-            "model": ctx.model,
-            "system_fingerprint": "fp_mock",
-            "choices": [{
-                "index": 0,
-                "message": {"role": "assistant", "content": content, "refusal": null},
-                "logprobs": null,
-                "finish_reason": "stop",
-            }],
-            "usage": usage,
-        }),
+        Endpoint::Messages => dialects::anthropic_json(ctx),
+        Endpoint::Responses => dialects::responses_json(ctx),
+        Endpoint::Chat => dialects::chat_json(ctx),
         Endpoint::Completions => json!({
             "id": ctx.id,
             "object": "text_completion",
@@ -432,18 +487,33 @@ fn sse_events(ctx: &Ctx, pieces: usize, complete: bool) -> Vec<Bytes> {
             None,
         ));
     }
-    for i in 0..pieces {
-        let piece = CONTENT_PIECES[i % CONTENT_PIECES.len()];
-        chunks.push(chunk(ctx, json!({"content": piece}), None));
+    let tool = (ctx.endpoint == Endpoint::Chat)
+        .then(|| ctx.tool_call())
+        .flatten();
+    match &tool {
+        Some(name) => {
+            let head = json!({"tool_calls": [{"index": 0, "id": "call_mock", "type": "function",
+                "function": {"name": name, "arguments": ""}}]});
+            chunks.push(chunk(ctx, head, None));
+            for piece in dialects::TOOL_ARGUMENT_PIECES.iter().take(pieces) {
+                let delta = json!({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]});
+                chunks.push(chunk(ctx, delta, None));
+            }
+        }
+        None => {
+            for i in 0..pieces {
+                let piece = CONTENT_PIECES[i % CONTENT_PIECES.len()];
+                chunks.push(chunk(ctx, json!({"content": piece}), None));
+            }
+        }
     }
     if complete {
-        chunks.push(chunk(ctx, json!({}), Some("stop")));
+        let finish = if tool.is_some() { "tool_calls" } else { "stop" };
+        chunks.push(chunk(ctx, json!({}), Some(finish)));
         if ctx.include_usage {
-            let (p, c) = (ctx.prompt_tokens, ctx.completion_tokens);
             let mut last = chunk_frame(ctx);
             last["choices"] = json!([]);
-            last["usage"] =
-                json!({"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c});
+            last["usage"] = dialects::chat_usage(ctx);
             chunks.push(last);
         }
     }
