@@ -99,6 +99,10 @@ pub(crate) fn anthropic_events(ctx: &Ctx, pieces: usize, complete: bool) -> Vec<
     out.push(event(
         &json!({"type": "content_block_start", "index": 0, "content_block": block}),
     ));
+    let pieces = match tool {
+        Some(_) => pieces.min(TOOL_ARGUMENT_PIECES.len()),
+        None => pieces,
+    };
     for i in 0..pieces {
         let delta = match &tool {
             Some(_) => json!({"type": "input_json_delta",

@@ -166,3 +166,34 @@ where
     }
     panic!("condition not reached within 5 s");
 }
+
+/// Run the Python `script` (which prints `SDK-OK` when every check held) with `args`, if
+/// `python3` has `module` (`.ci/run` installs the SDKs: under `CI` a missing one fails).
+pub async fn run_sdk_script(gw: &Gateway, module: &str, script: &str, args: &[String]) {
+    let have = std::process::Command::new("python3")
+        .args(["-c", &format!("import {module}")])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !have {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI is set but python3 with the {module} package is missing"
+        );
+        eprintln!("skipped: python3 with the `{module}` package is not installed");
+        return;
+    }
+    let path = gw.dir.path().join(format!("{module}_sdk.py"));
+    std::fs::write(&path, script).unwrap();
+    let out = tokio::process::Command::new("python3")
+        .arg(&path)
+        .args(args)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains("SDK-OK"),
+        "stdout: {stdout}\nstderr: {stderr}"
+    );
+}
