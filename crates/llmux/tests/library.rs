@@ -129,6 +129,44 @@ async fn request_routes_through_the_mock_provider() {
 }
 
 #[tokio::test]
+async fn messages_and_responses_requests_come_back_in_their_dialect() {
+    let r = router();
+    let body = serde_json::json!({"model": "m", "max_tokens": 20, "system": "Be brief.",
+        "messages": [{"role": "user", "content": "hi"}]});
+    let v = r
+        .request(Request::messages(body.clone()).unwrap())
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (v["type"].as_str(), v["content"][0]["type"].as_str()),
+        (Some("message"), Some("text")),
+        "{v}"
+    );
+    let mut streamed = body;
+    streamed["stream"] = serde_json::json!(true);
+    let text = r
+        .request(Request::messages(streamed).unwrap())
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let text = String::from_utf8(text.to_vec()).unwrap();
+    assert!(
+        text.starts_with("event: message_start\n") && text.contains("event: message_stop\n"),
+        "{text}"
+    );
+    assert!(!text.contains("[DONE]"), "{text}");
+    let req = Request::responses(serde_json::json!({"model": "m", "input": "hi"})).unwrap();
+    let v = r.request(req).await.unwrap().json().await.unwrap();
+    assert_eq!(v["object"], "response", "{v}");
+    assert!(Request::messages(serde_json::json!([1])).is_err());
+}
+
+#[tokio::test]
 async fn the_mock_provider_rate_limits_after_n_requests() {
     let cfg = r#"
 [store]

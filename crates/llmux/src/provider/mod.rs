@@ -159,8 +159,14 @@ pub trait Provider: Send + Sync + 'static {
 }
 
 /// How long a 429 asks us to wait: `retry-after-ms`, `retry-after` (seconds), then the
-/// `x-ratelimit-reset-*` / `anthropic-ratelimit-*-reset` durations (`"6ms"`, `"1m30s"`).
+/// `x-ratelimit-reset-*` durations (`"6ms"`, `"1m30s"`), then the RFC 3339 resets of the
+/// exhausted `anthropic-ratelimit-*` limits.
 pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    retry_after_at(headers, std::time::SystemTime::now())
+}
+
+/// [`retry_after`] with the wall clock as a parameter (Anthropic's resets are instants).
+pub fn retry_after_at(headers: &HeaderMap, now: std::time::SystemTime) -> Option<Duration> {
     let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     if let Some(ms) = get("retry-after-ms").and_then(|v| v.trim().parse::<f64>().ok()) {
         return secs(ms / 1000.0);
@@ -169,9 +175,20 @@ pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
         return secs(s);
     }
     let resets = ["x-ratelimit-reset-requests", "x-ratelimit-reset-tokens"];
-    resets
+    let openai = resets
         .iter()
         .filter_map(|h| get(h).and_then(parse_go_duration))
+        .max();
+    if openai.is_some() {
+        return openai;
+    }
+    let now = jiff::Timestamp::try_from(now).ok()?;
+    ["requests", "tokens", "input-tokens", "output-tokens"]
+        .iter()
+        .filter(|l| get(&format!("anthropic-ratelimit-{l}-remaining")) == Some("0"))
+        .filter_map(|l| get(&format!("anthropic-ratelimit-{l}-reset")))
+        .filter_map(|v| v.trim().parse::<jiff::Timestamp>().ok())
+        .filter_map(|at| secs(now.duration_until(at).as_secs_f64()))
         .max()
 }
 
@@ -251,6 +268,26 @@ mod tests {
                 "{bad}"
             );
         }
+        let mut h = HeaderMap::new();
+        let now = std::time::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        h.insert("anthropic-ratelimit-tokens-remaining", "0".parse().unwrap());
+        h.insert(
+            "anthropic-ratelimit-tokens-reset",
+            "2023-11-14T22:13:40Z".parse().unwrap(),
+        );
+        h.insert(
+            "anthropic-ratelimit-requests-remaining",
+            "5".parse().unwrap(),
+        );
+        h.insert(
+            "anthropic-ratelimit-requests-reset",
+            "2023-11-14T23:13:20Z".parse().unwrap(),
+        );
+        assert_eq!(
+            retry_after_at(&h, now),
+            Some(Duration::from_secs(20)),
+            "the exhausted limit's reset, 20 s after now; not the one with room left"
+        );
         let mut h = HeaderMap::new();
         h.insert(
             "x-ratelimit-reset-tokens",

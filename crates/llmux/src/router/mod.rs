@@ -93,8 +93,20 @@ impl Request {
     }
     /// A chat completion request from a JSON value.
     pub fn chat(body: Value) -> Result<Request, RouteError> {
+        Request::of(Endpoint::ChatCompletions, body)
+    }
+    /// An Anthropic Messages request from a JSON value: answered in that dialect (a stream as
+    /// Anthropic events) whichever dialect the chosen target speaks.
+    pub fn messages(body: Value) -> Result<Request, RouteError> {
+        Request::of(Endpoint::Messages, body)
+    }
+    /// An OpenAI Responses request from a JSON value (OpenAI-family targets only).
+    pub fn responses(body: Value) -> Result<Request, RouteError> {
+        Request::of(Endpoint::Responses, body)
+    }
+    fn of(endpoint: Endpoint, body: Value) -> Result<Request, RouteError> {
         match body {
-            Value::Object(m) => Ok(Request::new(Endpoint::ChatCompletions, m)),
+            Value::Object(m) => Ok(Request::new(endpoint, m)),
             _ => Err(RouteError::BadRequest(
                 "the body must be a JSON object".into(),
             )),
