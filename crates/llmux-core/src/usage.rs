@@ -126,6 +126,24 @@ pub fn estimate_tokens(text: &str) -> u64 {
     (text.len() as u64).div_ceil(4)
 }
 
+/// What one image in a prompt is reserved as, in input tokens, unless it asks for low detail.
+/// Images are not text: their base64 or URL says nothing of their cost. Both dialects price
+/// an image by its pixels (OpenAI: 85 + 170 per 512 px tile, 765 for 1024x1024; Anthropic:
+/// width x height / 750, at most about 1,600), so this is the upper end of either rule.
+pub const IMAGE_TOKENS: u64 = 1_600;
+/// An OpenAI image with `"detail": "low"`: a flat 85 tokens.
+pub const LOW_DETAIL_IMAGE_TOKENS: u64 = 85;
+
+/// The tokens of one image given as `image_url` (OpenAI chat's `{"url", "detail"}` object, or
+/// the Responses API's URL string).
+pub fn image_url_tokens(detail: Option<&str>) -> u64 {
+    if detail == Some("low") {
+        LOW_DETAIL_IMAGE_TOKENS
+    } else {
+        IMAGE_TOKENS
+    }
+}
+
 /// Members of a request body whose text is prompt, besides `messages`: completion `prompt`,
 /// embeddings and Responses `input`, Anthropic `system`, Responses `instructions`, and tool
 /// definitions.
@@ -141,7 +159,12 @@ pub fn estimate_input_tokens(body: &serde_json::Map<String, serde_json::Value>) 
             serde_json::Value::Object(o) => o
                 .iter()
                 .filter(|(k, _)| k.as_str() != "role" && k.as_str() != "type")
-                .map(|(_, v)| text_tokens(v))
+                .map(|(k, v)| match (k.as_str(), v) {
+                    ("image_url", v) => image_url_tokens(v.get("detail").and_then(|d| d.as_str())),
+                    // An Anthropic image (or document) block's `source`.
+                    ("source", serde_json::Value::Object(_)) => IMAGE_TOKENS,
+                    _ => text_tokens(v),
+                })
                 .sum(),
             _ => 0,
         }
@@ -182,6 +205,21 @@ mod tests {
         );
         assert_eq!(Measure::from_name("anything"), Measure::Requests);
         assert_eq!(Measure::CostMicroUsd.capacity_from_value(1.5), 1_500_000);
+    }
+
+    #[test]
+    fn images_count_by_their_rule_not_their_bytes() {
+        let data = format!("data:image/png;base64,{}", "A".repeat(400_000));
+        let body = serde_json::json!({"messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": data}},
+            {"type": "image_url", "image_url": {"url": "https://x/y.png", "detail": "low"}},
+            {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "A".repeat(400_000)}},
+        ]}]});
+        let n = estimate_input_tokens(body.as_object().unwrap());
+        assert_eq!(
+            n,
+            3 + 4 + IMAGE_TOKENS + LOW_DETAIL_IMAGE_TOKENS + IMAGE_TOKENS
+        );
     }
 
     #[test]

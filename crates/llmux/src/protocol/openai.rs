@@ -7,7 +7,7 @@
 //! writes the body for one attempt: the original bytes with the `model` value (and, for a
 //! stream, `stream_options`) spliced in.
 
-use llmux_core::usage::estimate_tokens;
+use llmux_core::usage::{estimate_tokens, image_url_tokens, IMAGE_TOKENS};
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 use std::borrow::Cow;
@@ -243,13 +243,131 @@ impl<'de> Visitor<'de> for TextTokens {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<u64, A::Error> {
         let mut total = 0u64;
         while let Some(k) = map.next_key::<Key<'de>>()? {
-            if k.0 == "role" || k.0 == "type" {
-                map.next_value::<IgnoredAny>()?;
-            } else {
-                total = total.saturating_add(map.next_value_seed(TextTokens)?);
-            }
+            let t = match &*k.0 {
+                "role" | "type" => {
+                    map.next_value::<IgnoredAny>()?;
+                    0
+                }
+                // Images count by their rule, never by the length of their data.
+                "image_url" => map.next_value::<ImageUrl>()?.tokens(),
+                "source" => map.next_value::<Source>()?.tokens(),
+                _ => map.next_value_seed(TextTokens)?,
+            };
+            total = total.saturating_add(t);
         }
         Ok(total)
+    }
+}
+
+/// An `image_url` member: OpenAI chat's `{"url", "detail"}`, or the Responses API's URL
+/// string. Only `detail` is kept.
+struct ImageUrl(Option<bool>);
+
+impl ImageUrl {
+    fn tokens(&self) -> u64 {
+        let low = self.0 == Some(true);
+        image_url_tokens(low.then_some("low"))
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for ImageUrl {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = ImageUrl;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an image URL")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<ImageUrl, A::Error> {
+                let mut low = None;
+                while let Some(k) = map.next_key::<Key<'de>>()? {
+                    if k.0 == "detail" {
+                        let detail = map.next_value::<serde_json::Value>()?;
+                        low = Some(detail.as_str() == Some("low"));
+                    } else {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+                Ok(ImageUrl(low))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<ImageUrl, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(ImageUrl(None))
+            }
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<ImageUrl, E> {
+                Ok(ImageUrl(None))
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<ImageUrl, E> {
+                Ok(ImageUrl(None))
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<ImageUrl, E> {
+                Ok(ImageUrl(None))
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<ImageUrl, E> {
+                Ok(ImageUrl(None))
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<ImageUrl, E> {
+                Ok(ImageUrl(None))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<ImageUrl, E> {
+                Ok(ImageUrl(None))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A `source` member: an Anthropic image block's counts as one image when it is an object;
+/// anything else is text.
+enum Source {
+    Image,
+    Text(u64),
+}
+
+impl Source {
+    fn tokens(&self) -> u64 {
+        match self {
+            Source::Image => IMAGE_TOKENS,
+            Source::Text(n) => *n,
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Source {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Source;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Source, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Source::Image)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Source, A::Error> {
+                TextTokens.visit_seq(seq).map(Source::Text)
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Source, E> {
+                Ok(Source::Text(estimate_tokens(s)))
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Source, E> {
+                Ok(Source::Text(0))
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Source, E> {
+                Ok(Source::Text(0))
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Source, E> {
+                Ok(Source::Text(0))
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Source, E> {
+                Ok(Source::Text(0))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Source, E> {
+                Ok(Source::Text(0))
+            }
+        }
+        d.deserialize_any(V)
     }
 }
 
@@ -360,6 +478,9 @@ mod tests {
                     prop_oneof![
                         Just("role".to_string()),
                         Just("type".to_string()),
+                        Just("image_url".to_string()),
+                        Just("detail".to_string()),
+                        Just("source".to_string()),
                         "[a-z]{1,6}"
                     ],
                     inner,
