@@ -13,6 +13,10 @@ pub mod translate;
 pub mod usage;
 
 use crate::provider::{Dialect, Endpoint};
+use bytes::Bytes;
+use openai::RawRequest;
+use serde_json::{Map, Value};
+use translate::Untranslatable;
 
 /// How a request of the client's endpoint reaches an upstream of a provider's dialect.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,5 +51,62 @@ impl Wire {
             Wire::ChatToMessages => Endpoint::Messages,
             Wire::MessagesToChat => Endpoint::ChatCompletions,
         }
+    }
+
+    /// The body for one attempt on a target of this wire serving `upstream_model`: the
+    /// client's bytes with the model spliced in (and, for a chat or completions stream,
+    /// `stream_options.include_usage`, so the stream reports usage), or the body translated.
+    /// `map` is the body parsed, built on first need and kept for the next attempt.
+    pub fn request_body(
+        self,
+        client: Endpoint,
+        raw: &RawRequest<'_>,
+        map: &mut Option<Map<String, Value>>,
+        upstream_model: &str,
+        default_max_tokens: u64,
+    ) -> Result<Bytes, Untranslatable> {
+        let v = match self {
+            Wire::Native => {
+                let include_usage = raw.stream
+                    && matches!(client, Endpoint::ChatCompletions | Endpoint::Completions);
+                return Ok(Bytes::from(raw.write(upstream_model, include_usage)));
+            }
+            Wire::ChatToMessages => {
+                let map = map.get_or_insert_with(|| raw.to_map());
+                translate::chat_to_messages(map, upstream_model, default_max_tokens)?
+            }
+            Wire::MessagesToChat => {
+                let map = map.get_or_insert_with(|| raw.to_map());
+                translate::messages_to_chat(map, upstream_model)?
+            }
+        };
+        Ok(Bytes::from(v.to_string()))
+    }
+
+    /// A whole successful answer in the client's dialect (`None`: not the shape expected).
+    /// `created`: unix seconds, for a chat answer made from a Messages one.
+    pub fn answer_body(self, bytes: &Bytes, created: u64) -> Option<Bytes> {
+        let out = match self {
+            Wire::Native => return Some(bytes.clone()),
+            Wire::ChatToMessages => {
+                let v: Value = serde_json::from_slice(bytes).ok()?;
+                translate::messages_response_to_chat(&v, created)?
+            }
+            Wire::MessagesToChat => {
+                let v: Value = serde_json::from_slice(bytes).ok()?;
+                translate::chat_response_to_messages(&v)?
+            }
+        };
+        Some(Bytes::from(out.to_string()))
+    }
+
+    /// An upstream error answer in the envelope of `client`'s dialect.
+    pub fn error_body(self, client: Endpoint, status: u16, bytes: Bytes) -> Bytes {
+        let v = match (self, client.dialect()) {
+            (Wire::Native, _) => return bytes,
+            (_, Dialect::Anthropic) => translate::error_to_anthropic(status, &bytes),
+            (_, Dialect::OpenAi) => translate::error_to_openai(status, &bytes),
+        };
+        Bytes::from(v.to_string())
     }
 }

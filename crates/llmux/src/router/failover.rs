@@ -9,7 +9,7 @@ use crate::lease::{cooldown_until, Grant, Lease};
 use crate::ledger::Ledger;
 use crate::protocol::errors::error_body;
 use crate::protocol::openai::RawRequest;
-use crate::protocol::translate::{self, AnthropicToChatStream, ChatToAnthropicStream};
+use crate::protocol::translate::{AnthropicToChatStream, ChatToAnthropicStream};
 use crate::protocol::usage::{usage_of_body, UsageShape};
 use crate::protocol::Wire;
 use crate::provider::{Call, Endpoint, Provider, ReplyBody};
@@ -248,7 +248,14 @@ impl Router {
                         continue;
                     }
                 };
-                let payload = match payload(&mut req, wire, &target.id.model, &pool) {
+                let body = wire.request_body(
+                    req.endpoint,
+                    &req.body,
+                    &mut req.map,
+                    &target.id.model,
+                    pool.plan.pool.default_max_tokens,
+                );
+                let payload = match body {
                     Ok(p) => p,
                     Err(why) => {
                         out.unservable = Some(why.0);
@@ -348,20 +355,12 @@ impl Router {
         let outcome = classify(&result);
         let client = req.endpoint;
         let answer = |status: u16, headers: HeaderMap, body: ResponseBody| {
-            let body = match (wire, body) {
-                (Wire::Native, b) | (_, b @ ResponseBody::Stream(_)) => b,
+            let body = match body {
                 // An error answer of the other dialect, in the client's envelope.
-                (_, ResponseBody::Full(b)) if status >= 400 => {
-                    ResponseBody::Full(Bytes::from(match client.dialect() {
-                        crate::provider::Dialect::Anthropic => {
-                            translate::error_to_anthropic(status, &b).to_string()
-                        }
-                        crate::provider::Dialect::OpenAi => {
-                            translate::error_to_openai(status, &b).to_string()
-                        }
-                    }))
+                ResponseBody::Full(b) if status >= 400 => {
+                    ResponseBody::Full(wire.error_body(client, status, b))
                 }
-                (_, b) => b,
+                b => b,
             };
             Step::Answer(Response {
                 target: target.id.clone(),
@@ -497,7 +496,7 @@ fn settle_success(
                 .or_else(|| usage_of_body(shape, &bytes));
             let usage = stats.observe_usage(reported, lease.estimate());
             lease.complete_detached(usage, latency);
-            match translate_body(to, &bytes) {
+            match to.wire.answer_body(&bytes, to.created) {
                 Some(b) => (200, ResponseBody::Full(b)),
                 None => {
                     let msg = "the upstream's answer could not be translated to this API";
@@ -524,50 +523,6 @@ fn settle_success(
             (200, ResponseBody::Stream(Box::pin(tracked)))
         }
     }
-}
-
-/// A whole successful answer in the client's dialect (`None`: not the shape expected).
-fn translate_body(to: &Answering<'_>, bytes: &Bytes) -> Option<Bytes> {
-    let convert = match to.wire {
-        Wire::Native => return Some(bytes.clone()),
-        Wire::ChatToMessages => {
-            |v: &Value, created| translate::messages_response_to_chat(v, created)
-        }
-        Wire::MessagesToChat => |v: &Value, _| translate::chat_response_to_messages(v),
-    };
-    let v: Value = serde_json::from_slice(bytes).ok()?;
-    let out = convert(&v, to.created)?;
-    Some(Bytes::from(out.to_string()))
-}
-
-/// The body for one attempt on a target of `wire` serving `upstream_model`.
-fn payload(
-    req: &mut Prepared<'_>,
-    wire: Wire,
-    upstream_model: &str,
-    pool: &Pool,
-) -> Result<Bytes, translate::Untranslatable> {
-    let v = match wire {
-        Wire::Native => {
-            // A stream asks the upstream for its usage (hidden again from clients that did not).
-            let include_usage = req.body.stream
-                && matches!(
-                    req.endpoint,
-                    Endpoint::ChatCompletions | Endpoint::Completions
-                );
-            return Ok(Bytes::from(req.body.write(upstream_model, include_usage)));
-        }
-        Wire::ChatToMessages => {
-            let map = req.map.get_or_insert_with(|| req.body.to_map());
-            let max = pool.plan.pool.default_max_tokens;
-            translate::chat_to_messages(map, upstream_model, max)?
-        }
-        Wire::MessagesToChat => {
-            let map = req.map.get_or_insert_with(|| req.body.to_map());
-            translate::messages_to_chat(map, upstream_model)?
-        }
-    };
-    Ok(Bytes::from(v.to_string()))
 }
 
 /// An attempt about to be sent: its wire, its body and its reservation.

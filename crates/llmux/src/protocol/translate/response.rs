@@ -244,19 +244,6 @@ fn openai_type_for_status(status: u16) -> &'static str {
     }
 }
 
-fn anthropic_type_for_status(status: u16) -> &'static str {
-    match status {
-        400 => "invalid_request_error",
-        401 => "authentication_error",
-        403 => "permission_error",
-        404 => "not_found_error",
-        413 => "request_too_large",
-        429 => "rate_limit_error",
-        503 | 529 => "overloaded_error",
-        _ => "api_error",
-    }
-}
-
 /// Anthropic error type for an OpenAI error type (used where no status is known).
 fn anthropic_type_for_openai(kind: Option<&str>) -> &'static str {
     match kind {
@@ -328,7 +315,7 @@ pub fn error_to_anthropic(status: u16, body: &[u8]) -> Value {
         .ok()
         .and_then(|v| error_parts(&v).map(|(m, _)| m))
         .unwrap_or_else(|| fallback_message(status, body));
-    json!({"type": "error", "error": {"type": anthropic_type_for_status(status), "message": message}})
+    json!({"type": "error", "error": {"type": crate::protocol::errors::anthropic_type(status), "message": message}})
 }
 
 #[cfg(test)]
