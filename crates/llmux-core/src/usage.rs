@@ -152,10 +152,20 @@ pub const PROMPT_FIELDS: [&str; 5] = ["prompt", "input", "system", "instructions
 /// Estimate the input tokens of a request body of any dialect (chat and Anthropic `messages`
 /// and the [`PROMPT_FIELDS`]): text length plus a small per-message overhead.
 pub fn estimate_input_tokens(body: &serde_json::Map<String, serde_json::Value>) -> u64 {
-    fn text_tokens(v: &serde_json::Value) -> u64 {
+    input_tokens_with(body, &estimate_tokens)
+}
+
+/// [`estimate_input_tokens`] with each string counted by `text` (a real tokenizer, say):
+/// 4 tokens per message and 3 per request, images by their rule, `role` and `type` values
+/// not counted.
+pub fn input_tokens_with(
+    body: &serde_json::Map<String, serde_json::Value>,
+    text: &dyn Fn(&str) -> u64,
+) -> u64 {
+    fn tokens(v: &serde_json::Value, text: &dyn Fn(&str) -> u64) -> u64 {
         match v {
-            serde_json::Value::String(s) => estimate_tokens(s),
-            serde_json::Value::Array(a) => a.iter().map(text_tokens).sum(),
+            serde_json::Value::String(s) => text(s),
+            serde_json::Value::Array(a) => a.iter().map(|v| tokens(v, text)).sum(),
             serde_json::Value::Object(o) => o
                 .iter()
                 .filter(|(k, _)| k.as_str() != "role" && k.as_str() != "type")
@@ -163,7 +173,7 @@ pub fn estimate_input_tokens(body: &serde_json::Map<String, serde_json::Value>) 
                     ("image_url", v) => image_url_tokens(v.get("detail").and_then(|d| d.as_str())),
                     // An Anthropic image (or document) block's `source`.
                     ("source", serde_json::Value::Object(_)) => IMAGE_TOKENS,
-                    _ => text_tokens(v),
+                    _ => tokens(v, text),
                 })
                 .sum(),
             _ => 0,
@@ -171,11 +181,11 @@ pub fn estimate_input_tokens(body: &serde_json::Map<String, serde_json::Value>) 
     }
     let mut total = 0;
     if let Some(serde_json::Value::Array(msgs)) = body.get("messages") {
-        total += msgs.iter().map(|m| 4 + text_tokens(m)).sum::<u64>() + 3;
+        total += msgs.iter().map(|m| 4 + tokens(m, text)).sum::<u64>() + 3;
     }
     for field in PROMPT_FIELDS {
         if let Some(v) = body.get(field) {
-            total += text_tokens(v);
+            total += tokens(v, text);
         }
     }
     total

@@ -142,3 +142,31 @@ async fn max_concurrent_caps_requests_in_flight() {
     let r = post(gw.addr, "/v1/chat/completions", chat("m"), &[]).await;
     assert_eq!(r.status, 200);
 }
+
+/// A prompt whose rough estimate (bytes / 4) does not fit a token limit but whose exact count
+/// (tiktoken, for an OpenAI model) does is admitted; one that does not fit either way is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_limit_refusal_is_checked_again_with_the_exact_count() {
+    let mock = llmux_testkit::MockUpstream::start().await;
+    let text = "The quick brown fox jumps over the lazy dog. ".repeat(20);
+    let body = serde_json::json!({"model": "m", "max_tokens": 10,
+        "messages": [{"role": "user", "content": text}]});
+    let map = body.as_object().unwrap();
+    let exact = llmux::protocol::tokens::Encoding::O200k
+        .input_tokens(map)
+        .unwrap();
+    let rough = llmux::core::usage::estimate_input_tokens(map);
+    assert!(exact < rough, "exact {exact}, rough {rough}");
+    let cfg = |capacity: u64| {
+        format!(
+            "[store]\nkind = \"memory\"\n[providers.up]\nkind = \"openai-compatible\"\nbase_url = \"{}\"\n[[providers.up.keys]]\nid = \"k\"\nsecret = \"s\"\nresources = [{{ name = \"tpm\", value = {capacity}, period = \"minutely\" }}]\n[models.m]\ntargets = [{{ provider = \"up\", model = \"gpt-4o-mini\" }}]\n",
+            mock.base_url()
+        )
+    };
+    let gw = start(&cfg(exact + 10)).await;
+    let r = post(gw.addr, "/v1/chat/completions", body.to_string(), &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let gw = start(&cfg(exact + 9)).await;
+    let r = post(gw.addr, "/v1/chat/completions", body.to_string(), &[]).await;
+    assert_eq!(r.status, 429, "{}", r.text());
+}

@@ -9,6 +9,7 @@
 
 pub mod errors;
 pub mod openai;
+pub mod tokens;
 pub mod translate;
 pub mod usage;
 

@@ -221,15 +221,15 @@ impl Router {
     /// Try the targets of each pool of `chain` in candidate order until one answers.
     pub(super) async fn send_with_failover(
         &self,
-        chain: Vec<Arc<Pool>>,
-        mut req: Prepared<'_>,
+        chain: &[Arc<Pool>],
+        req: &mut Prepared<'_>,
     ) -> Result<Response, RouteError> {
         let first_now = self.inner.ledger.clock.now();
         let mut out = Outcomes::default();
         'chain: for pool in chain {
             let mut tried = 0u32;
             for i in self
-                .candidates(&pool, req.tier.as_deref(), first_now)
+                .candidates(pool, req.tier.as_deref(), first_now)
                 .await?
             {
                 // Read per attempt: an earlier attempt may have waited for a timeout.
@@ -239,7 +239,7 @@ impl Router {
                 }
                 let target = &pool.plan.targets[i];
                 let Some(provider) = self.inner.providers.get(&target.id.provider).cloned() else {
-                    return Err(RouteError::UnknownModel(req.model));
+                    return Err(RouteError::UnknownModel(req.model.clone()));
                 };
                 let wire = match Wire::between(req.endpoint, provider.dialect()) {
                     Ok(w) => w,
@@ -268,7 +268,7 @@ impl Router {
                 } else {
                     req.estimate
                 };
-                let lease = match self.try_target(&pool, i, &estimate, now, req.key).await? {
+                let lease = match self.try_target(pool, i, &estimate, now, req.key).await? {
                     Ok(l) => l,
                     Err(d) => {
                         out.deny(d);
@@ -283,7 +283,7 @@ impl Router {
                     lease,
                 };
                 match self
-                    .attempt(&pool, i, &provider, call, &mut req, now, &mut out)
+                    .attempt(pool, i, &provider, call, req, now, &mut out)
                     .await?
                 {
                     Step::Answer(r) => return Ok(r),

@@ -296,18 +296,59 @@ impl Router {
                 }
             }
         }
-        self.send_with_failover(
-            chain,
-            Prepared {
-                model,
-                endpoint,
-                body: parsed,
-                map,
-                estimate,
-                tier,
-                key: gateway_key.as_deref(),
-            },
-        )
-        .await
+        let mut req = Prepared {
+            model,
+            endpoint,
+            body: parsed,
+            map,
+            estimate,
+            tier,
+            key: gateway_key.as_deref(),
+        };
+        match self.send_with_failover(&chain, &mut req).await {
+            Err(RouteError::NoCapacity { denial, .. })
+                if refused_tokens(&denial) && self.count_exactly(&pool, &mut req) =>
+            {
+                // The rough estimate hit a token limit: try again with the exact count.
+                self.send_with_failover(&chain, &mut req).await
+            }
+            other => other,
+        }
     }
+
+    /// Count the request's input tokens with the tokenizer of the pool's models, when every
+    /// target is an OpenAI model of one encoding; true if that lowered the estimate.
+    fn count_exactly(&self, pool: &Pool, req: &mut Prepared<'_>) -> bool {
+        let mut encodings = pool
+            .plan
+            .targets
+            .iter()
+            .map(|t| crate::protocol::tokens::Encoding::for_model(&t.id.model));
+        let Some(Some(encoding)) = encodings.next() else {
+            return false;
+        };
+        if !encodings.all(|e| e == Some(encoding)) {
+            return false;
+        }
+        let map = req.map.get_or_insert_with(|| req.body.to_map());
+        let Some(exact) = encoding.input_tokens(map) else {
+            return false;
+        };
+        metrics::counter!("llmux_exact_token_counts_total").increment(1);
+        if exact >= req.estimate.input_tokens {
+            return false;
+        }
+        req.estimate.input_tokens = exact;
+        true
+    }
+}
+
+/// Whether `denial` is a token (or money) limit that a smaller estimate might pass: request
+/// counts reserve 1, cooldowns and concurrency do not depend on the estimate.
+fn refused_tokens(denial: &llmux_core::store::Denial) -> bool {
+    use llmux_core::store::DenialReason;
+    matches!(
+        denial.reason,
+        DenialReason::Exhausted { amount, .. } | DenialReason::NeverFits { amount, .. } if amount > 1
+    )
 }
