@@ -49,12 +49,21 @@ pub fn serve(cfg: &Path, port: u16) -> Serving {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
+    let mut serving = Serving(child);
     let deadline = Instant::now() + Duration::from_secs(20);
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(Instant::now() < deadline, "gateway did not start");
         std::thread::sleep(Duration::from_millis(50));
     }
-    Serving(child)
+    // What answers must be this gateway: one that could not bind the port exits, and another
+    // process's listener there would make every later check fail for the wrong reason.
+    std::thread::sleep(Duration::from_millis(50));
+    let exited = serving.0.try_wait().ok().flatten();
+    assert!(
+        exited.is_none(),
+        "the gateway exited ({exited:?}): port {port} is held by another process"
+    );
+    serving
 }
 
 /// `n` requests at once, spread over `ports`: (200s, 429s). Any other answer fails the test.
