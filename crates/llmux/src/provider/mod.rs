@@ -158,7 +158,8 @@ pub trait Provider: Send + Sync + 'static {
     }
 }
 
-/// How long a 429 asks us to wait: `retry-after-ms`, `retry-after` (seconds), then the
+/// How long a 429 asks us to wait: `retry-after-ms`, `retry-after` (seconds or an HTTP date),
+/// then the
 /// `x-ratelimit-reset-*` durations (`"6ms"`, `"1m30s"`), then the RFC 3339 resets of the
 /// exhausted `anthropic-ratelimit-*` limits.
 pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
@@ -171,8 +172,17 @@ pub fn retry_after_at(headers: &HeaderMap, now: std::time::SystemTime) -> Option
     if let Some(ms) = get("retry-after-ms").and_then(|v| v.trim().parse::<f64>().ok()) {
         return secs(ms / 1000.0);
     }
-    if let Some(s) = get("retry-after").and_then(|v| v.trim().parse::<f64>().ok()) {
-        return secs(s);
+    if let Some(v) = get("retry-after") {
+        if let Ok(s) = v.trim().parse::<f64>() {
+            return secs(s);
+        }
+        // The other form of `retry-after`: an HTTP date (`Wed, 21 Oct 2015 07:28:00 GMT`).
+        if let (Ok(at), Ok(now)) = (
+            jiff::fmt::rfc2822::parse(v.trim()),
+            jiff::Timestamp::try_from(now),
+        ) {
+            return secs(now.duration_until(at.timestamp()).as_secs_f64().max(0.0));
+        }
     }
     let resets = ["x-ratelimit-reset-requests", "x-ratelimit-reset-tokens"];
     let openai = resets
@@ -282,6 +292,21 @@ mod tests {
         h.insert(
             "anthropic-ratelimit-requests-reset",
             "2023-11-14T23:13:20Z".parse().unwrap(),
+        );
+        let mut dated = HeaderMap::new();
+        dated.insert(
+            "retry-after",
+            "Tue, 14 Nov 2023 22:13:50 GMT".parse().unwrap(),
+        );
+        assert_eq!(retry_after_at(&dated, now), Some(Duration::from_secs(30)));
+        dated.insert(
+            "retry-after",
+            "Tue, 14 Nov 2023 22:00:00 GMT".parse().unwrap(),
+        );
+        assert_eq!(
+            retry_after_at(&dated, now),
+            Some(Duration::ZERO),
+            "a date in the past asks for no wait"
         );
         assert_eq!(
             retry_after_at(&h, now),
