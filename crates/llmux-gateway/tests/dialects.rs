@@ -7,39 +7,6 @@ use common::*;
 use llmux_testkit::{Behavior, MockUpstream};
 use serde_json::{json, Value};
 
-/// Two upstreams on one mock: `claude` (kind anthropic) and `gpt` (openai-compatible), with
-/// token limits on both keys.
-fn config(mock: &MockUpstream) -> String {
-    format!(
-        r#"
-[store]
-kind = "sqlite"
-path = "{{DB}}"
-[providers.claude]
-kind = "anthropic"
-base_url = "{url}"
-[[providers.claude.keys]]
-id = "k1"
-secret = "sk-ant-1"
-resources = [{{ name = "tpm", value = 100000, period = "minutely" }},
-             {{ name = "input_tpm", value = 100000, period = "minutely" }},
-             {{ name = "cache_read_tpm", value = 100000, period = "minutely" }}]
-[providers.gpt]
-kind = "openai-compatible"
-base_url = "{url}"
-[[providers.gpt.keys]]
-id = "k1"
-secret = "sk-oa-1"
-resources = [{{ name = "tpm", value = 100000, period = "minutely" }}]
-[models.claude]
-targets = [{{ provider = "claude", model = "claude-sonnet-4-5" }}]
-[models.gpt]
-targets = [{{ provider = "gpt", model = "gpt-4o-mini" }}]
-"#,
-        url = mock.base_url()
-    )
-}
-
 fn sse_data(text: &str) -> Vec<Value> {
     text.lines()
         .filter_map(|l| l.strip_prefix("data: "))
@@ -59,7 +26,7 @@ async fn anthropic_native_passes_through_and_counts_cache_tokens() {
     let mock = MockUpstream::start().await;
     mock.set_usage(10, 5);
     mock.set_cache_usage(100, 20);
-    let gw = start(&config(&mock)).await;
+    let gw = start(&two_dialects(&mock)).await;
     let r = post(gw.addr, "/v1/messages", messages_body("claude", false), &[]).await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(
@@ -101,7 +68,7 @@ async fn openai_chat_reaches_an_anthropic_target_translated() {
     let mock = MockUpstream::start().await;
     mock.set_usage(10, 5);
     mock.set_cache_usage(30, 0);
-    let gw = start(&config(&mock)).await;
+    let gw = start(&two_dialects(&mock)).await;
     let body = json!({"model": "claude", "messages": [
         {"role": "system", "content": "Be brief."},
         {"role": "user", "content": "Say hello"}]});
@@ -172,7 +139,7 @@ async fn openai_chat_reaches_an_anthropic_target_translated() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn anthropic_messages_reach_an_openai_target_translated_with_tools() {
     let mock = MockUpstream::start().await;
-    let gw = start(&config(&mock)).await;
+    let gw = start(&two_dialects(&mock)).await;
     let tools = json!([{"name": "lookup", "description": "Look up", "input_schema":
         {"type": "object", "properties": {"q": {"type": "string"}}}}]);
     let body = json!({"model": "gpt", "max_tokens": 50, "system": "Use tools.", "tools": tools,
@@ -236,7 +203,7 @@ async fn anthropic_messages_reach_an_openai_target_translated_with_tools() {
 async fn the_responses_api_reaches_openai_targets_only() {
     let mock = MockUpstream::start().await;
     mock.set_usage(7, 3);
-    let gw = start(&config(&mock)).await;
+    let gw = start(&two_dialects(&mock)).await;
     let body = json!({"model": "gpt", "input": "Say hello", "max_output_tokens": 20});
     let r = post(gw.addr, "/v1/responses", body.to_string(), &[]).await;
     assert_eq!(r.status, 200, "{}", r.text());
@@ -271,7 +238,7 @@ async fn the_messages_route_answers_in_anthropic_envelopes() {
     let mock = MockUpstream::start().await;
     let cfg = format!(
         "{}\n[[gateway_keys]]\nid = \"team\"\nsecret = \"gk-team\"\n",
-        config(&mock)
+        two_dialects(&mock)
     );
     let gw = start(&cfg).await;
     let e = post(gw.addr, "/v1/messages", messages_body("claude", false), &[]).await;

@@ -105,31 +105,8 @@ async fn the_anthropic_and_openai_sdks_reach_targets_of_either_dialect() {
     mock.set_usage(10, 5);
     mock.set_cache_usage(30, 0);
     let cfg = format!(
-        r#"
-[store]
-kind = "sqlite"
-path = "{{DB}}"
-[providers.claude]
-kind = "anthropic"
-base_url = "{url}"
-[[providers.claude.keys]]
-id = "k1"
-secret = "sk-ant"
-[providers.gpt]
-kind = "openai-compatible"
-base_url = "{url}"
-[[providers.gpt.keys]]
-id = "k1"
-secret = "sk-oa"
-[models.claude]
-targets = [{{ provider = "claude", model = "claude-sonnet-4-5" }}]
-[models.gpt]
-targets = [{{ provider = "gpt", model = "gpt-4o-mini" }}]
-[[gateway_keys]]
-id = "sdk"
-secret = "gk-sdk"
-"#,
-        url = mock.base_url()
+        "{}\n[[gateway_keys]]\nid = \"sdk\"\nsecret = \"gk-sdk\"\n",
+        two_dialects(&mock)
     );
     let gw = start(&cfg).await;
     run_sdk_script(&gw, "anthropic", SCRIPT, &[format!("http://{}", gw.addr)]).await;

@@ -154,14 +154,18 @@ impl UsageScanner {
 
     fn translate_event(&mut self, event: &[u8], out: &mut Vec<u8>) {
         let (name, data) = split_event(event);
-        if data.is_empty() {
+        let Some(t) = &mut self.translator else {
             return;
-        }
-        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&data) {
-            self.usage.event(self.shape, &v);
-        }
-        if let Some(t) = &mut self.translator {
-            t.event(name.as_deref(), &data, out);
+        };
+        // Parsed once: for the usage, then for the translator.
+        match serde_json::from_str::<serde_json::Value>(&data) {
+            Ok(v) => {
+                self.usage.event(self.shape, &v);
+                t.event_value(name.as_deref(), &v, out);
+            }
+            // `[DONE]`, or data that is not JSON (the translator decides).
+            Err(_) if !data.is_empty() => t.event(name.as_deref(), &data, out),
+            Err(_) => {}
         }
     }
 
@@ -191,13 +195,7 @@ impl UsageScanner {
 
     /// Record the usage in `event`; returns whether to forward the event.
     fn take_usage(&mut self, event: &[u8]) -> bool {
-        let text = String::from_utf8_lossy(event);
-        let data: String = text
-            .lines()
-            .filter_map(|l| l.strip_prefix("data:"))
-            .map(str::trim_start)
-            .collect::<Vec<_>>()
-            .join("\n");
+        let (_, data) = split_event(event);
         let Ok(v) = serde_json::from_str::<serde_json::Value>(&data) else {
             return true;
         };
@@ -247,6 +245,12 @@ impl Translator {
         match self {
             Translator::ToChat(t) => t.event(name, data, out),
             Translator::ToMessages(t) => t.event(name, data, out),
+        }
+    }
+    fn event_value(&mut self, name: Option<&str>, v: &serde_json::Value, out: &mut Vec<u8>) {
+        match self {
+            Translator::ToChat(t) => t.event_value(name, v, out),
+            Translator::ToMessages(t) => t.event_value(name, v, out),
         }
     }
     fn finish(&mut self, out: &mut Vec<u8>) {

@@ -197,3 +197,36 @@ pub async fn run_sdk_script(gw: &Gateway, module: &str, script: &str, args: &[St
         "stdout: {stdout}\nstderr: {stderr}"
     );
 }
+
+/// Two upstreams on one mock: `claude` (kind anthropic) and `gpt` (openai-compatible), with
+/// token limits on both keys.
+pub fn two_dialects(mock: &llmux_testkit::MockUpstream) -> String {
+    format!(
+        r#"
+[store]
+kind = "sqlite"
+path = "{{DB}}"
+[providers.claude]
+kind = "anthropic"
+base_url = "{url}"
+[[providers.claude.keys]]
+id = "k1"
+secret = "sk-ant-1"
+resources = [{{ name = "tpm", value = 100000, period = "minutely" }},
+             {{ name = "input_tpm", value = 100000, period = "minutely" }},
+             {{ name = "cache_read_tpm", value = 100000, period = "minutely" }}]
+[providers.gpt]
+kind = "openai-compatible"
+base_url = "{url}"
+[[providers.gpt.keys]]
+id = "k1"
+secret = "sk-oa-1"
+resources = [{{ name = "tpm", value = 100000, period = "minutely" }}]
+[models.claude]
+targets = [{{ provider = "claude", model = "claude-sonnet-4-5" }}]
+[models.gpt]
+targets = [{{ provider = "gpt", model = "gpt-4o-mini" }}]
+"#,
+        url = mock.base_url()
+    )
+}

@@ -66,20 +66,17 @@ impl Wire {
         upstream_model: &str,
         default_max_tokens: u64,
     ) -> Result<Bytes, Untranslatable> {
+        if self == Wire::Native {
+            let include_usage =
+                raw.stream && matches!(client, Endpoint::ChatCompletions | Endpoint::Completions);
+            return Ok(Bytes::from(raw.write(upstream_model, include_usage)));
+        }
+        let map = map.get_or_insert_with(|| raw.to_map());
         let v = match self {
-            Wire::Native => {
-                let include_usage = raw.stream
-                    && matches!(client, Endpoint::ChatCompletions | Endpoint::Completions);
-                return Ok(Bytes::from(raw.write(upstream_model, include_usage)));
-            }
             Wire::ChatToMessages => {
-                let map = map.get_or_insert_with(|| raw.to_map());
                 translate::chat_to_messages(map, upstream_model, default_max_tokens)?
             }
-            Wire::MessagesToChat => {
-                let map = map.get_or_insert_with(|| raw.to_map());
-                translate::messages_to_chat(map, upstream_model)?
-            }
+            _ => translate::messages_to_chat(map, upstream_model)?,
         };
         Ok(Bytes::from(v.to_string()))
     }

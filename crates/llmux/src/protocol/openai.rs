@@ -7,7 +7,7 @@
 //! writes the body for one attempt: the original bytes with the `model` value (and, for a
 //! stream, `stream_options`) spliced in.
 
-use llmux_core::usage::{estimate_tokens, image_url_tokens, IMAGE_TOKENS};
+use llmux_core::usage::{estimate_tokens, image_url_tokens, IMAGE_TOKENS, PROMPT_FIELDS};
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 use std::borrow::Cow;
@@ -83,8 +83,7 @@ impl<'a> RawRequest<'a> {
         }
         for field in PROMPT_FIELDS {
             if let Some(v) = last(field) {
-                let mut de = serde_json::Deserializer::from_str(v.get());
-                input_tokens += TextTokens.deserialize(&mut de).unwrap_or(0);
+                input_tokens += text_tokens(v);
             }
         }
         Ok(RawRequest {
@@ -141,10 +140,6 @@ impl<'a> RawRequest<'a> {
         serde_json::from_slice(self.body).unwrap_or_default()
     }
 }
-
-/// Members whose text is prompt, besides `messages`: completion `prompt`, embeddings and
-/// Responses `input`, Anthropic `system`, Responses `instructions`, and tool definitions.
-const PROMPT_FIELDS: [&str; 5] = llmux_core::usage::PROMPT_FIELDS;
 
 /// `stream_options` with `include_usage` set; other options kept as given.
 fn with_include_usage(v: &RawValue) -> Vec<u8> {
@@ -249,8 +244,16 @@ impl<'de> Visitor<'de> for TextTokens {
                     0
                 }
                 // Images count by their rule, never by the length of their data.
-                "image_url" => map.next_value::<ImageUrl>()?.tokens(),
-                "source" => map.next_value::<Source>()?.tokens(),
+                "image_url" => image_url_tokens(low_detail(map.next_value()?).then_some("low")),
+                "source" => {
+                    // An Anthropic image block's `source` is an object; anything else is text.
+                    let v: &'de RawValue = map.next_value()?;
+                    if v.get().starts_with('{') {
+                        IMAGE_TOKENS
+                    } else {
+                        text_tokens(v)
+                    }
+                }
                 _ => map.next_value_seed(TextTokens)?,
             };
             total = total.saturating_add(t);
@@ -259,116 +262,38 @@ impl<'de> Visitor<'de> for TextTokens {
     }
 }
 
-/// An `image_url` member: OpenAI chat's `{"url", "detail"}`, or the Responses API's URL
-/// string. Only `detail` is kept.
-struct ImageUrl(Option<bool>);
-
-impl ImageUrl {
-    fn tokens(&self) -> u64 {
-        let low = self.0 == Some(true);
-        image_url_tokens(low.then_some("low"))
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for ImageUrl {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = ImageUrl;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("an image URL")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<ImageUrl, A::Error> {
-                let mut low = None;
-                while let Some(k) = map.next_key::<Key<'de>>()? {
-                    if k.0 == "detail" {
-                        let detail = map.next_value::<serde_json::Value>()?;
-                        low = Some(detail.as_str() == Some("low"));
-                    } else {
-                        map.next_value::<IgnoredAny>()?;
-                    }
+/// Whether an `image_url` member (OpenAI chat's `{"url", "detail"}`, or the Responses API's
+/// URL string) asks for `"detail": "low"`. Only `detail` is read; the URL is skipped.
+fn low_detail(v: &RawValue) -> bool {
+    struct V;
+    impl<'de> Visitor<'de> for V {
+        type Value = bool;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("an image URL object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<bool, A::Error> {
+            let mut low = false;
+            while let Some(k) = map.next_key::<Key<'de>>()? {
+                if k.0 == "detail" {
+                    low = map.next_value::<serde_json::Value>()?.as_str() == Some("low");
+                } else {
+                    map.next_value::<IgnoredAny>()?;
                 }
-                Ok(ImageUrl(low))
             }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<ImageUrl, A::Error> {
-                while seq.next_element::<IgnoredAny>()?.is_some() {}
-                Ok(ImageUrl(None))
-            }
-            fn visit_str<E: de::Error>(self, _: &str) -> Result<ImageUrl, E> {
-                Ok(ImageUrl(None))
-            }
-            fn visit_bool<E: de::Error>(self, _: bool) -> Result<ImageUrl, E> {
-                Ok(ImageUrl(None))
-            }
-            fn visit_i64<E: de::Error>(self, _: i64) -> Result<ImageUrl, E> {
-                Ok(ImageUrl(None))
-            }
-            fn visit_u64<E: de::Error>(self, _: u64) -> Result<ImageUrl, E> {
-                Ok(ImageUrl(None))
-            }
-            fn visit_f64<E: de::Error>(self, _: f64) -> Result<ImageUrl, E> {
-                Ok(ImageUrl(None))
-            }
-            fn visit_unit<E: de::Error>(self) -> Result<ImageUrl, E> {
-                Ok(ImageUrl(None))
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
-
-/// A `source` member: an Anthropic image block's counts as one image when it is an object;
-/// anything else is text.
-enum Source {
-    Image,
-    Text(u64),
-}
-
-impl Source {
-    fn tokens(&self) -> u64 {
-        match self {
-            Source::Image => IMAGE_TOKENS,
-            Source::Text(n) => *n,
+            Ok(low)
         }
     }
+    v.get().starts_with('{')
+        && serde_json::Deserializer::from_str(v.get())
+            .deserialize_map(V)
+            .unwrap_or(false)
 }
 
-impl<'de> serde::Deserialize<'de> for Source {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Source;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("any JSON value")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Source, A::Error> {
-                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-                Ok(Source::Image)
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Source, A::Error> {
-                TextTokens.visit_seq(seq).map(Source::Text)
-            }
-            fn visit_str<E: de::Error>(self, s: &str) -> Result<Source, E> {
-                Ok(Source::Text(estimate_tokens(s)))
-            }
-            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Source, E> {
-                Ok(Source::Text(0))
-            }
-            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Source, E> {
-                Ok(Source::Text(0))
-            }
-            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Source, E> {
-                Ok(Source::Text(0))
-            }
-            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Source, E> {
-                Ok(Source::Text(0))
-            }
-            fn visit_unit<E: de::Error>(self) -> Result<Source, E> {
-                Ok(Source::Text(0))
-            }
-        }
-        d.deserialize_any(V)
-    }
+/// [`TextTokens`] of a raw value.
+fn text_tokens(v: &RawValue) -> u64 {
+    TextTokens
+        .deserialize(&mut serde_json::Deserializer::from_str(v.get()))
+        .unwrap_or(0)
 }
 
 /// Chat `messages`: 4 tokens of overhead per message plus its text, plus 3.

@@ -53,20 +53,37 @@ pub struct WireUsage {
 }
 
 impl WireUsage {
+    /// `v` as a usage object (`None`: not an object, or not one of usage counts).
+    pub fn from_value(v: &serde_json::Value) -> Option<WireUsage> {
+        v.is_object()
+            .then(|| WireUsage::deserialize(v).ok())
+            .flatten()
+    }
+
     /// The ledger, if the object holds the fields `shape` must report.
     pub fn normalize(&self, shape: UsageShape) -> Option<Usage> {
+        let required = match shape {
+            UsageShape::Chat => self.prompt_tokens,
+            UsageShape::Responses | UsageShape::Anthropic => self.input_tokens,
+        };
+        required.map(|_| self.counts(shape))
+    }
+
+    /// The ledger, counts the object does not report taken as 0 (usage carried across
+    /// dialects, where a missing count is no reason to drop the others).
+    pub fn counts(&self, shape: UsageShape) -> Usage {
         let cached = |d: Option<Details>| d.and_then(|d| d.cached_tokens).unwrap_or(0);
         let reasoning = |d: Option<Details>| d.and_then(|d| d.reasoning_tokens).unwrap_or(0);
-        let u = match shape {
+        match shape {
             UsageShape::Chat => Usage {
-                input_tokens: self.prompt_tokens?,
+                input_tokens: self.prompt_tokens.unwrap_or(0),
                 output_tokens: self.completion_tokens.unwrap_or(0),
                 cache_read_tokens: cached(self.prompt_tokens_details),
                 reasoning_tokens: reasoning(self.completion_tokens_details),
                 ..Usage::default()
             },
             UsageShape::Responses => Usage {
-                input_tokens: self.input_tokens?,
+                input_tokens: self.input_tokens.unwrap_or(0),
                 output_tokens: self.output_tokens.unwrap_or(0),
                 cache_read_tokens: cached(self.input_tokens_details),
                 reasoning_tokens: reasoning(self.output_tokens_details),
@@ -77,7 +94,8 @@ impl WireUsage {
                 let write = self.cache_creation_input_tokens.unwrap_or(0);
                 Usage {
                     input_tokens: self
-                        .input_tokens?
+                        .input_tokens
+                        .unwrap_or(0)
                         .saturating_add(read)
                         .saturating_add(write),
                     output_tokens: self.output_tokens.unwrap_or(0),
@@ -86,8 +104,7 @@ impl WireUsage {
                     ..Usage::default()
                 }
             }
-        };
-        Some(u)
+        }
     }
 
     /// `later` over `self`: each field `later` reports replaces this one (Anthropic's
@@ -159,6 +176,30 @@ pub fn usage_of_body(shape: UsageShape, body: &[u8]) -> Option<Usage> {
         .normalize(shape)
 }
 
+/// The ledger as an OpenAI chat `usage` object (cache reads are part of `prompt_tokens`).
+pub fn chat_usage_json(u: &Usage) -> serde_json::Value {
+    serde_json::json!({
+        "prompt_tokens": u.input_tokens,
+        "completion_tokens": u.output_tokens,
+        "total_tokens": u.input_tokens.saturating_add(u.output_tokens),
+        "prompt_tokens_details": {"cached_tokens": u.cache_read_tokens},
+    })
+}
+
+/// The ledger as an Anthropic `usage` object (`input_tokens` leaves the cache tokens out).
+pub fn anthropic_usage_json(u: &Usage) -> serde_json::Value {
+    let uncached = u
+        .input_tokens
+        .saturating_sub(u.cache_read_tokens)
+        .saturating_sub(u.cache_write_tokens);
+    serde_json::json!({
+        "output_tokens": u.output_tokens,
+        "input_tokens": uncached,
+        "cache_read_input_tokens": u.cache_read_tokens,
+        "cache_creation_input_tokens": u.cache_write_tokens,
+    })
+}
+
 /// Usage from one SSE event's data, as it stands after the event. Anthropic streams report
 /// usage in two halves: `message_start` (input, cache) then `message_delta` (output); only
 /// the second makes it complete, so a stream cut between them has no known usage.
@@ -171,10 +212,7 @@ pub struct StreamUsage {
 impl StreamUsage {
     /// Read `data` (an event's JSON) of a stream of `shape`.
     pub fn event(&mut self, shape: UsageShape, data: &serde_json::Value) {
-        let usage = |v: Option<&serde_json::Value>| {
-            v.filter(|u| u.is_object())
-                .and_then(|u| WireUsage::deserialize(u).ok())
-        };
+        let usage = |v: Option<&serde_json::Value>| v.and_then(WireUsage::from_value);
         match shape {
             UsageShape::Chat => {
                 if let Some(u) = usage(data.get("usage")) {

@@ -1,5 +1,6 @@
 //! JSON response and error-body translation, and the mappings the streams share.
 
+use crate::protocol::usage::{anthropic_usage_json, chat_usage_json, UsageShape, WireUsage};
 use serde_json::{json, Map, Value};
 
 /// OpenAI `finish_reason` for an Anthropic `stop_reason`.
@@ -19,82 +20,6 @@ pub(super) fn stop_reason(finish_reason: Option<&str>) -> &'static str {
         Some("tool_calls") | Some("function_call") => "tool_use",
         Some("content_filter") => "refusal",
         _ => "end_turn",
-    }
-}
-
-fn u64_at(v: &Value, key: &str) -> Option<u64> {
-    v.get(key).and_then(Value::as_u64)
-}
-
-/// Anthropic token counts, as carried by `usage` objects.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub(super) struct AnthropicUsage {
-    pub input: u64,
-    pub output: u64,
-    pub cache_read: u64,
-    pub cache_creation: u64,
-}
-
-impl AnthropicUsage {
-    /// Overwrites the counts present in an Anthropic `usage` object.
-    pub fn update(&mut self, usage: &Value) {
-        if let Some(n) = u64_at(usage, "input_tokens") {
-            self.input = n;
-        }
-        if let Some(n) = u64_at(usage, "output_tokens") {
-            self.output = n;
-        }
-        if let Some(n) = u64_at(usage, "cache_read_input_tokens") {
-            self.cache_read = n;
-        }
-        if let Some(n) = u64_at(usage, "cache_creation_input_tokens") {
-            self.cache_creation = n;
-        }
-    }
-
-    /// The OpenAI `usage` object: cache reads and writes count as prompt tokens.
-    pub fn to_openai(self) -> Value {
-        let prompt = self
-            .input
-            .saturating_add(self.cache_read)
-            .saturating_add(self.cache_creation);
-        json!({
-            "prompt_tokens": prompt,
-            "completion_tokens": self.output,
-            "total_tokens": prompt.saturating_add(self.output),
-            "prompt_tokens_details": {"cached_tokens": self.cache_read},
-        })
-    }
-}
-
-/// OpenAI token counts: prompt, completion, cached prompt tokens.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub(super) struct OpenAiUsage {
-    pub prompt: u64,
-    pub completion: u64,
-    pub cached: u64,
-}
-
-impl OpenAiUsage {
-    pub fn from_value(usage: &Value) -> Self {
-        OpenAiUsage {
-            prompt: u64_at(usage, "prompt_tokens").unwrap_or(0),
-            completion: u64_at(usage, "completion_tokens").unwrap_or(0),
-            cached: usage
-                .get("prompt_tokens_details")
-                .and_then(|d| u64_at(d, "cached_tokens"))
-                .unwrap_or(0),
-        }
-    }
-
-    /// The Anthropic `usage` members, `output_tokens` first.
-    pub fn to_anthropic(self) -> Value {
-        json!({
-            "output_tokens": self.completion,
-            "input_tokens": self.prompt.saturating_sub(self.cached),
-            "cache_read_input_tokens": self.cached,
-            "cache_creation_input_tokens": 0,
-        })
     }
 }
 
@@ -132,10 +57,11 @@ pub fn messages_response_to_chat(resp: &Value, created: u64) -> Option<Value> {
         message.insert("tool_calls".into(), Value::Array(calls));
     }
     message.insert("refusal".into(), Value::Null);
-    let mut usage = AnthropicUsage::default();
-    if let Some(u) = obj.get("usage") {
-        usage.update(u);
-    }
+    let usage = obj
+        .get("usage")
+        .and_then(WireUsage::from_value)
+        .unwrap_or_default()
+        .counts(UsageShape::Anthropic);
     let stop = obj.get("stop_reason").and_then(Value::as_str);
     Some(json!({
         "id": obj.get("id").cloned().unwrap_or(Value::Null),
@@ -148,7 +74,7 @@ pub fn messages_response_to_chat(resp: &Value, created: u64) -> Option<Value> {
             "logprobs": null,
             "finish_reason": finish_reason(stop),
         }],
-        "usage": usage.to_openai(),
+        "usage": chat_usage_json(&usage),
     }))
 }
 
@@ -182,8 +108,9 @@ pub fn chat_response_to_messages(resp: &Value) -> Option<Value> {
     }
     let usage = obj
         .get("usage")
-        .map(OpenAiUsage::from_value)
-        .unwrap_or_default();
+        .and_then(WireUsage::from_value)
+        .unwrap_or_default()
+        .counts(UsageShape::Chat);
     let finish = choice.get("finish_reason").and_then(Value::as_str);
     Some(json!({
         "id": obj.get("id").cloned().unwrap_or(Value::Null),
@@ -193,12 +120,7 @@ pub fn chat_response_to_messages(resp: &Value) -> Option<Value> {
         "content": content,
         "stop_reason": stop_reason(finish),
         "stop_sequence": null,
-        "usage": {
-            "input_tokens": usage.prompt.saturating_sub(usage.cached),
-            "output_tokens": usage.completion,
-            "cache_read_input_tokens": usage.cached,
-            "cache_creation_input_tokens": 0,
-        },
+        "usage": anthropic_usage_json(&usage),
     }))
 }
 

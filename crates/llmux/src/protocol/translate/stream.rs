@@ -4,8 +4,9 @@ use serde_json::{json, Value};
 
 use super::response::{
     anthropic_error_from_openai, finish_reason, openai_error_from_anthropic, stop_reason,
-    AnthropicUsage, OpenAiUsage,
 };
+use crate::protocol::usage::{anthropic_usage_json, chat_usage_json, UsageShape, WireUsage};
+use llmux_core::Usage;
 
 /// Writes an OpenAI `data:` event.
 fn write_data(out: &mut Vec<u8>, v: &Value) {
@@ -31,7 +32,8 @@ pub struct AnthropicToChatStream {
     created: u64,
     id: String,
     model: String,
-    usage: AnthropicUsage,
+    /// The upstream's usage so far (`message_start`, then `message_delta`).
+    usage: WireUsage,
     tools: Vec<ToolBlock>,
     stop_seen: bool,
     closed: bool,
@@ -45,7 +47,7 @@ impl AnthropicToChatStream {
             created,
             id: String::new(),
             model: model_fallback.to_owned(),
-            usage: AnthropicUsage::default(),
+            usage: WireUsage::default(),
             tools: Vec::new(),
             stop_seen: false,
             closed: false,
@@ -54,12 +56,16 @@ impl AnthropicToChatStream {
 
     /// Feeds one upstream event; the event's JSON `type` wins over `name`.
     pub fn event(&mut self, name: Option<&str>, data: &str, out: &mut Vec<u8>) {
+        if let Ok(v) = serde_json::from_str::<Value>(data) {
+            self.event_value(name, &v, out);
+        }
+    }
+
+    /// [`AnthropicToChatStream::event`] with the data already parsed.
+    pub fn event_value(&mut self, name: Option<&str>, v: &Value, out: &mut Vec<u8>) {
         if self.closed {
             return;
         }
-        let Ok(v) = serde_json::from_str::<Value>(data) else {
-            return;
-        };
         let kind = v
             .get("type")
             .and_then(Value::as_str)
@@ -67,17 +73,17 @@ impl AnthropicToChatStream {
             .unwrap_or("")
             .to_owned();
         match kind.as_str() {
-            "message_start" => self.on_message_start(&v, out),
-            "content_block_start" => self.on_block_start(&v, out),
-            "content_block_delta" => self.on_block_delta(&v, out),
-            "content_block_stop" => self.on_block_stop(&v, out),
-            "message_delta" => self.on_message_delta(&v, out),
+            "message_start" => self.on_message_start(v, out),
+            "content_block_start" => self.on_block_start(v, out),
+            "content_block_delta" => self.on_block_delta(v, out),
+            "content_block_stop" => self.on_block_stop(v, out),
+            "message_delta" => self.on_message_delta(v, out),
             "message_stop" => {
                 self.stop_seen = true;
                 self.close(out);
             }
             "error" => {
-                let err = openai_error_from_anthropic(&v, None).unwrap_or_else(|| {
+                let err = openai_error_from_anthropic(v, None).unwrap_or_else(|| {
                     json!({"error": {"message": "upstream stream error",
                         "type": "server_error", "code": null}})
                 });
@@ -108,7 +114,7 @@ impl AnthropicToChatStream {
                 "created": self.created,
                 "model": self.model,
                 "choices": [],
-                "usage": self.usage.to_openai(),
+                "usage": chat_usage_json(&self.usage.counts(UsageShape::Anthropic)),
             });
             write_data(out, &chunk);
         }
@@ -138,7 +144,9 @@ impl AnthropicToChatStream {
             }
         }
         if let Some(usage) = msg.get("usage") {
-            self.usage.update(usage);
+            if let Some(u) = WireUsage::from_value(usage) {
+                self.usage.merge(&u);
+            }
         }
         self.chunk(json!({"role": "assistant", "content": ""}), None, out);
     }
@@ -214,7 +222,9 @@ impl AnthropicToChatStream {
 
     fn on_message_delta(&mut self, v: &Value, out: &mut Vec<u8>) {
         if let Some(usage) = v.get("usage") {
-            self.usage.update(usage);
+            if let Some(u) = WireUsage::from_value(usage) {
+                self.usage.merge(&u);
+            }
         }
         let stop = v
             .get("delta")
@@ -247,7 +257,7 @@ pub struct ChatToAnthropicStream {
     open: Option<Open>,
     calls: Vec<CallBlock>,
     stop_reason: Option<&'static str>,
-    usage: OpenAiUsage,
+    usage: Usage,
 }
 
 impl ChatToAnthropicStream {
@@ -261,31 +271,39 @@ impl ChatToAnthropicStream {
             open: None,
             calls: Vec::new(),
             stop_reason: None,
-            usage: OpenAiUsage::default(),
+            usage: Usage::default(),
         }
     }
 
     /// Feeds one upstream event: a JSON chunk or `[DONE]`.
-    pub fn event(&mut self, _name: Option<&str>, data: &str, out: &mut Vec<u8>) {
+    pub fn event(&mut self, name: Option<&str>, data: &str, out: &mut Vec<u8>) {
+        if data.trim() == "[DONE]" {
+            if !self.closed {
+                self.close(out);
+                self.closed = true;
+            }
+            return;
+        }
+        if let Ok(v) = serde_json::from_str::<Value>(data) {
+            self.event_value(name, &v, out);
+        }
+    }
+
+    /// [`ChatToAnthropicStream::event`] with a JSON chunk already parsed.
+    pub fn event_value(&mut self, _name: Option<&str>, v: &Value, out: &mut Vec<u8>) {
         if self.closed {
             return;
         }
-        if data.trim() == "[DONE]" {
-            self.close(out);
-            self.closed = true;
-            return;
-        }
-        let Ok(v) = serde_json::from_str::<Value>(data) else {
-            return;
-        };
         if v.get("error").is_some_and(|e| !e.is_null()) {
-            write_event(out, &anthropic_error_from_openai(&v));
+            write_event(out, &anthropic_error_from_openai(v));
             self.closed = true;
             return;
         }
-        self.start(&v, out);
+        self.start(v, out);
         if let Some(usage) = v.get("usage").filter(|u| u.is_object()) {
-            self.usage = OpenAiUsage::from_value(usage);
+            self.usage = WireUsage::from_value(usage)
+                .unwrap_or_default()
+                .counts(UsageShape::Chat);
         }
         let choice = v
             .get("choices")
@@ -337,7 +355,7 @@ impl ChatToAnthropicStream {
             out,
             &json!({"type": "message_delta",
                 "delta": {"stop_reason": stop, "stop_sequence": null},
-                "usage": self.usage.to_anthropic()}),
+                "usage": anthropic_usage_json(&self.usage)}),
         );
         write_event(out, &json!({"type": "message_stop"}));
         self.closed = true;
