@@ -3,6 +3,7 @@
 //! with a message naming what broke.
 #![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
 
+use crate::health::{GateUse, Growth, HealthOp, Learned, LearnedMeasure};
 use crate::ids::Subject;
 use crate::store::*;
 use crate::time::Timestamp;
@@ -29,6 +30,7 @@ fn reserve(now: i64, lines: Vec<Line>, gates: &[&str]) -> Reserve {
         lease_ttl_ms: 10_000,
         lines,
         gates: gates.iter().map(|g| Subject::new(g)).collect(),
+        health: GateUse::default(),
     }
 }
 
@@ -48,13 +50,16 @@ async fn counter<S: StoreAdmin>(s: &S, subject: &str, resource: &str) -> Counter
 async fn granted<S: Store>(s: &S, r: Reserve) -> LeaseId {
     match s.reserve(r).await.unwrap() {
         Admission::Granted(id) => id,
+        Admission::Probe(id) => panic!("expected a plain grant, got probe {id:?}"),
         Admission::Denied(d) => panic!("expected a grant, got {d:?}"),
     }
 }
 
 async fn denied<S: Store>(s: &S, r: Reserve) -> Denial {
     match s.reserve(r).await.unwrap() {
-        Admission::Granted(id) => panic!("expected a denial, got lease {id:?}"),
+        Admission::Granted(id) | Admission::Probe(id) => {
+            panic!("expected a denial, got lease {id:?}")
+        }
         Admission::Denied(d) => d,
     }
 }
@@ -70,6 +75,134 @@ pub async fn run<S: Store + StoreAdmin>(s: &S, ns: &str) {
     reset_forgets_leases(s, &format!("{ns}g")).await;
     windows_roll(s, &format!("{ns}c")).await;
     lease_ids_are_the_callers(s, &format!("{ns}h")).await;
+    health(s, &format!("{ns}i")).await;
+}
+
+async fn flags<S: StoreAdmin>(s: &S, subject: &str) -> Flags {
+    let states = s.snapshot(subject).await.unwrap();
+    states
+        .iter()
+        .find(|x| x.subject == subject)
+        .map(|x| x.flags)
+        .unwrap_or_else(|| panic!("no flags for {subject}: {states:?}"))
+}
+
+/// Growing cooldowns, a breaker's open → half-open (bounded probes) → closed, and learned
+/// limits that take each reservation's share until their reset; `reset` forgets them all.
+async fn health<S: Store + StoreAdmin>(s: &S, p: &str) {
+    let k = format!("{p}/k");
+    let t = format!("{p}/k/m");
+    let g = Growth::default();
+    let cool = |now: i64, hint: Option<i64>| HealthOp::RateLimited {
+        now: Timestamp(now),
+        hint: hint.map(Timestamp),
+        growth: g,
+    };
+    let f = s
+        .health(Subject::new(&k), cool(40_000, None))
+        .await
+        .unwrap();
+    assert_eq!((f.cooldown_until, f.strikes), (Some(Timestamp(41_000)), 1));
+    // During the cooldown: no strike. Right after: twice as long.
+    let f = s
+        .health(Subject::new(&k), cool(40_500, None))
+        .await
+        .unwrap();
+    assert_eq!((f.cooldown_until, f.strikes), (Some(Timestamp(41_500)), 1));
+    let f = s
+        .health(Subject::new(&k), cool(41_600, None))
+        .await
+        .unwrap();
+    assert_eq!((f.cooldown_until, f.strikes), (Some(Timestamp(43_600)), 2));
+    // A longer hint wins; a shorter one never shortens.
+    let f = s
+        .health(Subject::new(&k), cool(43_000, Some(50_000)))
+        .await
+        .unwrap();
+    assert_eq!(f.cooldown_until, Some(Timestamp(50_000)));
+    assert_eq!(flags(s, &k).await.strikes, 2, "snapshot shows the strikes");
+    let d = denied(s, reserve(49_000, vec![], &[&k])).await;
+    assert_eq!(
+        (d.reason, d.retry_at),
+        (DenialReason::Cooldown, Some(Timestamp(50_000)))
+    );
+
+    // Breaker: open, then one probe, then open again until the probe reports.
+    s.health(Subject::new(&t), HealthOp::Breaker(Some(Timestamp(55_000))))
+        .await
+        .unwrap();
+    let d = denied(s, reserve(54_000, vec![], &[&k, &t])).await;
+    assert_eq!(
+        (d.reason, d.retry_at, d.subject.as_str()),
+        (
+            DenialReason::BreakerOpen,
+            Some(Timestamp(55_000)),
+            t.as_str()
+        )
+    );
+    let mut probe = reserve(55_000, vec![], &[&k, &t]);
+    probe.health.open_ms = 10_000;
+    let probe_id = probe.lease;
+    assert_eq!(s.reserve(probe).await.unwrap(), Admission::Probe(probe_id));
+    let d = denied(s, reserve(55_001, vec![], &[&k, &t])).await;
+    assert_eq!(
+        (d.reason, d.retry_at),
+        (DenialReason::BreakerOpen, Some(Timestamp(65_000))),
+        "its probe is out: open again"
+    );
+    s.release(probe_id).await.unwrap();
+    s.health(Subject::new(&t), HealthOp::Breaker(None))
+        .await
+        .unwrap();
+    let id = granted(s, reserve(55_002, vec![], &[&k, &t])).await;
+    s.release(id).await.unwrap();
+
+    // Learned limits: 2 requests and 100 tokens left until 70 s.
+    let mut limits = [None; 4];
+    limits[LearnedMeasure::Requests.index()] = Some(Learned {
+        limit: 60,
+        remaining: 2,
+        reset_at: Timestamp(70_000),
+    });
+    limits[LearnedMeasure::Tokens.index()] = Some(Learned {
+        limit: 1000,
+        remaining: 100,
+        reset_at: Timestamp(70_000),
+    });
+    s.health(Subject::new(&k), HealthOp::Learned(limits))
+        .await
+        .unwrap();
+    let with_tokens = |now: i64, tokens: u64| {
+        let mut r = reserve(now, vec![], &[&k]);
+        r.health.learned = [1, tokens, 0, 0];
+        r
+    };
+    let d = denied(s, with_tokens(60_000, 101)).await;
+    assert_eq!(d.retry_at, Some(Timestamp(70_000)));
+    assert!(
+        matches!(&d.reason, DenialReason::Exhausted { resource, capacity: 1000, amount: 101, .. } if &**resource == "upstream_tokens"),
+        "{d:?}"
+    );
+    granted(s, with_tokens(60_000, 60)).await;
+    granted(s, with_tokens(60_001, 40)).await;
+    let d = denied(s, with_tokens(60_002, 0)).await;
+    assert!(
+        matches!(&d.reason, DenialReason::Exhausted { resource, used: 60, .. } if &**resource == "upstream_requests"),
+        "{d:?}"
+    );
+    let f = flags(s, &k).await;
+    assert_eq!(
+        f.learned[LearnedMeasure::Tokens.index()].map(|l| l.remaining),
+        Some(0)
+    );
+    // Past the reset the limit no longer applies.
+    granted(s, with_tokens(70_000, 500)).await;
+    s.reset(p).await.unwrap();
+    assert!(
+        s.snapshot(p).await.unwrap().is_empty(),
+        "reset forgets health"
+    );
+    granted(s, reserve(70_001, vec![], &[&k, &t])).await;
 }
 
 /// A grant carries the id the caller chose; the same id again (a retried call) is granted

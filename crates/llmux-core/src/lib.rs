@@ -7,6 +7,7 @@
 pub mod config;
 #[doc(hidden)]
 pub mod conformance;
+pub mod health;
 pub mod ids;
 pub mod memory;
 pub mod plan;

@@ -1,6 +1,7 @@
 //! `MemoryStore`: the store in one process's memory (tests, demos). One mutex section per call
 //! makes check-and-write atomic; nothing survives a restart.
 
+use crate::health::HealthOp;
 use crate::ids::{at_or_below, Subject};
 use crate::store::*;
 use crate::time::Timestamp;
@@ -103,7 +104,7 @@ impl MemoryStore {
         if g.leases.contains_key(&r.lease.0) {
             return Admission::Granted(r.lease);
         }
-        let gates: Vec<Flags> = r
+        let mut gates: Vec<Flags> = r
             .gates
             .iter()
             .map(|s| g.flags.get(s).copied().unwrap_or_default())
@@ -118,8 +119,14 @@ impl MemoryStore {
                     .unwrap_or_else(|| Counter::fresh(l))
             })
             .collect();
-        if let Err(d) = decide(r, &mut counters, &gates) {
-            return Admission::Denied(d);
+        let passed = match decide(r, &mut counters, &mut gates) {
+            Ok(p) => p,
+            Err(d) => return Admission::Denied(d),
+        };
+        for (i, (s, f)) in r.gates.iter().zip(gates).enumerate() {
+            if passed.gate_changed(i) {
+                g.flags.insert(s.clone(), f);
+            }
         }
         let id = r.lease.0;
         let mut lines = Vec::with_capacity(r.lines.len());
@@ -135,7 +142,7 @@ impl MemoryStore {
                 lines,
             },
         );
-        Admission::Granted(r.lease)
+        passed.admission(r.lease)
     }
 }
 
@@ -168,6 +175,13 @@ impl Store for MemoryStore {
         let f = g.flags.entry(subject).or_default();
         f.cooldown_until = Some(f.cooldown_until.map_or(until, |u| u.max(until)));
         Ok(())
+    }
+
+    async fn health(&self, subject: Subject, op: HealthOp) -> Result<Flags, StoreError> {
+        let mut g = self.inner.lock();
+        let f = g.flags.entry(subject).or_default();
+        f.apply_health(&op);
+        Ok(*f)
     }
 
     async fn scores(
@@ -273,6 +287,7 @@ mod tests {
             lease_ttl_ms: 1_000,
             lines: vec![line(1)],
             gates: vec![],
+            health: Default::default(),
         }
     }
 

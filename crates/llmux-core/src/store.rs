@@ -10,6 +10,7 @@
 //! window when its stored one has ended (never moving a window back), and
 //! `used + reserved + amount <= capacity` must hold on every line.
 
+use crate::health::{check_gate, Breaker, GateCheck, GateUse, HealthOp, Learned};
 use crate::ids::Subject;
 use crate::time::Timestamp;
 use crate::window::Window;
@@ -53,14 +54,29 @@ pub struct Reserve {
     /// How long the reservation holds if never committed or released.
     pub lease_ttl_ms: i64,
     pub lines: Vec<Line>,
-    /// Subjects that must be neither cooling down nor disabled.
+    /// Subjects that must be neither cooling down nor disabled, whose breaker must let the
+    /// request through and whose learned limits must have room (see [`crate::health`]).
     pub gates: Vec<Subject>,
+    /// What the request brings to those gates.
+    pub health: GateUse,
 }
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Admission {
     Granted(LeaseId),
+    /// Granted as a probe of a half-open breaker: its outcome closes or reopens the breaker.
+    Probe(LeaseId),
     Denied(Denial),
+}
+
+impl Admission {
+    /// The lease, if granted (as a probe or not).
+    pub fn lease(&self) -> Option<LeaseId> {
+        match self {
+            Admission::Granted(id) | Admission::Probe(id) => Some(*id),
+            Admission::Denied(_) => None,
+        }
+    }
 }
 
 /// Why a reservation was refused, and when it could succeed.
@@ -94,6 +110,8 @@ pub enum DenialReason {
     Cooldown,
     /// Disabled after a 401/403 or by an operator.
     Disabled,
+    /// The target's circuit breaker is open.
+    BreakerOpen,
     /// The model pool's `max_concurrent` requests are in flight.
     Concurrency { max_concurrent: u32 },
 }
@@ -107,6 +125,7 @@ impl Denial {
             }
             DenialReason::Cooldown => format!("{}:cooldown", self.subject),
             DenialReason::Disabled => format!("{}:disabled", self.subject),
+            DenialReason::BreakerOpen => format!("{}:breaker", self.subject),
             DenialReason::Concurrency { .. } => format!("{}:max_concurrent", self.subject),
         }
     }
@@ -158,7 +177,7 @@ impl Counter {
     }
 }
 
-/// Per-subject flags a reservation checks.
+/// Per-subject flags a reservation checks (see [`crate::health`] for their rules).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
 pub struct Flags {
     /// Cooling down until this instant.
@@ -166,28 +185,94 @@ pub struct Flags {
     pub disabled: bool,
     /// An operator's score override (see `set-score`).
     pub score: Option<f64>,
+    /// 429s in a row: how long the next cooldown lasts.
+    pub strikes: u32,
+    /// The circuit breaker (targets).
+    pub breaker: Breaker,
+    /// Limits the upstream announced (keys), by [`crate::health::LearnedMeasure::index`].
+    pub learned: [Option<Learned>; 4],
+}
+
+impl Flags {
+    /// Whether any health state is set (a store may skip writing default flags).
+    pub fn is_default(&self) -> bool {
+        *self == Flags::default()
+    }
+}
+
+/// A granted reservation's effect on its gates: `changed` has bit `i` set when `gates[i]`'s
+/// flags changed and must be written back; `probe` when it passed a half-open breaker.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Passed {
+    pub changed: u64,
+    pub probe: bool,
+}
+
+impl Passed {
+    pub fn gate_changed(&self, i: usize) -> bool {
+        i < 64 && self.changed & (1 << i) != 0
+    }
+    /// The admission for lease `id`.
+    pub fn admission(&self, id: LeaseId) -> Admission {
+        if self.probe {
+            Admission::Probe(id)
+        } else {
+            Admission::Granted(id)
+        }
+    }
 }
 
 /// Decide a reservation. `counters[i]` is the stored counter of `lines[i]` (or
 /// [`Counter::fresh`]), `gates[i]` the flags of `r.gates[i]`. On success every counter has been
-/// rolled and has `amount` added to `reserved`; on denial the caller must write nothing.
-/// When several lines refuse, the one that frees up last is reported.
-pub fn decide(r: &Reserve, counters: &mut [Counter], gates: &[Flags]) -> Result<(), Denial> {
-    for (subject, flags) in r.gates.iter().zip(gates) {
-        if flags.disabled {
-            return Err(Denial {
+/// rolled and has `amount` added to `reserved`, and the gates whose flags changed (learned
+/// shares taken, a probe counted) are named in [`Passed`]; on denial the caller must write
+/// nothing. When several lines refuse, the one that frees up last is reported.
+pub fn decide(
+    r: &Reserve,
+    counters: &mut [Counter],
+    gates: &mut [Flags],
+) -> Result<Passed, Denial> {
+    // Gates are checked on copies, so a denial by a later gate or line changes none.
+    let mut checked: [Option<Flags>; 4] = [None; 4];
+    let mut passed = Passed::default();
+    for (i, (subject, flags)) in r.gates.iter().zip(gates.iter()).enumerate() {
+        let mut f = *flags;
+        let deny = |reason, retry_at| {
+            Err(Denial {
                 subject: subject.clone(),
-                reason: DenialReason::Disabled,
-                retry_at: None,
-            });
-        }
-        if let Some(until) = flags.cooldown_until {
-            if until > r.now {
-                return Err(Denial {
-                    subject: subject.clone(),
-                    reason: DenialReason::Cooldown,
-                    retry_at: Some(until),
-                });
+                reason,
+                retry_at,
+            })
+        };
+        match check_gate(&mut f, r.now, &r.health) {
+            GateCheck::Pass { changed, probe } => {
+                passed.probe |= probe;
+                if changed && i < 64 {
+                    passed.changed |= 1 << i;
+                    match checked.get_mut(i) {
+                        Some(slot) => *slot = Some(f),
+                        None => return Err(too_many_gates(subject)),
+                    }
+                }
+            }
+            GateCheck::Disabled => return deny(DenialReason::Disabled, None),
+            GateCheck::Cooldown(until) => return deny(DenialReason::Cooldown, Some(until)),
+            GateCheck::BreakerOpen(until) => return deny(DenialReason::BreakerOpen, Some(until)),
+            GateCheck::Learned {
+                measure,
+                learned,
+                amount,
+            } => {
+                return deny(
+                    DenialReason::Exhausted {
+                        resource: Arc::from(measure.resource()),
+                        capacity: learned.limit,
+                        used: learned.limit.saturating_sub(learned.remaining),
+                        reserved: 0,
+                        amount,
+                    },
+                    Some(learned.reset_at),
+                )
             }
         }
     }
@@ -238,7 +323,22 @@ pub fn decide(r: &Reserve, counters: &mut [Counter], gates: &[Flags]) -> Result<
     for (line, c) in r.lines.iter().zip(counters.iter_mut()) {
         c.reserved += line.amount;
     }
-    Ok(())
+    for (flags, new) in gates.iter_mut().zip(checked) {
+        if let Some(new) = new {
+            *flags = new;
+        }
+    }
+    Ok(passed)
+}
+
+/// More than four gates whose flags change in one reservation: no plan makes one (a target
+/// has three gates), so this is a caller's mistake, refused rather than half-applied.
+fn too_many_gates(subject: &Subject) -> Denial {
+    Denial {
+        subject: subject.clone(),
+        reason: DenialReason::Disabled,
+        retry_at: None,
+    }
 }
 
 /// A store failed to answer (I/O, lost connection, corrupt data). Never carries a secret.
@@ -273,6 +373,13 @@ pub trait Store: Send + Sync + 'static {
         subject: Subject,
         until: Timestamp,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Apply a health change (a 429's growing cooldown, a breaker's trip or close, learned
+    /// limits) to `subject` atomically; returns its flags after.
+    fn health(
+        &self,
+        subject: Subject,
+        op: HealthOp,
+    ) -> impl Future<Output = Result<Flags, StoreError>> + Send;
     /// Disable or re-enable `subject`.
     fn set_disabled(
         &self,
@@ -435,7 +542,10 @@ pub fn score(state: &SubjectState, now: Timestamp) -> f64 {
     if let Some(s) = state.flags.score {
         return s;
     }
-    if state.flags.disabled || state.flags.cooldown_until.is_some_and(|u| u > now) {
+    if state.flags.disabled
+        || state.flags.cooldown_until.is_some_and(|u| u > now)
+        || state.flags.breaker.open_until.is_some_and(|u| u > now)
+    {
         return 0.0;
     }
     state
@@ -469,6 +579,7 @@ mod tests {
             lease_ttl_ms: 1000,
             lines,
             gates: vec![],
+            health: GateUse::default(),
         }
     }
 
@@ -476,7 +587,7 @@ mod tests {
     fn all_or_nothing() {
         let r = reserve(vec![line(10, 3), line(2, 3)], 0);
         let mut cs: Vec<Counter> = r.lines.iter().map(Counter::fresh).collect();
-        let d = decide(&r, &mut cs, &[]).unwrap_err();
+        let d = decide(&r, &mut cs, &mut []).unwrap_err();
         assert!(matches!(
             d.reason,
             DenialReason::NeverFits { capacity: 2, .. }
@@ -489,8 +600,8 @@ mod tests {
     fn exhausted_reports_window_end_and_rolls_over() {
         let r = reserve(vec![line(1, 1)], 0);
         let mut cs = vec![Counter::fresh(&r.lines[0])];
-        decide(&r, &mut cs, &[]).unwrap();
-        let d = decide(&r, &mut cs, &[]).unwrap_err();
+        decide(&r, &mut cs, &mut []).unwrap();
+        let d = decide(&r, &mut cs, &mut []).unwrap_err();
         assert_eq!(d.retry_at, Some(Timestamp(60_000)));
         cs[0].settle(&line(1, 1), 1, Timestamp(10));
         assert_eq!((cs[0].used, cs[0].reserved), (1, 0));
@@ -500,7 +611,7 @@ mod tests {
             end: Timestamp(120_000),
         };
         let r2 = reserve(vec![next], 60_000);
-        decide(&r2, &mut cs, &[]).unwrap();
+        decide(&r2, &mut cs, &mut []).unwrap();
         assert_eq!((cs[0].used, cs[0].reserved), (0, 1));
     }
 
@@ -512,12 +623,12 @@ mod tests {
             cooldown_until: Some(Timestamp(10)),
             ..Flags::default()
         };
-        let d = decide(&r, &mut [], &[cool]).unwrap_err();
+        let d = decide(&r, &mut [], &mut [cool]).unwrap_err();
         assert_eq!(
             (d.reason, d.retry_at),
             (DenialReason::Cooldown, Some(Timestamp(10)))
         );
         r.now = Timestamp(10);
-        assert!(decide(&r, &mut [], &[cool]).is_ok());
+        assert!(decide(&r, &mut [], &mut [cool]).is_ok());
     }
 }

@@ -2,7 +2,7 @@
 //! every check-and-write is one Lua script (`src/lua/*_vN.lua`, versioned by name), one round
 //! trip, atomic on the server, so no replica slips between another's check and write.
 //!
-//! Two clocks. Lease expiry runs on the Redis server's clock (`TIME` inside `reserve_v3`): a
+//! Two clocks. Lease expiry runs on the Redis server's clock (`TIME` inside `reserve_v4`): a
 //! lease lives `lease_ttl_ms` of server time and is swept by server time, so replicas whose
 //! clocks disagree cannot expire each other's leases (one running ten minutes ahead would
 //! otherwise free every lease of the others, and limits would stop holding). The caller's `now`
@@ -13,7 +13,8 @@
 //! deployment in one slot, so a reservation across provider, key and model subjects stays one
 //! atomic script on Redis Cluster and Valkey too):
 //! `c:SUBJECT|RESOURCE` counter hashes (`cap used res ws we`, expiring an hour after their
-//! window ends), `f:SUBJECT` flag hashes (`cool dis score`), `leases` + `lexp` (reservations
+//! window ends), `f:SUBJECT` flag hashes (`values::FLAG_FIELDS`: cooldown, disabled, score, strikes,
+//! breaker, learned limits), `leases` + `lexp` (reservations
 //! and their expiry), `seq`, and the `index` / `fidx` sets the CLI lists state from.
 //! Counts are stored as decimal integers (never `1e+17`): capacities exactly as configured, sums
 //! computed in Lua's doubles, so exact up to 2^53.
@@ -30,6 +31,7 @@
 //! retried a few times, then logged. A later call waits for them at most `TIMEOUT` (2 s), and
 //! not at all while they find Redis unreachable (it would fail as well); then it goes on.
 
+use llmux_core::health::{Breaker, HealthOp, Learned, LearnedMeasure};
 use llmux_core::ids::at_or_below;
 use llmux_core::store::{
     score_of, AdminOp, Admission, Counter, Denial, DenialReason, Flags, LeaseId, Line, Reserve,
@@ -47,13 +49,14 @@ mod detached;
 mod values;
 
 use detached::{Conn, Detached, Job, Worker};
-use values::{count, int, line_args, parse_count, parse_instant, text};
+use values::{count, flags_of, int, line_args, parse_count, parse_instant, text, FLAG_FIELDS};
 
 struct Scripts {
     reserve: Script,
     commit: Script,
     release: Script,
     cooldown: Script,
+    health: Script,
     admin: Script,
     reset: Script,
 }
@@ -165,10 +168,11 @@ impl RedisStore {
                 conn: parking_lot::Mutex::new(None),
                 base: format!("{prefix}:v1:{{{prefix}}}:"),
                 scripts: Scripts {
-                    reserve: Script::new(include_str!("lua/reserve_v3.lua")),
+                    reserve: Script::new(include_str!("lua/reserve_v4.lua")),
                     commit: Script::new(include_str!("lua/commit_v3.lua")),
                     release: Script::new(include_str!("lua/release_v2.lua")),
                     cooldown: Script::new(include_str!("lua/cooldown_v1.lua")),
+                    health: Script::new(include_str!("lua/health_v1.lua")),
                     admin: Script::new(include_str!("lua/admin_v2.lua")),
                     reset: Script::new(include_str!("lua/reset_v1.lua")),
                 },
@@ -230,20 +234,10 @@ impl RedisStore {
         for s in subjects {
             pipe.cmd("HMGET")
                 .arg(self.flags_key(s))
-                .arg("cool")
-                .arg("dis")
-                .arg("score");
+                .arg(&FLAG_FIELDS[..]);
         }
-        let rows: Vec<(Option<i64>, Option<String>, Option<f64>)> =
-            pipe.query_async(c).await.map_err(unavailable)?;
-        Ok(rows
-            .into_iter()
-            .map(|(cool, dis, score)| Flags {
-                cooldown_until: cool.map(Timestamp),
-                disabled: dis.as_deref() == Some("1"),
-                score,
-            })
-            .collect())
+        let rows: Vec<Vec<Option<String>>> = pipe.query_async(c).await.map_err(unavailable)?;
+        Ok(rows.iter().map(|r| flags_of(r)).collect())
     }
 
     async fn counters(
@@ -305,37 +299,64 @@ impl Store for RedisStore {
             .arg(r.lease_ttl_ms)
             .arg(r.lines.len())
             .arg(r.gates.len())
-            .arg(r.lease.0);
+            .arg(r.lease.0)
+            .arg(r.health.probes)
+            .arg(r.health.open_ms);
+        for share in r.health.learned {
+            inv.arg(share);
+        }
         for l in &r.lines {
             line_args(&mut inv, l);
         }
         let out: Vec<Value> = inv.invoke_async(&mut c).await.map_err(unavailable)?;
-        if out.first().map(int) == Some(1) {
-            return Ok(Admission::Granted(r.lease));
+        match out.first().map(int) {
+            Some(1) => return Ok(Admission::Granted(r.lease)),
+            Some(2) => return Ok(Admission::Probe(r.lease)),
+            _ => {}
         }
         let kind = out.get(1).map(text).unwrap_or_default();
         let idx = out.get(2).map(int).unwrap_or(1).max(1) as usize - 1;
         let num = |i: usize| out.get(i).map(int).unwrap_or(0);
         let retry_at = (num(7) >= 0).then(|| Timestamp(num(7)));
+        let gate = || {
+            r.gates
+                .get(idx)
+                .cloned()
+                .ok_or_else(|| StoreError::Backend("bad reply from reserve_v4".into()))
+        };
         let denial = match kind.as_str() {
-            "disabled" | "cooldown" => Denial {
-                subject: r
-                    .gates
-                    .get(idx)
-                    .cloned()
-                    .unwrap_or_else(|| Subject::new("?")),
-                reason: if kind == "disabled" {
-                    DenialReason::Disabled
-                } else {
-                    DenialReason::Cooldown
+            "disabled" | "cooldown" | "breaker" => Denial {
+                subject: gate()?,
+                reason: match kind.as_str() {
+                    "disabled" => DenialReason::Disabled,
+                    "cooldown" => DenialReason::Cooldown,
+                    _ => DenialReason::BreakerOpen,
                 },
                 retry_at,
             },
+            "learned" => {
+                let count = |i: usize| out.get(i).map_or(Ok(0), count);
+                let m = usize::try_from(num(8) - 1).unwrap_or(0);
+                let measure = LearnedMeasure::ALL
+                    .get(m)
+                    .ok_or_else(|| StoreError::Backend("bad reply from reserve_v4".into()))?;
+                Denial {
+                    subject: gate()?,
+                    reason: DenialReason::Exhausted {
+                        resource: Arc::from(measure.resource()),
+                        capacity: count(3)?,
+                        used: count(4)?,
+                        reserved: 0,
+                        amount: count(6)?,
+                    },
+                    retry_at,
+                }
+            }
             _ => {
                 let line = r
                     .lines
                     .get(idx)
-                    .ok_or_else(|| StoreError::Backend("bad reply from reserve_v3".into()))?;
+                    .ok_or_else(|| StoreError::Backend("bad reply from reserve_v4".into()))?;
                 let count = |i: usize| out.get(i).map_or(Ok(0), count);
                 let (capacity, used, reserved, amount) =
                     (count(3)?, count(4)?, count(5)?, count(6)?);
@@ -447,6 +468,39 @@ impl Store for RedisStore {
             .await
             .map_err(unavailable)?;
         Ok(())
+    }
+
+    async fn health(&self, subject: Subject, op: HealthOp) -> Result<Flags, StoreError> {
+        let mut c = self.conn().await?;
+        let script = &self.inner.scripts.health;
+        let mut inv = script.prepare_invoke();
+        inv.key(self.flags_key(subject.as_str()))
+            .key(self.key("fidx"))
+            .arg(subject.as_str());
+        match op {
+            HealthOp::RateLimited { now, hint, growth } => {
+                inv.arg("cool")
+                    .arg(now.0)
+                    .arg(hint.map_or(-1, |h| h.0))
+                    .arg(growth.base_ms)
+                    .arg(growth.factor)
+                    .arg(growth.max_ms);
+            }
+            HealthOp::Breaker(until) => {
+                inv.arg("breaker").arg(until.map_or(-1, |u| u.0));
+            }
+            HealthOp::Learned(limits) => {
+                inv.arg("learn");
+                for l in limits {
+                    match l {
+                        Some(l) => inv.arg(l.limit).arg(l.remaining).arg(l.reset_at.0),
+                        None => inv.arg("").arg("").arg(""),
+                    };
+                }
+            }
+        }
+        let row: Vec<Option<String>> = inv.invoke_async(&mut c).await.map_err(unavailable)?;
+        Ok(flags_of(&row))
     }
 
     async fn set_disabled(&self, subject: Subject, disabled: bool) -> Result<(), StoreError> {

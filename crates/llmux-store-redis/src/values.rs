@@ -66,3 +66,39 @@ pub(super) fn text(v: &Value) -> String {
         other => format!("{other:?}"),
     }
 }
+
+/// The flag fields, in the order [`flags_of`] reads them (and `health_v1` returns them).
+pub(super) const FLAG_FIELDS: [&str; 18] = [
+    "cool", "dis", "score", "strk", "bu", "pr", "ll1", "lr1", "lt1", "ll2", "lr2", "lt2", "ll3",
+    "lr3", "lt3", "ll4", "lr4", "lt4",
+];
+
+/// A subject's flags from the values of [`FLAG_FIELDS`] (absent fields: defaults).
+pub(super) fn flags_of(v: &[Option<String>]) -> Flags {
+    let get = |i: usize| v.get(i).and_then(|x| x.as_deref());
+    let instant = |i: usize| get(i).and_then(|s| parse_instant(s).ok()).map(Timestamp);
+    let num = |i: usize| get(i).and_then(|s| parse_count(s).ok());
+    let mut learned = [None; 4];
+    for (m, slot) in learned.iter_mut().enumerate() {
+        let b = 6 + m * 3;
+        if let (Some(limit), Some(remaining), Some(reset_at)) = (num(b), num(b + 1), instant(b + 2))
+        {
+            *slot = Some(Learned {
+                limit,
+                remaining,
+                reset_at,
+            });
+        }
+    }
+    Flags {
+        cooldown_until: instant(0),
+        disabled: get(1) == Some("1"),
+        score: get(2).and_then(|s| s.parse().ok()),
+        strikes: num(3).and_then(|n| u32::try_from(n).ok()).unwrap_or(0),
+        breaker: Breaker {
+            open_until: instant(4),
+            probes: num(5).and_then(|n| u32::try_from(n).ok()).unwrap_or(0),
+        },
+        learned,
+    }
+}

@@ -37,7 +37,7 @@ async fn capacities_of_1e17_and_1e18_are_exact() {
             .unwrap()
         {
             Admission::Denied(d) => d,
-            Admission::Granted(_) => panic!("the line is full"),
+            Admission::Granted(_) | Admission::Probe(_) => panic!("the line is full"),
         };
         assert_eq!(
             d.reason,
@@ -55,7 +55,7 @@ async fn capacities_of_1e17_and_1e18_are_exact() {
             .unwrap()
         {
             Admission::Denied(d) => d,
-            Admission::Granted(_) => panic!("twice the capacity never fits"),
+            Admission::Granted(_) | Admission::Probe(_) => panic!("twice the capacity never fits"),
         };
         assert_eq!(
             d.reason,

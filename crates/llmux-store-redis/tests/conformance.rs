@@ -49,6 +49,7 @@ async fn three_handles_admit_exactly_capacity() {
             lease_ttl_ms: 60_000,
             lines: vec![line.clone()],
             gates: vec![Subject::new("p/k")],
+            health: Default::default(),
         };
         tasks.push(tokio::spawn(async move { s.reserve(r).await.unwrap() }));
     }
@@ -77,6 +78,7 @@ async fn an_unreachable_redis_is_an_error_not_a_panic_and_recovery_is_automatic(
         lease_ttl_ms: 1_000,
         lines: vec![],
         gates: vec![Subject::new("p")],
+        health: Default::default(),
     };
     let e = s.reserve(r.clone()).await.unwrap_err();
     assert!(e.to_string().contains("redis"), "{e}");

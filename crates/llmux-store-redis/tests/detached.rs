@@ -42,7 +42,7 @@ async fn a_call_after_detached_commits_sees_them() {
                 matches!(d.reason, DenialReason::Exhausted { used: u, .. } if u == used),
                 "{d:?}"
             ),
-            Admission::Granted(id) => panic!(
+            Admission::Granted(id) | Admission::Probe(id) => panic!(
                 "round {round}: a reserve after {used} detached commits did not see them all \
                  (granted {id:?})"
             ),

@@ -11,6 +11,7 @@ use crate::rows::{
     self, decode_lines, encode_lines, forget_lease_lines, load_counter, load_flags, save_counter,
     Held, UNDER,
 };
+use llmux_core::health::HealthOp;
 use llmux_core::store::{
     decide, score_of, AdminOp, Admission, Counter, Flags, LeaseId, Line, Reserve, SubjectState,
 };
@@ -134,7 +135,7 @@ impl Batch<'_> {
     }
 
     pub(crate) fn reserve(&mut self, r: &Reserve) -> rusqlite::Result<Admission> {
-        let mut gates = Vec::with_capacity(r.gates.len());
+        let mut gates: Vec<Flags> = Vec::with_capacity(r.gates.len());
         for g in &r.gates {
             gates.push(self.flags(g.as_str())?);
         }
@@ -143,9 +144,10 @@ impl Batch<'_> {
             let c = self.counter(l.subject.as_str(), &l.resource)?;
             counters.push(c.unwrap_or_else(|| Counter::fresh(l)));
         }
-        if let Err(d) = decide(r, &mut counters, &gates) {
-            return Ok(Admission::Denied(d));
-        }
+        let passed = match decide(r, &mut counters, &mut gates) {
+            Ok(p) => p,
+            Err(d) => return Ok(Admission::Denied(d)),
+        };
         let id = r.lease.0;
         let expires_at = r.now.plus_millis(r.lease_ttl_ms).0;
         let text = encode_lines(&r.lines);
@@ -163,13 +165,31 @@ impl Batch<'_> {
         for (l, c) in r.lines.iter().zip(counters) {
             self.set_counter(l.subject.as_str(), &l.resource, c);
         }
+        for (i, (g, f)) in r.gates.iter().zip(gates).enumerate() {
+            if passed.gate_changed(i) {
+                self.save_flags(g.as_str(), f)?;
+            }
+        }
         let held = r
             .lines
             .iter()
             .map(|l| (l.subject.clone(), l.resource.clone(), l.amount))
             .collect();
         self.cache.leases.insert(id, held);
-        Ok(Admission::Granted(r.lease))
+        Ok(passed.admission(r.lease))
+    }
+
+    fn save_flags(&mut self, subject: &str, f: Flags) -> rusqlite::Result<()> {
+        rows::save_flags(self.tx, subject, &f)?;
+        self.cache.flags.insert(subject.into(), f);
+        Ok(())
+    }
+
+    pub(crate) fn health(&mut self, s: &Subject, op: &HealthOp) -> rusqlite::Result<Flags> {
+        let mut f = self.flags(s.as_str())?;
+        f.apply_health(op);
+        self.save_flags(s.as_str(), f)?;
+        Ok(f)
     }
 
     /// Remove a lease; returns its lines, or none when the lease is gone (settled, expired

@@ -33,6 +33,8 @@ mod rows;
 mod schema;
 mod writer;
 
+use llmux_core::health::HealthOp;
+use llmux_core::store::Flags;
 use llmux_core::store::{
     AdminOp, Admission, Counter, LeaseId, Line, Reserve, Store, StoreAdmin, StoreError,
     SubjectState,
@@ -113,6 +115,9 @@ impl Store for SqliteStore {
     }
     async fn set_cooldown(&self, subject: Subject, until: Timestamp) -> Result<(), StoreError> {
         self.call(|tx| Cmd::Cooldown(subject, until, tx)).await
+    }
+    async fn health(&self, subject: Subject, op: HealthOp) -> Result<Flags, StoreError> {
+        self.call(|tx| Cmd::Health(subject, op, tx)).await
     }
     async fn set_disabled(&self, subject: Subject, disabled: bool) -> Result<(), StoreError> {
         self.call(|tx| Cmd::Disabled(subject, disabled, tx)).await

@@ -1,6 +1,7 @@
 //! Rows of the file: counters, subject flags and lease lines, read and written with cached
 //! statements. Nothing here caches or decides; it is the SQL under [`crate::cache::Batch`].
 
+use llmux_core::health::{Breaker, Learned};
 use llmux_core::ids::at_or_below;
 use llmux_core::store::{Counter, Flags, Line, SubjectState};
 use llmux_core::{Subject, Timestamp, Window};
@@ -85,16 +86,82 @@ pub(crate) fn save_counter(
 
 pub(crate) fn load_flags(tx: &Connection, s: &str) -> rusqlite::Result<Flags> {
     Ok(tx
-        .prepare_cached("SELECT cooldown_until, disabled, score FROM subjects WHERE subject = ?1")?
+        .prepare_cached(
+            "SELECT cooldown_until, disabled, score, strikes, breaker_until, probes, learned
+             FROM subjects WHERE subject = ?1",
+        )?
         .query_row([s], |r| {
             Ok(Flags {
                 cooldown_until: r.get::<_, Option<i64>>(0)?.map(Timestamp),
                 disabled: r.get::<_, i64>(1)? != 0,
                 score: r.get(2)?,
+                strikes: u32::try_from(r.get::<_, i64>(3)?).unwrap_or(0),
+                breaker: Breaker {
+                    open_until: r.get::<_, Option<i64>>(4)?.map(Timestamp),
+                    probes: u32::try_from(r.get::<_, i64>(5)?).unwrap_or(0),
+                },
+                learned: decode_learned(r.get::<_, Option<String>>(6)?.as_deref()),
             })
         })
         .optional()?
         .unwrap_or_default())
+}
+
+/// Write every flag of `s`.
+pub(crate) fn save_flags(tx: &Connection, s: &str, f: &Flags) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO subjects
+           (subject, cooldown_until, disabled, score, strikes, breaker_until, probes, learned)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+         ON CONFLICT (subject) DO UPDATE SET cooldown_until = excluded.cooldown_until,
+           disabled = excluded.disabled, score = excluded.score, strikes = excluded.strikes,
+           breaker_until = excluded.breaker_until, probes = excluded.probes,
+           learned = excluded.learned",
+    )?
+    .execute(params![
+        s,
+        f.cooldown_until.map(|t| t.0),
+        f.disabled as i64,
+        f.score,
+        i64::from(f.strikes),
+        f.breaker.open_until.map(|t| t.0),
+        i64::from(f.breaker.probes),
+        encode_learned(&f.learned),
+    ])?;
+    Ok(())
+}
+
+/// Learned limits as text: per measure `limit remaining reset_ms`, `;`-separated, empty for
+/// none (`None` when there are none at all).
+pub(crate) fn encode_learned(l: &[Option<Learned>; 4]) -> Option<String> {
+    if l.iter().all(Option::is_none) {
+        return None;
+    }
+    let parts: Vec<String> = l
+        .iter()
+        .map(|x| {
+            x.map(|x| format!("{} {} {}", x.limit, x.remaining, x.reset_at.0))
+                .unwrap_or_default()
+        })
+        .collect();
+    Some(parts.join(";"))
+}
+
+pub(crate) fn decode_learned(text: Option<&str>) -> [Option<Learned>; 4] {
+    let mut out = [None; 4];
+    for (slot, part) in out.iter_mut().zip(text.unwrap_or("").split(';')) {
+        let mut it = part.split(' ');
+        if let (Some(l), Some(r), Some(t)) = (it.next(), it.next(), it.next()) {
+            if let (Ok(limit), Ok(remaining), Ok(reset)) = (l.parse(), r.parse(), t.parse()) {
+                *slot = Some(Learned {
+                    limit,
+                    remaining,
+                    reset_at: Timestamp(reset),
+                });
+            }
+        }
+    }
+    out
 }
 
 /// `subject = ?1` or below it (`?2` = `subject/`): an exact prefix, unlike LIKE, where `_` is a

@@ -44,6 +44,12 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     INSERT INTO leases_v3 (id, expires_at, lines) SELECT id, expires_at, lines FROM leases;
     DROP TABLE leases;
     ALTER TABLE leases_v3 RENAME TO leases;",
+    // v4: upstream health: 429s in a row, the circuit breaker, and learned limits
+    // (`rows::encode_learned`).
+    "ALTER TABLE subjects ADD COLUMN strikes INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE subjects ADD COLUMN breaker_until INTEGER;
+    ALTER TABLE subjects ADD COLUMN probes INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE subjects ADD COLUMN learned TEXT;",
 ];
 
 /// Open `path` in WAL mode with the store's pragmas, running the migrations it lacks.

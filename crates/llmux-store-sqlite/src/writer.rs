@@ -12,6 +12,8 @@
 //! reservations of requests dying with the process. A second thread checkpoints the WAL.
 
 use crate::cache::{Batch, Cache};
+use llmux_core::health::HealthOp;
+use llmux_core::store::Flags;
 use llmux_core::store::{
     AdminOp, Admission, Counter, LeaseId, Line, Reserve, StoreError, SubjectState,
 };
@@ -34,6 +36,7 @@ pub(crate) enum Cmd {
     Detached(LeaseId, Timestamp, Vec<Line>, u32),
     Release(LeaseId, Reply<()>),
     Cooldown(Subject, Timestamp, Reply<()>),
+    Health(Subject, HealthOp, Reply<Flags>),
     Disabled(Subject, bool, Reply<()>),
     Snapshot(String, Reply<Vec<SubjectState>>),
     Update(Line, AdminOp, Timestamp, Reply<Counter>),
@@ -456,6 +459,7 @@ fn apply_one(b: &mut Batch<'_>, cmd: &Cmd) -> rusqlite::Result<Outcome> {
             b.set_cooldown(s, *until)?;
             Outcome::Done
         }
+        Cmd::Health(s, op, _) => Outcome::Flags(b.health(s, op)?),
         Cmd::Disabled(s, d, _) => {
             b.set_disabled(s, *d)?;
             Outcome::Done
@@ -476,6 +480,7 @@ enum Outcome {
     Done,
     Snapshot(Vec<SubjectState>),
     Counter(Counter),
+    Flags(Flags),
     Count(usize),
     Scores(Vec<f64>),
 }
@@ -487,7 +492,7 @@ fn answer_reserve(tx: Reply<Admission>, res: Result<Outcome, StoreError>) -> Opt
         _ => Err(StoreError::Backend("unexpected reply".into())),
     });
     match tx.send(r) {
-        Err(Ok(Admission::Granted(id))) => Some(id),
+        Err(Ok(Admission::Granted(id) | Admission::Probe(id))) => Some(id),
         _ => None,
     }
 }
@@ -512,6 +517,10 @@ fn answer(cmd: Cmd, res: Result<Outcome, StoreError>) {
         | Cmd::Cooldown(.., tx)
         | Cmd::Score(.., tx)
         | Cmd::Disabled(.., tx) => send(tx, res, |o| matches!(o, Outcome::Done).then_some(())),
+        Cmd::Health(.., tx) => send(tx, res, |o| match o {
+            Outcome::Flags(f) => Some(f),
+            _ => None,
+        }),
         Cmd::Update(.., tx) => send(tx, res, |o| match o {
             Outcome::Counter(c) => Some(c),
             _ => None,

@@ -24,6 +24,7 @@ fn reserve(now: i64, capacity: u64) -> Reserve {
         lease_ttl_ms: 1_000,
         lines: vec![line(capacity, 1)],
         gates: vec![Subject::new("p/k")],
+        health: Default::default(),
     }
 }
 

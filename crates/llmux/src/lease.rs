@@ -6,8 +6,11 @@
 
 use crate::ledger::Ledger;
 use crate::stats::{PoolSlot, TargetStats};
+use llmux_core::config::Health;
+use llmux_core::health::HealthOp;
 use llmux_core::plan::{lines, Bound};
 use llmux_core::store::{LeaseId, Store};
+use llmux_core::time::secs_to_millis;
 use llmux_core::{Secret, StoreError, Subject, TargetId, Timestamp, Usage};
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,6 +36,14 @@ pub struct Lease {
     settled: bool,
     /// Reserved in the process-local fallback store (fail-open while the store was down).
     local: bool,
+    /// `provider/key/model`: whose breaker the outcome counts for.
+    target_gate: Subject,
+    /// The provider's cooldown and breaker rules.
+    health: Health,
+    /// Granted as a half-open breaker's probe: its outcome closes or reopens the breaker.
+    probe: bool,
+    /// The outcome has been counted for the breaker.
+    reported: bool,
 }
 
 /// What a granted reservation is made of (see [`Lease::granted`]).
@@ -49,6 +60,9 @@ pub(crate) struct Grant {
     pub(crate) stats: Arc<TargetStats>,
     pub(crate) slot: Option<PoolSlot>,
     pub(crate) local: bool,
+    pub(crate) target_gate: Subject,
+    pub(crate) health: Health,
+    pub(crate) probe: bool,
 }
 
 impl std::fmt::Debug for Lease {
@@ -78,7 +92,50 @@ impl Lease {
             _slot: g.slot,
             settled: false,
             local: g.local,
+            target_gate: g.target_gate,
+            health: g.health,
+            probe: g.probe,
+            reported: false,
         }
+    }
+
+    /// Count the attempt's outcome for the target's breaker, once: a failure that trips it
+    /// (or a failed probe) opens it in the store; a probe's success closes it.
+    pub(crate) fn report(&mut self, ok: bool) {
+        if std::mem::replace(&mut self.reported, true) {
+            return;
+        }
+        let now = self.ledger.clock.now();
+        let cfg = &self.health.breaker;
+        let trips = self.stats.breaker_outcome(ok, now, cfg);
+        let change = match (ok, self.probe || trips) {
+            (true, _) if self.probe => Some(None),
+            (false, true) => {
+                let until = now.plus_millis(secs_to_millis(cfg.open_secs));
+                tracing::warn!(target = %self.target, open_secs = cfg.open_secs, "circuit breaker open");
+                metrics::counter!("llmux_breaker_opened_total", "target" => self.stats.label.clone())
+                    .increment(1);
+                Some(Some(until))
+            }
+            _ => None,
+        };
+        if let Some(until) = change {
+            if until.is_none() {
+                tracing::info!(target = %self.target, "circuit breaker closed: the probe succeeded");
+            }
+            self.ledger
+                .health_later(self.target_gate.clone(), HealthOp::Breaker(until));
+        }
+    }
+
+    /// Settle without counting for the breaker (the answer was the request's fault, e.g. 400).
+    pub(crate) fn neutral(&mut self) {
+        self.reported = true;
+    }
+
+    /// Granted as a half-open breaker's probe.
+    pub fn is_probe(&self) -> bool {
+        self.probe
     }
 
     /// `provider/key`: the subject a 429 cools down and a 401 disables.
@@ -118,6 +175,7 @@ impl Lease {
     /// The request succeeded: swap the reservation for the usage the upstream reported.
     pub async fn complete(mut self, usage: Usage, latency: Duration) -> Result<(), StoreError> {
         self.settled = true;
+        self.report(true);
         self.stats.record_success(latency);
         self.commit_usage(&usage).await
     }
@@ -128,32 +186,46 @@ impl Lease {
         self.ledger.commit(self.id, now, used, self.local).await
     }
 
-    /// The upstream answered 429: release the reservation and cool the key down for
-    /// `retry_after` (1 s when the upstream gave no hint).
-    pub async fn rate_limited(mut self, retry_after: Option<Duration>) -> Result<(), StoreError> {
+    /// The upstream answered 429: release the reservation and cool the key down for the
+    /// longest of `retry_after` and the provider's growing cooldown (see
+    /// [`llmux_core::health`]).
+    pub async fn rate_limited(self, retry_after: Option<Duration>) -> Result<(), StoreError> {
+        self.cool_down(retry_after).await.1
+    }
+
+    /// [`Lease::rate_limited`], also returning until when the key cools.
+    pub(crate) async fn cool_down(
+        mut self,
+        retry_after: Option<Duration>,
+    ) -> (Timestamp, Result<(), StoreError>) {
         self.settled = true;
+        self.reported = true;
         self.stats.record_failure();
-        let until = cooldown_until(self.ledger.clock.now(), retry_after);
-        self.ledger.note_local_gate(&self.key_subject, until);
-        self.ledger.release(self.id, self.local).await?;
-        match self
-            .ledger
-            .store
-            .set_cooldown(self.key_subject.clone(), until)
-            .await
-        {
+        let now = self.ledger.clock.now();
+        let op = HealthOp::RateLimited {
+            now,
+            hint: retry_after.map(|d| now.plus(d)),
+            growth: self.health.cooldown,
+        };
+        let released = self.ledger.release(self.id, self.local).await;
+        let cooled = self.ledger.store.health(self.key_subject.clone(), op).await;
+        let (until, shared) = match cooled {
+            Ok(f) => (f.cooldown_until.unwrap_or(now), Ok(())),
             // Fail-open: the cooldown holds in this process until the store is back.
             Err(e) if self.local => {
                 tracing::error!(error = %e, "could not share a cooldown: the store is unreachable");
-                Ok(())
+                (cooldown_until(now, retry_after), Ok(()))
             }
-            other => other,
-        }
+            Err(e) => (cooldown_until(now, retry_after), Err(e)),
+        };
+        self.ledger.note_local_gate(&self.key_subject, until);
+        (until, released.and(shared))
     }
 
     /// The request failed upstream: it counts as one request and no tokens.
     pub async fn failed(mut self) -> Result<(), StoreError> {
         self.settled = true;
+        self.report(false);
         self.stats.record_failure();
         self.commit_usage(&Usage::default()).await
     }
@@ -162,6 +234,7 @@ impl Lease {
     /// done the work, so the estimate is committed.
     pub(crate) async fn lost(mut self) -> Result<(), StoreError> {
         self.settled = true;
+        self.report(false);
         let estimate = self.estimate;
         self.commit_usage(&estimate).await
     }
@@ -176,6 +249,7 @@ impl Lease {
     /// waits on the reconcile).
     pub(crate) fn complete_detached(mut self, usage: Usage, latency: Duration) {
         self.settled = true;
+        self.report(true);
         self.stats.record_success(latency);
         let now = self.ledger.clock.now();
         let used = self.used_lines(&usage, now);

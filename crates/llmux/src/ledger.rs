@@ -2,6 +2,7 @@
 //! reserves) and every [`Lease`](crate::Lease) (which settles). Neither depends on the other.
 
 use crate::store::AnyStore;
+use llmux_core::health::HealthOp;
 use llmux_core::store::{LeaseId, Line, Reserve, Store};
 use llmux_core::{Admission, Clock, MemoryStore, StoreError, Subject, Timestamp};
 use parking_lot::Mutex;
@@ -21,6 +22,8 @@ pub(crate) struct Ledger {
     /// Cooldowns and disabled keys seen while serving fail-open: the store is the record,
     /// this is what the process remembers while it cannot reach it.
     local_gates: Mutex<HashMap<Subject, Timestamp>>,
+    /// Where health changes nobody waits for are written from.
+    rt: tokio::runtime::Handle,
 }
 
 /// How long a key that answered 401/403 stays out locally while the store is unreachable.
@@ -49,7 +52,19 @@ impl Ledger {
             clock,
             orphans,
             local_gates: Mutex::new(HashMap::new()),
+            rt: rt.clone(),
         })
+    }
+
+    /// Write a health change in the background (a breaker's trip or close, learned limits):
+    /// the answer never waits on it; a failure is logged.
+    pub(crate) fn health_later(&self, subject: Subject, op: HealthOp) {
+        let store = self.store.clone();
+        self.rt.spawn(async move {
+            if let Err(e) = store.health(subject, op).await {
+                tracing::warn!(error = %e, "could not record upstream health in the store");
+            }
+        });
     }
 
     /// Release `id` in the background (never awaits: called from `Drop`).

@@ -1,9 +1,10 @@
 //! Per-target live figures (in flight, latency and success EWMAs, cached metric handles), a
 //! model pool with its runtime state, and the pool's `max_concurrent` slot a lease holds.
 
+use llmux_core::config::BreakerConfig;
 use llmux_core::plan::{Bound, PlannedPool};
 use llmux_core::select::Candidate;
-use llmux_core::Usage;
+use llmux_core::{Timestamp, Usage};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +26,18 @@ pub struct TargetStats {
     latency_us: AtomicU64,
     /// Success EWMA in 0..=1, as f64 bits (starts at 1).
     success: AtomicU64,
+    /// This process's recent outcomes, which trip the target's (stored) breaker.
+    failures: parking_lot::Mutex<Failures>,
+}
+
+/// Outcomes seen by this process, for the breaker's two rules: `failures` in a row, or a
+/// failure rate over a tumbling window of `window_secs` once `min_requests` were seen.
+#[derive(Debug, Default)]
+struct Failures {
+    in_a_row: u32,
+    window_start_ms: i64,
+    requests: u32,
+    failed: u32,
 }
 
 impl TargetStats {
@@ -38,7 +51,37 @@ impl TargetStats {
             in_flight: AtomicU64::new(0),
             latency_us: AtomicU64::new(0),
             success: AtomicU64::new(1f64.to_bits()),
+            failures: parking_lot::Mutex::new(Failures::default()),
         }
+    }
+
+    /// Count an outcome for the breaker at `now`; true when it trips the breaker (the counts
+    /// start over then).
+    pub(crate) fn breaker_outcome(&self, ok: bool, now: Timestamp, cfg: &BreakerConfig) -> bool {
+        let mut f = self.failures.lock();
+        let window_ms = llmux_core::time::secs_to_millis(cfg.window_secs);
+        if now.0 >= f.window_start_ms.saturating_add(window_ms) || now.0 < f.window_start_ms {
+            f.window_start_ms = now.0;
+            f.requests = 0;
+            f.failed = 0;
+        }
+        f.requests = f.requests.saturating_add(1);
+        if ok {
+            f.in_a_row = 0;
+            return false;
+        }
+        f.in_a_row = f.in_a_row.saturating_add(1);
+        f.failed = f.failed.saturating_add(1);
+        let by_rate = f.requests >= cfg.min_requests
+            && f64::from(f.failed) >= cfg.failure_rate * f64::from(f.requests);
+        let trip = f.in_a_row >= cfg.failures || by_rate;
+        if trip {
+            *f = Failures {
+                window_start_ms: now.0,
+                ..Failures::default()
+            };
+        }
+        trip
     }
     /// The usage to commit for an answer that reported `reported`: that, or (absent usage is
     /// not zero) the estimate, counted in `llmux_usage_unknown_total`. A reported usage also

@@ -76,6 +76,13 @@ impl Store for AnyStore {
     async fn set_cooldown(&self, subject: Subject, until: Timestamp) -> Result<(), StoreError> {
         dispatch!(self, s => s.set_cooldown(subject, until).await)
     }
+    async fn health(
+        &self,
+        subject: Subject,
+        op: llmux_core::health::HealthOp,
+    ) -> Result<llmux_core::store::Flags, StoreError> {
+        dispatch!(self, s => s.health(subject, op).await)
+    }
     async fn set_disabled(&self, subject: Subject, disabled: bool) -> Result<(), StoreError> {
         dispatch!(self, s => s.set_disabled(subject, disabled).await)
     }

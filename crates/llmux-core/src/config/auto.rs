@@ -40,6 +40,9 @@ pub fn auto_pool(config: &Config, model: &str) -> Option<ModelPool> {
         timeout_secs: None,
         default_max_tokens: DEFAULT_MAX_TOKENS,
         stream_idle_timeout_secs: None,
+        retry: super::Retry::default(),
+        first_token_timeout_secs: None,
+        deadline_secs: None,
     })
 }
 

@@ -54,6 +54,13 @@ pub(super) fn check_model(
         &format!("{at}.stream_idle_timeout_secs"),
         out,
     );
+    let first_token_timeout_secs = check_secs(
+        m.first_token_timeout_secs,
+        &format!("{at}.first_token_timeout_secs"),
+        out,
+    );
+    let deadline_secs = check_secs(m.deadline_secs, &format!("{at}.deadline_secs"), out);
+    let retry = check_retry(m.retry.as_ref(), &format!("{at}.retry"), out);
     let default_max_tokens = match m.default_max_tokens {
         None => DEFAULT_MAX_TOKENS,
         Some(n) if (1..=MAX_OUTPUT_TOKENS).contains(&n) => n,
@@ -77,7 +84,45 @@ pub(super) fn check_model(
         timeout_secs,
         default_max_tokens,
         stream_idle_timeout_secs,
+        retry,
+        first_token_timeout_secs,
+        deadline_secs,
     })
+}
+
+/// `retry = { backoff_ms, max_backoff_ms }`: `max_backoff_ms` at least `backoff_ms`, both at
+/// most an hour.
+fn check_retry(r: Option<&RawRetry>, at: &str, out: &mut Issues) -> Retry {
+    let d = Retry::default();
+    let Some(r) = r else { return d };
+    const HOUR_MS: u64 = 3_600_000;
+    let mut ms = |v: Option<u64>, name: &str, default: u64| match v {
+        Some(v) if v > HOUR_MS => {
+            out.push(
+                format!("{at}.{name}"),
+                format!("{v} ms is too long; at most {HOUR_MS}"),
+            );
+            default
+        }
+        Some(v) => v,
+        None => default,
+    };
+    let backoff_ms = ms(r.backoff_ms, "backoff_ms", d.backoff_ms);
+    let max_backoff_ms = ms(
+        r.max_backoff_ms,
+        "max_backoff_ms",
+        d.max_backoff_ms.max(backoff_ms),
+    );
+    if max_backoff_ms < backoff_ms {
+        out.push(
+            format!("{at}.max_backoff_ms"),
+            format!("{max_backoff_ms} is below backoff_ms ({backoff_ms})"),
+        );
+    }
+    Retry {
+        backoff_ms,
+        max_backoff_ms: max_backoff_ms.max(backoff_ms),
+    }
 }
 
 /// `fallback_on`: statuses 400..=599 and `"timeout"`; absent, the default set.

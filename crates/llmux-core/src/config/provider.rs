@@ -72,6 +72,7 @@ pub(super) fn check_provider(
 
     let keys = check_keys(name, p, &kind, at, out);
     let mock = check_mock(p, &kind, at, out);
+    let health = check_health(p.health.as_ref(), &format!("{at}.health"), out);
 
     Some(Provider {
         id: ProviderId::new(name),
@@ -84,7 +85,90 @@ pub(super) fn check_provider(
         timeout_secs,
         mock,
         anthropic_version,
+        health,
     })
+}
+
+/// `[providers.NAME.health]`: every field optional, the DESIGN defaults otherwise.
+fn check_health(h: Option<&RawHealth>, at: &str, out: &mut Issues) -> Health {
+    let Some(h) = h else {
+        return Health::default();
+    };
+    let mut cooldown = crate::health::Growth::default();
+    if let Some(c) = &h.cooldown {
+        let cat = format!("{at}.cooldown");
+        let mut secs =
+            |v: Option<RawNumber>, name: &str, default: i64| match v.map(RawNumber::as_f64) {
+                None => default,
+                Some(s) if s.is_finite() && s >= 0.0 && s <= MAX_SECS as f64 => (s * 1000.0) as i64,
+                Some(s) => {
+                    out.push(
+                        format!("{cat}.{name}"),
+                        format!("{s} is out of range; expected 0 ..= {MAX_SECS} seconds"),
+                    );
+                    default
+                }
+            };
+        cooldown.base_ms = secs(c.base_secs, "base_secs", cooldown.base_ms);
+        cooldown.max_ms = secs(
+            c.max_secs,
+            "max_secs",
+            cooldown.max_ms.max(cooldown.base_ms),
+        );
+        if let Some(f) = c.factor.map(RawNumber::as_f64) {
+            if f.is_finite() && (1.0..=100.0).contains(&f) {
+                cooldown.factor = f;
+            } else {
+                out.push(
+                    format!("{cat}.factor"),
+                    format!("{f} is out of range; expected 1 ..= 100"),
+                );
+            }
+        }
+        if cooldown.max_ms < cooldown.base_ms {
+            out.push(format!("{cat}.max_secs"), "is below base_secs");
+        }
+    }
+    let mut breaker = BreakerConfig::default();
+    if let Some(b) = &h.breaker {
+        let bat = format!("{at}.breaker");
+        let mut count = |v: Option<u32>, name: &str, default: u32| match v {
+            Some(0) => {
+                out.push(format!("{bat}.{name}"), "must be greater than 0");
+                default
+            }
+            Some(v) => v,
+            None => default,
+        };
+        breaker.failures = count(b.failures, "failures", breaker.failures);
+        breaker.min_requests = count(b.min_requests, "min_requests", breaker.min_requests);
+        breaker.half_open_probes = count(
+            b.half_open_probes,
+            "half_open_probes",
+            breaker.half_open_probes,
+        );
+        if let Some(r) = b.failure_rate.map(RawNumber::as_f64) {
+            if r.is_finite() && r > 0.0 && r <= 1.0 {
+                breaker.failure_rate = r;
+            } else {
+                out.push(
+                    format!("{bat}.failure_rate"),
+                    format!("{r} is out of range; expected a fraction in (0, 1]"),
+                );
+            }
+        }
+        let secs = |v: Option<u64>, name: &str, out: &mut Issues| {
+            check_secs(v, &format!("{bat}.{name}"), out)
+        };
+        breaker.window_secs =
+            secs(b.window_secs, "window_secs", out).unwrap_or(breaker.window_secs);
+        breaker.open_secs = secs(b.open_secs, "open_secs", out).unwrap_or(breaker.open_secs);
+    }
+    Health {
+        cooldown,
+        breaker,
+        discover_limits: h.discover_limits.unwrap_or(true),
+    }
 }
 
 /// `anthropic_version`: the `anthropic-version` header of an `anthropic` provider (default

@@ -55,6 +55,42 @@ pub struct RawProvider {
     pub mock: Option<RawMock>,
     /// `anthropic-version` header of an `anthropic` provider.
     pub anthropic_version: Option<String>,
+    /// `[providers.NAME.health]`: cooldowns, the circuit breaker, limit discovery.
+    pub health: Option<RawHealth>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealth {
+    pub cooldown: Option<RawCooldown>,
+    pub breaker: Option<RawBreaker>,
+    pub discover_limits: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCooldown {
+    pub base_secs: Option<RawNumber>,
+    pub factor: Option<RawNumber>,
+    pub max_secs: Option<RawNumber>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBreaker {
+    pub failures: Option<u32>,
+    pub failure_rate: Option<RawNumber>,
+    pub min_requests: Option<u32>,
+    pub window_secs: Option<u64>,
+    pub open_secs: Option<u64>,
+    pub half_open_probes: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetry {
+    pub backoff_ms: Option<u64>,
+    pub max_backoff_ms: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -126,6 +162,12 @@ pub struct RawModel {
     pub default_max_tokens: Option<u64>,
     /// Longest gap between two chunks of a streamed answer (default: the attempt's timeout).
     pub stream_idle_timeout_secs: Option<u64>,
+    /// Full-jitter backoff between attempts.
+    pub retry: Option<RawRetry>,
+    /// No first byte of the answer by then: the next target.
+    pub first_token_timeout_secs: Option<u64>,
+    /// The whole request, every attempt included.
+    pub deadline_secs: Option<u64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -113,6 +113,79 @@ pub struct Provider {
     pub mock: MockSettings,
     /// The `anthropic-version` header (`anthropic` providers only).
     pub anthropic_version: Option<String>,
+    pub health: Health,
+}
+
+/// `[providers.NAME.health]`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Health {
+    pub cooldown: crate::health::Growth,
+    pub breaker: BreakerConfig,
+    /// Read `x-ratelimit-*` / `anthropic-ratelimit-*` on every answer and tighten the key.
+    pub discover_limits: bool,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Health {
+            cooldown: crate::health::Growth::default(),
+            breaker: BreakerConfig::default(),
+            discover_limits: true,
+        }
+    }
+}
+
+/// When a target's circuit breaker opens, and how it comes back.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BreakerConfig {
+    /// Failures in a row that open it.
+    pub failures: u32,
+    /// The failure fraction over `window_secs` that opens it, once `min_requests` were seen.
+    pub failure_rate: f64,
+    pub min_requests: u32,
+    pub window_secs: u64,
+    pub open_secs: u64,
+    pub half_open_probes: u32,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        BreakerConfig {
+            failures: 5,
+            failure_rate: 0.5,
+            min_requests: 10,
+            window_secs: 30,
+            open_secs: 30,
+            half_open_probes: 1,
+        }
+    }
+}
+
+/// A model's full-jitter backoff between attempts: attempt `n` (from 1) waits a random time in
+/// `0 ..= min(max_backoff_ms, backoff_ms × 2^(n−1))` before the next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Retry {
+    pub backoff_ms: u64,
+    pub max_backoff_ms: u64,
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Retry {
+            backoff_ms: 100,
+            max_backoff_ms: 5000,
+        }
+    }
+}
+
+impl Retry {
+    /// The longest wait after the `failed`-th failed attempt (`failed >= 1`).
+    pub fn ceiling_ms(&self, failed: u32) -> u64 {
+        let shift = failed.saturating_sub(1).min(32);
+        self.backoff_ms
+            .saturating_mul(1u64 << shift)
+            .min(self.max_backoff_ms)
+    }
 }
 
 /// The `anthropic-version` an `anthropic` provider sends unless its config names another.
@@ -234,6 +307,12 @@ pub struct ModelPool {
     pub default_max_tokens: u64,
     /// Longest gap between two chunks of a streamed answer; `None`: the attempt's timeout.
     pub stream_idle_timeout_secs: Option<u64>,
+    pub retry: Retry,
+    /// No first byte of an attempt's answer by then: the next target (`None`: no bound but
+    /// the attempt's timeout).
+    pub first_token_timeout_secs: Option<u64>,
+    /// The whole request, every attempt and backoff included (`None`: unbounded).
+    pub deadline_secs: Option<u64>,
 }
 
 #[derive(Clone, Debug)]

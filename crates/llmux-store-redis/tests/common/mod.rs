@@ -30,12 +30,13 @@ pub fn reserve(now: i64, ttl_ms: i64, lines: Vec<Line>) -> Reserve {
         lease_ttl_ms: ttl_ms,
         lines,
         gates: vec![],
+        health: Default::default(),
     }
 }
 
 pub async fn granted(s: &RedisStore, r: Reserve) -> LeaseId {
     match s.reserve(r).await.unwrap() {
-        Admission::Granted(id) => id,
+        Admission::Granted(id) | Admission::Probe(id) => id,
         Admission::Denied(d) => panic!("expected a grant, got {d:?}"),
     }
 }

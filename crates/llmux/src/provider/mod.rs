@@ -2,6 +2,8 @@
 //! users can register their own kinds; the router only sees [`Call`] in and [`Reply`] out.
 
 pub mod anthropic;
+mod limits;
+pub use limits::{announced_limits, worth_learning};
 pub mod mock;
 pub mod openai;
 

@@ -5,20 +5,21 @@ use super::outcome::{classify, Outcome};
 use super::tracked::Tracked;
 use super::{AuthorizedKey, Response, ResponseBody, Router};
 use crate::error::RouteError;
-use crate::lease::{cooldown_until, Grant, Lease};
+use crate::lease::{Grant, Lease};
 use crate::ledger::Ledger;
 use crate::protocol::errors::error_body;
 use crate::protocol::openai::RawRequest;
 use crate::protocol::translate::{AnthropicToChatStream, ChatToAnthropicStream};
 use crate::protocol::usage::{usage_of_body, UsageShape};
 use crate::protocol::Wire;
-use crate::provider::{Call, Endpoint, Provider, ReplyBody};
+use crate::provider::{announced_limits, worth_learning, Call, Endpoint, Provider, ReplyBody};
 use crate::sse::{Translator, UsageScanner};
 use crate::stats::{Pool, PoolSlot, TargetStats};
 use bytes::Bytes;
 use http::HeaderMap;
 use llmux_core::config::OnStoreError;
-use llmux_core::plan::lines;
+use llmux_core::health::{GateUse, HealthOp};
+use llmux_core::plan::{lines, PlannedTarget};
 use llmux_core::store::{Admission, Denial, DenialReason, LeaseId, Reserve, Store};
 use llmux_core::time::secs_to_millis;
 use llmux_core::{Subject, Timestamp, Usage};
@@ -145,12 +146,23 @@ impl Router {
             ledger,
             store: true,
         };
+        let health = &t.provider.health;
         let reserve = Reserve {
             lease: id,
             now,
             lease_ttl_ms: secs_to_millis(self.inner.config.lease_ttl_secs),
             lines: ls,
             gates: t.gates.clone(),
+            health: GateUse {
+                learned: [
+                    1,
+                    usage.input_tokens.saturating_add(usage.output_tokens),
+                    usage.input_tokens,
+                    usage.output_tokens,
+                ],
+                probes: health.breaker.half_open_probes,
+                open_ms: secs_to_millis(health.breaker.open_secs),
+            },
         };
         // Fail-open keeps a copy for the process-local store; fail-closed needs none.
         let fail_open =
@@ -189,7 +201,7 @@ impl Router {
                 metrics::counter!("llmux_rejections_total", "limit" => d.limit()).increment(1);
                 Ok(Err(d))
             }
-            Admission::Granted(id) => Ok(Ok(Lease::granted(
+            Admission::Granted(id) | Admission::Probe(id) => Ok(Ok(Lease::granted(
                 Grant {
                     id,
                     target: t.id.clone(),
@@ -201,6 +213,9 @@ impl Router {
                     stats: pool.stats[i].clone(),
                     slot,
                     local,
+                    target_gate: t.target_gate().clone(),
+                    health: *health,
+                    probe: matches!(admission, Admission::Probe(_)),
                 },
                 ledger.clone(),
             ))),
@@ -353,6 +368,9 @@ impl Router {
         let fallback_on = &pool.plan.pool.fallback_on;
         let result = provider.send(call).await;
         let outcome = classify(&result);
+        if let Ok(reply) = &result {
+            self.learn_limits(target, &reply.headers, reply.status);
+        }
         let client = req.endpoint;
         let answer = |status: u16, headers: HeaderMap, body: ResponseBody| {
             let body = match body {
@@ -376,9 +394,12 @@ impl Router {
                 let timeout = outcome == Outcome::Lost { timeout: true };
                 metrics::counter!("llmux_upstream_requests_total", "target" => label.clone(), "outcome" => if timeout { "timeout" } else { "error" }).increment(1);
                 tracing::info!(target = %label, error = %e, "upstream attempt failed");
+                let mut lease = lease;
                 lease.stats.record_failure();
                 if outcome == Outcome::NotSent {
-                    // The request never left: give the reservation back.
+                    // The request never left: give the reservation back (the target is
+                    // still unhealthy: it counts for its breaker).
+                    lease.report(false);
                     log_settle(lease.release().await);
                 } else {
                     // It left: the upstream may have done the work, so the estimate stays.
@@ -394,9 +415,9 @@ impl Router {
             (Outcome::Success, Ok(reply)) => reply,
             (Outcome::RateLimited { retry_after }, Ok(reply)) => {
                 count_status(label, 429);
-                let until = cooldown_until(now, retry_after);
                 let subject = lease.key_subject().clone();
-                log_settle(lease.rate_limited(retry_after).await);
+                let (until, settled) = lease.cool_down(retry_after).await;
+                log_settle(settled);
                 tracing::info!(target = %label, retry_after_ms = until.0 - now.0, "upstream 429: key cooling down");
                 if fallback_on.status(429) {
                     out.deny(Denial {
@@ -417,6 +438,8 @@ impl Router {
                 };
                 count_status(label, reply.status);
                 tracing::warn!(target = %label, status = reply.status, %subject, "upstream refused the key: disabling it");
+                let mut lease = lease;
+                lease.neutral();
                 log_settle(lease.failed().await);
                 self.inner.ledger.note_local_disable(&subject, now);
                 if let Err(e) = self.inner.ledger.store.set_disabled(subject, true).await {
@@ -428,6 +451,11 @@ impl Router {
             (_, Ok(reply)) => {
                 let status = reply.status;
                 count_status(label, status);
+                let mut lease = lease;
+                if status < 500 {
+                    // The request's fault, not the target's.
+                    lease.neutral();
+                }
                 log_settle(lease.failed().await);
                 if fallback_on.status(status) {
                     out.failure = Some((format!("{label} answered {status}"), false));
@@ -460,6 +488,23 @@ impl Router {
             &answer_to,
         );
         Ok(answer(status, headers, body))
+    }
+}
+
+impl Router {
+    /// Learn the limits the upstream announced on its answer (`discover_limits`): written to
+    /// the key's flags when one runs low, or on a 429, in the background.
+    fn learn_limits(&self, target: &PlannedTarget, headers: &HeaderMap, status: u16) {
+        if !target.provider.health.discover_limits {
+            return;
+        }
+        let now = self.inner.ledger.clock.now();
+        let limits = announced_limits(headers, now);
+        if limits.iter().any(Option::is_some) && (status == 429 || worth_learning(&limits)) {
+            self.inner
+                .ledger
+                .health_later(target.key_gate().clone(), HealthOp::Learned(limits));
+        }
     }
 }
 

@@ -64,6 +64,10 @@ impl Tracked {
     /// End the stream with the client dialect's error event, on a line of its own.
     fn error_event(&mut self, message: &str, code: &str) -> Bytes {
         self.done = true;
+        if let Some(lease) = self.lease.as_mut() {
+            // A stream that broke or stalled counts against the target's breaker.
+            lease.report(false);
+        }
         self.settle();
         let event = stream_error_event(self.client, message, code);
         let sep = if self.scanner.mid_event() { "\n\n" } else { "" };
