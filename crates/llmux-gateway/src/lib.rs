@@ -236,6 +236,11 @@ async fn route(s: &AppState, endpoint: Endpoint, req: HttpRequest) -> Result<Res
     let mut headers = resp.headers;
     headers.insert("x-llmux-target", target);
     headers.insert("x-llmux-attempts", HeaderValue::from(resp.attempts));
+    if wants_decision(&parts.headers) {
+        if let Ok(v) = HeaderValue::from_str(&resp.decision.header_value()) {
+            headers.insert("x-llmux-decision", v);
+        }
+    }
     let body = match resp.body {
         ResponseBody::Full(b) => Body::from(b),
         ResponseBody::Stream(stream) => {
@@ -250,6 +255,13 @@ async fn route(s: &AppState, endpoint: Endpoint, req: HttpRequest) -> Result<Res
     *out.status_mut() = status;
     *out.headers_mut() = headers;
     Ok(out)
+}
+
+/// `x-llmux-decision: 1` (or `true`) asks for the decision header.
+fn wants_decision(h: &HeaderMap) -> bool {
+    h.get("x-llmux-decision")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| matches!(v.trim(), "1" | "true"))
 }
 
 async fn models(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Response {

@@ -98,6 +98,9 @@ pub struct Call {
     pub secret: Secret,
     /// Until the response head (and, for non-streamed answers, the whole body).
     pub timeout: Duration,
+    /// Until the response head, if sooner (`first_token_timeout_secs`); the router bounds a
+    /// stream's first chunk by it too.
+    pub first_byte: Option<Duration>,
     /// Largest non-streamed answer to read; a larger one fails with
     /// [`UpstreamError::TooLarge`].
     pub max_response_bytes: usize,

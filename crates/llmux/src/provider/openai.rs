@@ -94,8 +94,17 @@ pub(crate) fn send_http(
         let req = req.ok_or_else(|| {
             UpstreamError::Connect("invalid upstream URL or key for a header".into())
         })?;
+        let first_byte = call.first_byte;
         let work = async {
-            let resp = client.request(req).await.map_err(|e| {
+            let head = async {
+                match first_byte {
+                    None => Ok(client.request(req).await),
+                    Some(d) => tokio::time::timeout(d, client.request(req))
+                        .await
+                        .map_err(|_| UpstreamError::Timeout(d.as_secs().max(1))),
+                }
+            };
+            let resp = head.await?.map_err(|e| {
                 // Only a failed connect proves the request never left.
                 if e.is_connect() {
                     UpstreamError::Connect(describe(&e))

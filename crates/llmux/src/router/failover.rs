@@ -1,6 +1,7 @@
 //! One attempt and the failover loop: reserve on a target (one atomic store call), send, settle
 //! by the [`outcome`](super::outcome) rule, and move on to the next target or fallback model.
 
+use super::decision::{Decision, SkipReason};
 use super::outcome::{classify, Outcome};
 use super::tracked::Tracked;
 use super::{AuthorizedKey, Response, ResponseBody, Router};
@@ -22,7 +23,7 @@ use llmux_core::health::{GateUse, HealthOp};
 use llmux_core::plan::{lines, PlannedTarget};
 use llmux_core::store::{Admission, Denial, DenialReason, LeaseId, Reserve, Store};
 use llmux_core::time::secs_to_millis;
-use llmux_core::{Subject, Timestamp, Usage};
+use llmux_core::{Subject, TargetId, Timestamp, Usage};
 use serde_json::{Map, Value};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -63,9 +64,17 @@ pub(super) struct Outcomes {
     failure: Option<(String, bool)>,
     /// Why a target could not take the request at all (its dialect cannot express it).
     unservable: Option<String>,
+    /// Attempts that failed upstream (for the backoff before the next).
+    failed_attempts: u32,
+    /// Every target passed over, and why (the decision).
+    pub(super) skipped: Vec<(TargetId, SkipReason)>,
 }
 
 impl Outcomes {
+    fn skip(&mut self, target: &PlannedTarget, d: &Denial) {
+        self.skipped.push((target.id.clone(), SkipReason::of(d)));
+    }
+
     pub(super) fn deny(&mut self, d: Denial) {
         let better = match (&self.denial, d.retry_at) {
             (None, _) => true,
@@ -233,22 +242,50 @@ impl Router {
         }
     }
 
-    /// Try the targets of each pool of `chain` in candidate order until one answers.
+    /// Try the targets of each pool of `chain` in candidate order until one answers, within
+    /// the requested model's `deadline_secs`.
     pub(super) async fn send_with_failover(
         &self,
         chain: &[Arc<Pool>],
         req: &mut Prepared<'_>,
     ) -> Result<Response, RouteError> {
+        let deadline = chain
+            .first()
+            .and_then(|p| p.plan.pool.deadline_secs)
+            .map(|s| tokio::time::Instant::now() + Duration::from_secs(s));
+        let Some(at) = deadline else {
+            return self.failover(chain, req, None).await;
+        };
+        // Each attempt is bounded by what is left, so the deadline ends it as a timeout (its
+        // reservation settled as such); this bound is the last resort, a little later.
+        let grace = Duration::from_millis(250);
+        match tokio::time::timeout_at(at + grace, self.failover(chain, req, deadline)).await {
+            Ok(r) => r,
+            Err(_) => Err(deadline_exceeded(req, 0)),
+        }
+    }
+
+    async fn failover(
+        &self,
+        chain: &[Arc<Pool>],
+        req: &mut Prepared<'_>,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Result<Response, RouteError> {
         let first_now = self.inner.ledger.clock.now();
         let mut out = Outcomes::default();
         'chain: for pool in chain {
             let mut tried = 0u32;
-            for i in self
+            let candidates = self
                 .candidates(pool, req.tier.as_deref(), first_now)
-                .await?
-            {
-                // Read per attempt: an earlier attempt may have waited for a timeout.
-                let now = self.inner.ledger.clock.now();
+                .await?;
+            if req.tier.is_some() && candidates.len() < pool.plan.targets.len() {
+                for (i, t) in pool.plan.targets.iter().enumerate() {
+                    if !candidates.contains(&i) {
+                        out.skipped.push((t.id.clone(), SkipReason::Tier));
+                    }
+                }
+            }
+            for i in candidates {
                 if tried >= pool.plan.pool.max_attempts {
                     break;
                 }
@@ -283,9 +320,29 @@ impl Router {
                 } else {
                     req.estimate
                 };
+                // Full jitter after a failed attempt, before reserving again.
+                if out.failed_attempts > 0 {
+                    let ceiling = pool.plan.pool.retry.ceiling_ms(out.failed_attempts);
+                    let wait = Duration::from_millis(rand::random_range(0..=ceiling));
+                    let wake = tokio::time::Instant::now() + wait;
+                    tokio::time::sleep_until(deadline.map_or(wake, |d| wake.min(d))).await;
+                }
+                let left = match deadline {
+                    Some(d) => match d.checked_duration_since(tokio::time::Instant::now()) {
+                        Some(left) if !left.is_zero() => Some(left),
+                        _ => {
+                            out.failure = Some((deadline_message(chain), true));
+                            break 'chain;
+                        }
+                    },
+                    None => None,
+                };
+                // Read per attempt: an earlier attempt may have waited for a timeout.
+                let now = self.inner.ledger.clock.now();
                 let lease = match self.try_target(pool, i, &estimate, now, req.key).await? {
                     Ok(l) => l,
                     Err(d) => {
+                        out.skip(target, &d);
                         out.deny(d);
                         continue;
                     }
@@ -296,13 +353,18 @@ impl Router {
                     wire,
                     payload,
                     lease,
+                    left,
+                    deadline,
                 };
                 match self
                     .attempt(pool, i, &provider, call, req, now, &mut out)
                     .await?
                 {
-                    Step::Answer(r) => return Ok(r),
-                    Step::Next => {}
+                    Step::Answer(mut r) => {
+                        r.decision.skipped = std::mem::take(&mut out.skipped);
+                        return Ok(r);
+                    }
+                    Step::Next => out.failed_attempts += 1,
                     Step::Stop => break 'chain,
                 }
             }
@@ -346,6 +408,8 @@ impl Router {
             wire,
             payload,
             lease,
+            left,
+            deadline,
         } = sent;
         let target = &pool.plan.targets[i];
         let stats = &pool.stats[i];
@@ -355,18 +419,38 @@ impl Router {
             .timeout_secs
             .or(target.provider.timeout_secs)
             .unwrap_or(self.inner.config.request_timeout_secs);
+        let mut timeout = Duration::from_secs(timeout_secs);
+        if let Some(left) = left {
+            timeout = timeout.min(left);
+        }
+        let first_byte = pool
+            .plan
+            .pool
+            .first_token_timeout_secs
+            .map(|s| Duration::from_secs(s).min(timeout));
         let call = Call {
             endpoint: wire.upstream(req.endpoint),
             body: payload,
             stream: req.body.stream,
             secret: lease.secret().clone(),
-            timeout: Duration::from_secs(timeout_secs),
+            timeout,
+            first_byte,
             max_response_bytes: self.inner.config.max_response_bytes,
         };
         let started = Instant::now();
         let label = &stats.label;
         let fallback_on = &pool.plan.pool.fallback_on;
-        let result = provider.send(call).await;
+        let mut result = provider.send(call).await;
+        if let (Some(within), Ok(reply)) = (first_byte, &mut result) {
+            // No byte of a streamed answer by `first_token_timeout_secs`: the next target
+            // (nothing has reached the client yet).
+            if let ReplyBody::Stream(s) = &mut reply.body {
+                let left = within.saturating_sub(started.elapsed());
+                if let Err(e) = first_chunk(s, left, within).await {
+                    result = Err(e);
+                }
+            }
+        }
         let outcome = classify(&result);
         if let Ok(reply) = &result {
             self.learn_limits(target, &reply.headers, reply.status);
@@ -387,6 +471,11 @@ impl Router {
                 status,
                 headers,
                 body,
+                decision: Decision {
+                    picked: Some(target.id.clone()),
+                    attempts: out.attempts,
+                    skipped: Vec::new(),
+                },
             })
         };
         let reply = match (outcome, result) {
@@ -406,6 +495,12 @@ impl Router {
                     log_settle(lease.lost().await);
                 }
                 out.failure = Some((format!("{label}: {e}"), timeout));
+                let why = if timeout {
+                    SkipReason::Timeout
+                } else {
+                    SkipReason::Failed(502)
+                };
+                out.skipped.push((target.id.clone(), why));
                 return Ok(if timeout && !fallback_on.timeout {
                     Step::Stop
                 } else {
@@ -420,6 +515,8 @@ impl Router {
                 log_settle(settled);
                 tracing::info!(target = %label, retry_after_ms = until.0 - now.0, "upstream 429: key cooling down");
                 if fallback_on.status(429) {
+                    out.skipped
+                        .push((target.id.clone(), SkipReason::Failed(429)));
                     out.deny(Denial {
                         subject,
                         reason: DenialReason::Cooldown,
@@ -446,6 +543,8 @@ impl Router {
                     tracing::error!(error = %e, "could not record the disabled key in the store");
                 }
                 out.failure = Some((format!("{label} answered {}", reply.status), false));
+                out.skipped
+                    .push((target.id.clone(), SkipReason::Failed(reply.status)));
                 return Ok(Step::Next);
             }
             (_, Ok(reply)) => {
@@ -459,6 +558,8 @@ impl Router {
                 log_settle(lease.failed().await);
                 if fallback_on.status(status) {
                     out.failure = Some((format!("{label} answered {status}"), false));
+                    out.skipped
+                        .push((target.id.clone(), SkipReason::Failed(status)));
                     return Ok(Step::Next);
                 }
                 // Not a failover status: the client gets the upstream's answer.
@@ -484,7 +585,7 @@ impl Router {
             stats,
             lease,
             started,
-            Duration::from_secs(idle),
+            (Duration::from_secs(idle), deadline),
             &answer_to,
         );
         Ok(answer(status, headers, body))
@@ -528,7 +629,7 @@ fn settle_success(
     stats: &TargetStats,
     lease: Lease,
     started: Instant,
-    idle: Duration,
+    (idle, deadline): (Duration, Option<tokio::time::Instant>),
     to: &Answering<'_>,
 ) -> (u16, ResponseBody) {
     let shape = UsageShape::of(to.wire.upstream(to.client));
@@ -564,17 +665,63 @@ fn settle_success(
                     scanner = scanner.translating(Translator::ToMessages(t));
                 }
             }
-            let tracked = Tracked::new(s, scanner, lease, idle, to.client);
+            let tracked = Tracked::new(s, scanner, lease, idle, to.client).until(deadline);
             (200, ResponseBody::Stream(Box::pin(tracked)))
         }
     }
 }
 
-/// An attempt about to be sent: its wire, its body and its reservation.
+/// An attempt about to be sent: its wire, its body, its reservation, and what is left of the
+/// request's deadline.
 struct Sent {
     wire: Wire,
     payload: Bytes,
     lease: Lease,
+    left: Option<Duration>,
+    deadline: Option<tokio::time::Instant>,
+}
+
+/// Wait up to `left` for the stream's first chunk and put it back in front: an error if none
+/// comes (a timeout of `within`) or the stream ends or breaks first.
+async fn first_chunk(
+    s: &mut crate::provider::ByteStream,
+    left: Duration,
+    within: Duration,
+) -> Result<(), crate::error::UpstreamError> {
+    use crate::error::UpstreamError;
+    use futures_util::StreamExt;
+    let first = match tokio::time::timeout(left, s.next()).await {
+        Err(_) => return Err(UpstreamError::Timeout(within.as_secs().max(1))),
+        Ok(None) => {
+            return Err(UpstreamError::Body(
+                "the stream ended before its first byte".into(),
+            ))
+        }
+        Ok(Some(Err(e))) => return Err(e),
+        Ok(Some(Ok(chunk))) => chunk,
+    };
+    let rest = std::mem::replace(s, futures_util::stream::empty().boxed());
+    *s = futures_util::stream::once(async move { Ok(first) })
+        .chain(rest)
+        .boxed();
+    Ok(())
+}
+
+/// The error of a request whose `deadline_secs` passed.
+fn deadline_exceeded(req: &Prepared<'_>, attempts: u32) -> RouteError {
+    RouteError::Upstream {
+        attempts,
+        timeout: true,
+        message: format!("model {:?}: the request's deadline passed", req.model),
+    }
+}
+
+fn deadline_message(chain: &[Arc<Pool>]) -> String {
+    let secs = chain
+        .first()
+        .and_then(|p| p.plan.pool.deadline_secs)
+        .unwrap_or(0);
+    format!("the request's deadline of {secs} s passed")
 }
 
 fn count_status(label: &str, status: u16) {

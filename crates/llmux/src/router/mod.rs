@@ -10,11 +10,13 @@
 
 mod builder;
 mod candidates;
+mod decision;
 mod failover;
 mod outcome;
 mod tracked;
 
 pub use builder::{ProviderFactory, RouterBuilder};
+pub use decision::{Decision, SkipReason};
 
 use crate::error::{RouteError, UpstreamError};
 use crate::lease::Lease;
@@ -126,6 +128,8 @@ pub struct Response {
     /// Upstream headers worth passing on (`content-type`, `x-request-id`, `openai-*`).
     pub headers: HeaderMap,
     pub body: ResponseBody,
+    /// How the target was chosen: every target passed over, and why.
+    pub decision: Decision,
 }
 
 impl Response {

@@ -27,6 +27,8 @@ pub(crate) struct Tracked {
     done: bool,
     /// Whose dialect the error event is written in.
     client: Endpoint,
+    /// The request's `deadline_secs`: the stream ends with an error event then.
+    deadline: Option<tokio::time::Instant>,
 }
 
 impl Tracked {
@@ -47,7 +49,18 @@ impl Tracked {
             idle_timer: Box::pin(tokio::time::sleep(idle)),
             done: false,
             client,
+            deadline: None,
         }
+    }
+
+    /// End the stream at `deadline` (if any) with an error event.
+    pub(crate) fn until(mut self, deadline: Option<tokio::time::Instant>) -> Self {
+        if let Some(d) = deadline {
+            self.deadline = Some(d);
+            let first = (tokio::time::Instant::now() + self.idle).min(d);
+            self.idle_timer.as_mut().reset(first);
+        }
+        self
     }
 
     fn settle(&mut self) {
@@ -88,9 +101,18 @@ impl Stream for Tracked {
                     if self.idle_timer.as_mut().poll(cx).is_pending() {
                         return Poll::Pending;
                     }
-                    let due = self.last_chunk + self.idle;
-                    if due > tokio::time::Instant::now() {
+                    let now = tokio::time::Instant::now();
+                    if self.deadline.is_some_and(|d| d <= now) {
+                        tracing::warn!("the request's deadline passed mid-stream");
+                        let e = "the request's deadline passed before the stream ended";
+                        return Poll::Ready(Some(Ok(self.error_event(e, "deadline_exceeded"))));
+                    }
+                    let mut due = self.last_chunk + self.idle;
+                    if due > now {
                         // A chunk came since the timer was set: wait from that chunk.
+                        if let Some(d) = self.deadline {
+                            due = due.min(d);
+                        }
                         self.idle_timer.as_mut().reset(due);
                         continue;
                     }
