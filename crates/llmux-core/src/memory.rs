@@ -98,11 +98,11 @@ impl MemoryStore {
         }
     }
 
-    fn reserve_now(&self, r: &Reserve) -> Admission {
+    fn reserve_now(&self, r: &Reserve) -> Reserved {
         let mut g = self.inner.lock();
         g.sweep(r.now);
         if g.leases.contains_key(&r.lease.0) {
-            return Admission::Granted(r.lease);
+            return Reserved::without_room(Admission::Granted(r.lease));
         }
         let mut gates: Vec<Flags> = r
             .gates
@@ -121,7 +121,7 @@ impl MemoryStore {
             .collect();
         let passed = match decide(r, &mut counters, &mut gates) {
             Ok(p) => p,
-            Err(d) => return Admission::Denied(d),
+            Err(d) => return Reserved::without_room(Admission::Denied(d)),
         };
         for (i, (s, f)) in r.gates.iter().zip(gates).enumerate() {
             if passed.gate_changed(i) {
@@ -130,6 +130,7 @@ impl MemoryStore {
         }
         let id = r.lease.0;
         let mut lines = Vec::with_capacity(r.lines.len());
+        let room = counters.iter().map(Counter::available).collect();
         for (l, c) in r.lines.iter().zip(counters) {
             let key = (l.subject.clone(), l.resource.clone());
             g.counters.insert(key.clone(), c);
@@ -142,12 +143,15 @@ impl MemoryStore {
                 lines,
             },
         );
-        passed.admission(r.lease)
+        Reserved {
+            admission: passed.admission(r.lease),
+            room,
+        }
     }
 }
 
 impl Store for MemoryStore {
-    async fn reserve(&self, r: Reserve) -> Result<Admission, StoreError> {
+    async fn reserve_with_room(&self, r: Reserve) -> Result<Reserved, StoreError> {
         Ok(self.reserve_now(&r))
     }
 

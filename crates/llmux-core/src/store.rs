@@ -79,6 +79,24 @@ impl Admission {
     }
 }
 
+/// What a store answered a reservation, with the room left on each of its lines.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Reserved {
+    pub admission: Admission,
+    /// After a new grant: `capacity - used - reserved` of `lines[i]`, this grant included.
+    /// Empty after a denial, and for a lease id already held (a retried call).
+    pub room: Vec<u64>,
+}
+
+impl Reserved {
+    pub fn without_room(admission: Admission) -> Reserved {
+        Reserved {
+            admission,
+            room: Vec::new(),
+        }
+    }
+}
+
 /// Why a reservation was refused, and when it could succeed.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Denial {
@@ -353,7 +371,15 @@ pub enum StoreError {
 /// Accounting for resources. Each method is one round trip and one atomic step.
 pub trait Store: Send + Sync + 'static {
     /// Reserve on every line or on none, if every gate is open. A denial is an answer.
-    fn reserve(&self, r: Reserve) -> impl Future<Output = Result<Admission, StoreError>> + Send;
+    fn reserve(&self, r: Reserve) -> impl Future<Output = Result<Admission, StoreError>> + Send {
+        async move { Ok(self.reserve_with_room(r).await?.admission) }
+    }
+    /// [`Store::reserve`], also answering the room each line has left after a grant (what
+    /// the gateway's `x-ratelimit-*` and `RateLimit` headers report).
+    fn reserve_with_room(
+        &self,
+        r: Reserve,
+    ) -> impl Future<Output = Result<Reserved, StoreError>> + Send;
     /// Swap the lease's reservation for the usage in `used` (one line per resource, `amount` =
     /// used; may exceed the reservation). Usage is recorded even if the lease has expired.
     fn commit(

@@ -236,6 +236,11 @@ async fn route(s: &AppState, endpoint: Endpoint, req: HttpRequest) -> Result<Res
     let mut headers = resp.headers;
     headers.insert("x-llmux-target", target);
     headers.insert("x-llmux-attempts", HeaderValue::from(resp.attempts));
+    for (name, value) in llmux::rate_limit_headers(&resp.limits, s.router.now()) {
+        if let Ok(v) = HeaderValue::try_from(value) {
+            headers.insert(name, v);
+        }
+    }
     if wants_decision(&parts.headers) {
         if let Ok(v) = HeaderValue::from_str(&resp.decision.header_value()) {
             headers.insert("x-llmux-decision", v);

@@ -24,6 +24,16 @@ targets = [{{ provider = "up", model = "gpt-4o-mini" }}]
 }
 
 async fn burst(gw: &Gateway, n: usize) -> (usize, usize, Vec<Resp>) {
+    // A burst that straddles a minute boundary meets two `minutely` windows: start it well
+    // inside one.
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+        % 60.0;
+    if secs > 50.0 {
+        tokio::time::sleep(std::time::Duration::from_secs_f64(60.5 - secs)).await;
+    }
     let mut tasks = Vec::new();
     for _ in 0..n {
         let addr = gw.addr;

@@ -35,7 +35,7 @@ use llmux_core::health::{Breaker, HealthOp, Learned, LearnedMeasure};
 use llmux_core::ids::at_or_below;
 use llmux_core::store::{
     score_of, AdminOp, Admission, Counter, Denial, DenialReason, Flags, LeaseId, Line, Reserve,
-    Store, StoreAdmin, StoreError, SubjectState,
+    Reserved, Store, StoreAdmin, StoreError, SubjectState,
 };
 use llmux_core::{Subject, Timestamp, Window};
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
@@ -281,7 +281,7 @@ impl RedisStore {
 }
 
 impl Store for RedisStore {
-    async fn reserve(&self, r: Reserve) -> Result<Admission, StoreError> {
+    async fn reserve_with_room(&self, r: Reserve) -> Result<Reserved, StoreError> {
         let mut c = self.conn().await?;
         let s = &self.inner.scripts.reserve;
         let mut inv = s.prepare_invoke();
@@ -309,10 +309,17 @@ impl Store for RedisStore {
             line_args(&mut inv, l);
         }
         let out: Vec<Value> = inv.invoke_async(&mut c).await.map_err(unavailable)?;
-        match out.first().map(int) {
-            Some(1) => return Ok(Admission::Granted(r.lease)),
-            Some(2) => return Ok(Admission::Probe(r.lease)),
-            _ => {}
+        let granted = match out.first().map(int) {
+            Some(1) => Some(Admission::Granted(r.lease)),
+            Some(2) => Some(Admission::Probe(r.lease)),
+            _ => None,
+        };
+        if let Some(admission) = granted {
+            let room = out.get(2..).unwrap_or(&[]).iter().map(count);
+            return Ok(Reserved {
+                admission,
+                room: room.collect::<Result<_, _>>()?,
+            });
         }
         let kind = out.get(1).map(text).unwrap_or_default();
         let idx = out.get(2).map(int).unwrap_or(1).max(1) as usize - 1;
@@ -381,7 +388,7 @@ impl Store for RedisStore {
                 }
             }
         };
-        Ok(Admission::Denied(denial))
+        Ok(Reserved::without_room(Admission::Denied(denial)))
     }
 
     async fn commit(

@@ -13,7 +13,8 @@ use crate::rows::{
 };
 use llmux_core::health::HealthOp;
 use llmux_core::store::{
-    decide, score_of, AdminOp, Admission, Counter, Flags, LeaseId, Line, Reserve, SubjectState,
+    decide, score_of, AdminOp, Admission, Counter, Flags, LeaseId, Line, Reserve, Reserved,
+    SubjectState,
 };
 use llmux_core::{Subject, Timestamp};
 use rusqlite::{params, Connection, OptionalExtension};
@@ -134,7 +135,7 @@ impl Batch<'_> {
         Ok(())
     }
 
-    pub(crate) fn reserve(&mut self, r: &Reserve) -> rusqlite::Result<Admission> {
+    pub(crate) fn reserve(&mut self, r: &Reserve) -> rusqlite::Result<Reserved> {
         let mut gates: Vec<Flags> = Vec::with_capacity(r.gates.len());
         for g in &r.gates {
             gates.push(self.flags(g.as_str())?);
@@ -146,7 +147,7 @@ impl Batch<'_> {
         }
         let passed = match decide(r, &mut counters, &mut gates) {
             Ok(p) => p,
-            Err(d) => return Ok(Admission::Denied(d)),
+            Err(d) => return Ok(Reserved::without_room(Admission::Denied(d))),
         };
         let id = r.lease.0;
         let expires_at = r.now.plus_millis(r.lease_ttl_ms).0;
@@ -160,8 +161,9 @@ impl Batch<'_> {
             )?
             .execute(params![id as i64, expires_at, text])?;
         if inserted == 0 {
-            return Ok(Admission::Granted(r.lease));
+            return Ok(Reserved::without_room(Admission::Granted(r.lease)));
         }
+        let room = counters.iter().map(Counter::available).collect();
         for (l, c) in r.lines.iter().zip(counters) {
             self.set_counter(l.subject.as_str(), &l.resource, c);
         }
@@ -176,7 +178,10 @@ impl Batch<'_> {
             .map(|l| (l.subject.clone(), l.resource.clone(), l.amount))
             .collect();
         self.cache.leases.insert(id, held);
-        Ok(passed.admission(r.lease))
+        Ok(Reserved {
+            admission: passed.admission(r.lease),
+            room,
+        })
     }
 
     fn save_flags(&mut self, subject: &str, f: Flags) -> rusqlite::Result<()> {

@@ -36,8 +36,7 @@ mod writer;
 use llmux_core::health::HealthOp;
 use llmux_core::store::Flags;
 use llmux_core::store::{
-    AdminOp, Admission, Counter, LeaseId, Line, Reserve, Store, StoreAdmin, StoreError,
-    SubjectState,
+    AdminOp, Counter, LeaseId, Line, Reserve, Reserved, Store, StoreAdmin, StoreError, SubjectState,
 };
 use llmux_core::{Subject, Timestamp};
 use schema::open_conn;
@@ -95,7 +94,7 @@ impl SqliteStore {
 }
 
 impl Store for SqliteStore {
-    async fn reserve(&self, r: Reserve) -> Result<Admission, StoreError> {
+    async fn reserve_with_room(&self, r: Reserve) -> Result<Reserved, StoreError> {
         self.call(|tx| Cmd::Reserve(r, Some(tx))).await
     }
     async fn commit(

@@ -15,7 +15,7 @@ use crate::cache::{Batch, Cache};
 use llmux_core::health::HealthOp;
 use llmux_core::store::Flags;
 use llmux_core::store::{
-    AdminOp, Admission, Counter, LeaseId, Line, Reserve, StoreError, SubjectState,
+    AdminOp, Counter, LeaseId, Line, Reserve, Reserved, StoreError, SubjectState,
 };
 use llmux_core::{Subject, Timestamp};
 use parking_lot::{Condvar, Mutex};
@@ -29,7 +29,7 @@ pub(crate) type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
 pub(crate) enum Cmd {
     /// The reply is taken when the grant is answered, before the commit.
-    Reserve(Reserve, Option<Reply<Admission>>),
+    Reserve(Reserve, Option<Reply<Reserved>>),
     Commit(LeaseId, Timestamp, Vec<Line>, Reply<()>),
     /// A commit nobody waits for (`commit_detached`), with the number of transactions that
     /// carried it and failed: it is applied again in the next one, up to [`DETACHED_ATTEMPTS`].
@@ -476,7 +476,7 @@ fn apply_one(b: &mut Batch<'_>, cmd: &Cmd) -> rusqlite::Result<Outcome> {
 }
 
 enum Outcome {
-    Admission(Admission),
+    Admission(Reserved),
     Done,
     Snapshot(Vec<SubjectState>),
     Counter(Counter),
@@ -486,13 +486,13 @@ enum Outcome {
 }
 
 /// Answer a reserve; returns a lease granted to a caller that is no longer waiting.
-fn answer_reserve(tx: Reply<Admission>, res: Result<Outcome, StoreError>) -> Option<LeaseId> {
+fn answer_reserve(tx: Reply<Reserved>, res: Result<Outcome, StoreError>) -> Option<LeaseId> {
     let r = res.and_then(|o| match o {
         Outcome::Admission(a) => Ok(a),
         _ => Err(StoreError::Backend("unexpected reply".into())),
     });
     match tx.send(r) {
-        Err(Ok(Admission::Granted(id) | Admission::Probe(id))) => Some(id),
+        Err(Ok(r)) => r.admission.lease(),
         _ => None,
     }
 }

@@ -96,6 +96,12 @@ pub enum Behavior {
     /// For chat completions the initial role chunk is sent first and is not counted.
     /// A non-stream request gets a 200 whose JSON body is cut in the middle.
     BreakStreamAfter(usize),
+    /// 200 with a normal answer carrying these headers too (replacing the default
+    /// `x-ratelimit-*` ones of the same names), e.g. limits that run low.
+    WithHeaders(Vec<(String, String)>),
+    /// Streaming: send the answer's head at once, then nothing for this long before the first
+    /// event (a hang before the first token). A non-stream request waits before its head.
+    StallFirstChunk(Duration),
 }
 
 /// One request received by the mock.
@@ -361,6 +367,25 @@ async fn handle(shared: Shared, endpoint: Option<Endpoint>, req: Request) -> Res
         }
         Behavior::GatedStream(sem) => normal(&ctx, Flow::Gated(sem)),
         Behavior::BreakStreamAfter(k) => normal(&ctx, Flow::Break(k)),
+        Behavior::WithHeaders(extra) => {
+            let mut r = normal(&ctx, Flow::Plain);
+            for (k, v) in extra {
+                if let (Ok(k), Ok(v)) = (
+                    http::HeaderName::from_bytes(k.as_bytes()),
+                    http::HeaderValue::from_str(&v),
+                ) {
+                    r.headers_mut().insert(k, v);
+                }
+            }
+            r
+        }
+        Behavior::StallFirstChunk(d) => {
+            let streams = ctx.body.get("stream").and_then(Value::as_bool) == Some(true);
+            if !streams {
+                tokio::time::sleep(d).await;
+            }
+            normal(&ctx, Flow::Stall(d))
+        }
         Behavior::Status {
             status,
             retry_after_secs,
@@ -397,6 +422,7 @@ enum Flow {
     Plain,
     Gated(Arc<Semaphore>),
     Break(usize),
+    Stall(Duration),
 }
 
 /// A successful answer for `ctx`, streamed if the request asked for it.
@@ -412,7 +438,8 @@ fn normal(ctx: &Ctx, flow: Flow) -> Response {
                 let cut = text.len() / 2;
                 stream_body(vec![Bytes::from(text).slice(..cut)], None, true)
             }
-            Flow::Plain | Flow::Gated(_) => Body::from(text),
+            // The stall came before the head (see `Behavior::StallFirstChunk`).
+            Flow::Plain | Flow::Gated(_) | Flow::Stall(_) => Body::from(text),
         };
         return build(StatusCode::OK, headers, body);
     }
@@ -427,6 +454,14 @@ fn normal(ctx: &Ctx, flow: Flow) -> Response {
         Flow::Plain => stream_body(events(CONTENT_PIECES.len(), true), None, false),
         Flow::Gated(sem) => stream_body(events(CONTENT_PIECES.len(), true), Some(sem), false),
         Flow::Break(k) => stream_body(events(k, false), None, true),
+        Flow::Stall(d) => {
+            let rest = stream_body(events(CONTENT_PIECES.len(), true), None, false);
+            use futures_util::StreamExt;
+            let stalled = futures_util::stream::once(tokio::time::sleep(d))
+                .filter_map(|()| async { None::<Result<Bytes, axum::Error>> })
+                .chain(rest.into_data_stream());
+            Body::from_stream(stalled)
+        }
     };
     build(StatusCode::OK, headers, body)
 }

@@ -44,6 +44,8 @@ pub struct Lease {
     probe: bool,
     /// The outcome has been counted for the breaker.
     reported: bool,
+    /// The limits counted, with the room left (taken by the answer's headers).
+    pub(crate) applied: Vec<crate::router::AppliedLimit>,
 }
 
 /// What a granted reservation is made of (see [`Lease::granted`]).
@@ -63,6 +65,7 @@ pub(crate) struct Grant {
     pub(crate) target_gate: Subject,
     pub(crate) health: Health,
     pub(crate) probe: bool,
+    pub(crate) applied: Vec<crate::router::AppliedLimit>,
 }
 
 impl std::fmt::Debug for Lease {
@@ -96,6 +99,7 @@ impl Lease {
             health: g.health,
             probe: g.probe,
             reported: false,
+            applied: g.applied,
         }
     }
 

@@ -59,6 +59,12 @@ impl Store for AnyStore {
     async fn reserve(&self, r: Reserve) -> Result<Admission, StoreError> {
         dispatch!(self, s => s.reserve(r).await)
     }
+    async fn reserve_with_room(
+        &self,
+        r: Reserve,
+    ) -> Result<llmux_core::store::Reserved, StoreError> {
+        dispatch!(self, s => s.reserve_with_room(r).await)
+    }
     async fn commit(
         &self,
         lease: LeaseId,

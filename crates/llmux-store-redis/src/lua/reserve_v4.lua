@@ -20,7 +20,8 @@
 --       the four learned limits (requests, tokens, input tokens, output tokens), then per
 --       line: member, window_start, window_end, capacity, amount.
 -- A lease id already held is granted again without reserving twice (a retried call).
--- Returns {1, lease_id}, {2, lease_id} (granted as a half-open breaker's probe) or
+-- Returns {1, lease_id, room...}, {2, lease_id, room...} (granted as a half-open breaker's
+-- probe; room: what each line has left, as integer strings) or
 -- {0, kind, line_or_gate, capacity, used, reserved, amount, retry_at, measure}.
 local now = tonumber(ARGV[1])
 local ttl = tonumber(ARGV[2])
@@ -141,5 +142,11 @@ for g = 1, ng do
 end
 redis.call('HSET', KEYS[2], id, table.concat(rec, '\n'))
 redis.call('ZADD', KEYS[3], server_now + ttl, id)
-if probe then return {2, id} end
-return {1, id}
+-- The room each line has left, this grant included.
+local out = {1, id}
+if probe then out[1] = 2 end
+for i = 1, nl do
+  local st = state[i]
+  out[#out + 1] = int(math.max(tonumber(st[5]) - st[1] - st[2] - st[8], 0))
+end
+return out

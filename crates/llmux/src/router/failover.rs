@@ -1,6 +1,7 @@
 //! One attempt and the failover loop: reserve on a target (one atomic store call), send, settle
 //! by the [`outcome`](super::outcome) rule, and move on to the next target or fallback model.
 
+use super::applied::AppliedLimit;
 use super::decision::{Decision, SkipReason};
 use super::outcome::{classify, Outcome};
 use super::tracked::Tracked;
@@ -21,7 +22,7 @@ use http::HeaderMap;
 use llmux_core::config::OnStoreError;
 use llmux_core::health::{GateUse, HealthOp};
 use llmux_core::plan::{lines, PlannedTarget};
-use llmux_core::store::{Admission, Denial, DenialReason, LeaseId, Reserve, Store};
+use llmux_core::store::{Admission, Denial, DenialReason, LeaseId, Reserve, Reserved, Store};
 use llmux_core::time::secs_to_millis;
 use llmux_core::{Subject, TargetId, Timestamp, Usage};
 use serde_json::{Map, Value};
@@ -156,6 +157,7 @@ impl Router {
             store: true,
         };
         let health = &t.provider.health;
+        let windows: Vec<llmux_core::Window> = ls.iter().map(|l| l.window).collect();
         let reserve = Reserve {
             lease: id,
             now,
@@ -176,7 +178,7 @@ impl Router {
         // Fail-open keeps a copy for the process-local store; fail-closed needs none.
         let fail_open =
             (self.inner.config.on_store_error == OnStoreError::FailOpen).then(|| reserve.clone());
-        let (admission, local) = match (ledger.store.reserve(reserve).await, fail_open) {
+        let (reserved, local) = match (ledger.store.reserve_with_room(reserve).await, fail_open) {
             (Ok(a), _) => (a, false),
             (Err(e), Some(copy)) => {
                 tracing::error!(error = %e, "store unreachable: serving fail-open, counting in this process only");
@@ -191,7 +193,10 @@ impl Router {
                         }));
                     }
                 }
-                (ledger.reserve_locally(copy).await?, true)
+                (
+                    Reserved::without_room(ledger.reserve_locally(copy).await?),
+                    true,
+                )
             }
             (Err(e), None) => {
                 metrics::counter!("llmux_store_errors_total", "policy" => "fail-closed")
@@ -205,6 +210,12 @@ impl Router {
         if !local {
             pending.store = false;
         }
+        let applied = AppliedLimit::of(
+            bounds.iter().chain(extra.iter().flat_map(|e| e.iter())),
+            &windows,
+            &reserved.room,
+        );
+        let admission = reserved.admission;
         match admission {
             Admission::Denied(d) => {
                 metrics::counter!("llmux_rejections_total", "limit" => d.limit()).increment(1);
@@ -225,6 +236,7 @@ impl Router {
                     target_gate: t.target_gate().clone(),
                     health: *health,
                     probe: matches!(admission, Admission::Probe(_)),
+                    applied,
                 },
                 ledger.clone(),
             ))),
@@ -456,7 +468,9 @@ impl Router {
             self.learn_limits(target, &reply.headers, reply.status);
         }
         let client = req.endpoint;
-        let answer = |status: u16, headers: HeaderMap, body: ResponseBody| {
+        let mut lease = lease;
+        let limits = std::mem::take(&mut lease.applied);
+        let answer = move |status: u16, headers: HeaderMap, body: ResponseBody, out: &Outcomes| {
             let body = match body {
                 // An error answer of the other dialect, in the client's envelope.
                 ResponseBody::Full(b) if status >= 400 => {
@@ -476,6 +490,7 @@ impl Router {
                     attempts: out.attempts,
                     skipped: Vec::new(),
                 },
+                limits,
             })
         };
         let reply = match (outcome, result) {
@@ -524,7 +539,7 @@ impl Router {
                     });
                     return Ok(Step::Next);
                 }
-                return Ok(answer(429, client_headers(&reply.headers), reply.body));
+                return Ok(answer(429, client_headers(&reply.headers), reply.body, out));
             }
             (o @ (Outcome::KeyRefused | Outcome::ModelRefused), Ok(reply)) => {
                 // 401: the key is refused everywhere; 403: only for this model.
@@ -563,7 +578,12 @@ impl Router {
                     return Ok(Step::Next);
                 }
                 // Not a failover status: the client gets the upstream's answer.
-                return Ok(answer(status, client_headers(&reply.headers), reply.body));
+                return Ok(answer(
+                    status,
+                    client_headers(&reply.headers),
+                    reply.body,
+                    out,
+                ));
             }
         };
         let headers = client_headers(&reply.headers);
@@ -588,7 +608,7 @@ impl Router {
             (Duration::from_secs(idle), deadline),
             &answer_to,
         );
-        Ok(answer(status, headers, body))
+        Ok(answer(status, headers, body, out))
     }
 }
 

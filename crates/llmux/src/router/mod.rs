@@ -8,6 +8,7 @@
 //! `outcome` is the pure rule for settling an attempt, `tracked` the stream that settles its
 //! lease when it ends.
 
+mod applied;
 mod builder;
 mod candidates;
 mod decision;
@@ -15,6 +16,7 @@ mod failover;
 mod outcome;
 mod tracked;
 
+pub use applied::{rate_limit_headers, AppliedLimit};
 pub use builder::{ProviderFactory, RouterBuilder};
 pub use decision::{Decision, SkipReason};
 
@@ -130,6 +132,9 @@ pub struct Response {
     pub body: ResponseBody,
     /// How the target was chosen: every target passed over, and why.
     pub decision: Decision,
+    /// Every limit the request was counted against, with the room left
+    /// ([`rate_limit_headers`] turns them into answer headers).
+    pub limits: Vec<AppliedLimit>,
 }
 
 impl Response {
@@ -186,6 +191,10 @@ impl Router {
         &self.inner.config
     }
 
+    /// The router's clock, now.
+    pub fn now(&self) -> llmux_core::Timestamp {
+        self.inner.ledger.clock.now()
+    }
     pub fn store(&self) -> &AnyStore {
         &self.inner.ledger.store
     }

@@ -1,0 +1,199 @@
+//! The limits that applied to a request, as the answer reports them: llmux's own
+//! `x-ratelimit-{limit,remaining,reset}-{requests,tokens}` (the tightest request and token limit)
+//! and the IETF `RateLimit-Policy` / `RateLimit` fields listing every limit.
+
+use llmux_core::plan::Bound;
+use llmux_core::{Measure, Subject, Timestamp, Window};
+use std::fmt::Write;
+use std::sync::Arc;
+
+/// One limit a granted request was counted against, with the room left after it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AppliedLimit {
+    pub subject: Subject,
+    pub resource: Arc<str>,
+    pub measure: Measure,
+    pub capacity: u64,
+    /// Room left in the window, this request's reservation taken.
+    pub remaining: u64,
+    /// The window's length and end.
+    pub window_ms: i64,
+    pub resets_at: Timestamp,
+}
+
+impl AppliedLimit {
+    /// The limits of `bounds` (in the order of the reservation's lines, with their windows),
+    /// given the room the store reported.
+    pub(crate) fn of<'a>(
+        bounds: impl Iterator<Item = &'a Bound>,
+        windows: &[Window],
+        room: &[u64],
+    ) -> Vec<AppliedLimit> {
+        bounds
+            .zip(windows)
+            .zip(room)
+            .map(|((b, w), &remaining)| AppliedLimit {
+                subject: b.subject.clone(),
+                resource: b.resource.name.clone(),
+                measure: b.resource.measure,
+                capacity: b.resource.capacity,
+                remaining,
+                window_ms: w.end.0.saturating_sub(w.start.0),
+                resets_at: w.end,
+            })
+            .collect()
+    }
+}
+
+/// The answer headers for `limits` at `now`: `(name, value)` pairs, none when no limit applied.
+pub fn rate_limit_headers(limits: &[AppliedLimit], now: Timestamp) -> Vec<(&'static str, String)> {
+    let mut out = Vec::new();
+    if limits.is_empty() {
+        return out;
+    }
+    let tightest = |pick: fn(Measure) -> bool| {
+        limits
+            .iter()
+            .filter(|l| pick(l.measure))
+            .min_by_key(|l| (l.remaining, l.resets_at))
+    };
+    let requests = tightest(|m| m == Measure::Requests);
+    let tokens = tightest(|m| {
+        matches!(
+            m,
+            Measure::Tokens | Measure::InputTokens | Measure::OutputTokens
+        )
+    });
+    for (word, l) in [("requests", requests), ("tokens", tokens)] {
+        let Some(l) = l else { continue };
+        let (limit, remaining, reset) = match word {
+            "requests" => (
+                "x-ratelimit-limit-requests",
+                "x-ratelimit-remaining-requests",
+                "x-ratelimit-reset-requests",
+            ),
+            _ => (
+                "x-ratelimit-limit-tokens",
+                "x-ratelimit-remaining-tokens",
+                "x-ratelimit-reset-tokens",
+            ),
+        };
+        out.push((limit, l.capacity.to_string()));
+        out.push((remaining, l.remaining.to_string()));
+        out.push((reset, go_duration(l.resets_at.0.saturating_sub(now.0))));
+    }
+    let mut policy = String::new();
+    let mut state = String::new();
+    for (i, l) in limits.iter().enumerate() {
+        if i > 0 {
+            policy.push_str(", ");
+            state.push_str(", ");
+        }
+        let name = quoted(&format!("{}:{}", l.subject, l.resource));
+        let w = (l.window_ms.max(0) as u64).div_ceil(1000);
+        let t = now.secs_until_ceil(l.resets_at);
+        let _ = write!(policy, "{name};q={};w={w}", l.capacity);
+        let _ = write!(state, "{name};r={};t={t}", l.remaining);
+    }
+    out.push(("ratelimit-policy", policy));
+    out.push(("ratelimit", state));
+    out
+}
+
+/// A structured-field string: quotes and backslashes escaped.
+fn quoted(s: &str) -> String {
+    let mut q = String::with_capacity(s.len() + 2);
+    q.push('"');
+    for c in s.chars() {
+        if c == '"' || c == '\\' {
+            q.push('\\');
+        }
+        q.push(c);
+    }
+    q.push('"');
+    q
+}
+
+/// `ms` as OpenAI writes its resets: `20ms` below a second, else `1s`, `6m0s`, `2h0m0s`
+/// (whole seconds, rounded up).
+pub(crate) fn go_duration(ms: i64) -> String {
+    let ms = ms.max(0);
+    if ms < 1000 {
+        return format!("{ms}ms");
+    }
+    let secs = (ms as u64).div_ceil(1000);
+    let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
+    match (h, m) {
+        (0, 0) => format!("{s}s"),
+        (0, m) => format!("{m}m{s}s"),
+        (h, m) => format!("{h}h{m}m{s}s"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limit(
+        subject: &str,
+        resource: &str,
+        m: Measure,
+        cap: u64,
+        left: u64,
+        w: i64,
+    ) -> AppliedLimit {
+        AppliedLimit {
+            subject: Subject::new(subject),
+            resource: Arc::from(resource),
+            measure: m,
+            capacity: cap,
+            remaining: left,
+            window_ms: w,
+            resets_at: Timestamp(w),
+        }
+    }
+
+    #[test]
+    fn reports_the_tightest_limits_and_every_policy() {
+        let ls = vec![
+            limit("mock-a/k1", "rpm", Measure::Requests, 60, 59, 60_000),
+            limit(
+                "mock-a",
+                "tpm-monthly",
+                Measure::Tokens,
+                1_000_000,
+                999_000,
+                2_592_000_000,
+            ),
+            limit("mock-a", "rpd", Measure::Requests, 100, 3, 86_400_000),
+        ];
+        let h = rate_limit_headers(&ls, Timestamp(30_000));
+        let get = |n: &str| h.iter().find(|(k, _)| *k == n).map(|(_, v)| v.as_str());
+        assert_eq!(get("x-ratelimit-limit-requests"), Some("100"));
+        assert_eq!(get("x-ratelimit-remaining-requests"), Some("3"));
+        assert_eq!(get("x-ratelimit-reset-requests"), Some("23h59m30s"));
+        assert_eq!(get("x-ratelimit-remaining-tokens"), Some("999000"));
+        assert_eq!(
+            get("ratelimit-policy"),
+            Some(
+                r#""mock-a/k1:rpm";q=60;w=60, "mock-a:tpm-monthly";q=1000000;w=2592000, "mock-a:rpd";q=100;w=86400"#
+            )
+        );
+        assert_eq!(
+            get("ratelimit"),
+            Some(
+                r#""mock-a/k1:rpm";r=59;t=30, "mock-a:tpm-monthly";r=999000;t=2591970, "mock-a:rpd";r=3;t=86370"#
+            )
+        );
+        assert!(rate_limit_headers(&[], Timestamp(0)).is_empty());
+    }
+
+    #[test]
+    fn durations_read_like_openais() {
+        assert_eq!(go_duration(20), "20ms");
+        assert_eq!(go_duration(1000), "1s");
+        assert_eq!(go_duration(1001), "2s");
+        assert_eq!(go_duration(360_000), "6m0s");
+        assert_eq!(go_duration(-5), "0ms");
+    }
+}
