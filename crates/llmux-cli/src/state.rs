@@ -5,6 +5,7 @@
 use crate::NotFound;
 use anyhow::bail;
 use llmux::core::config::{Provider, Resource};
+use llmux::core::health::{BreakerState, LearnedMeasure};
 use llmux::core::store::{score, AdminOp, Counter, StoreAdmin, SubjectState};
 use llmux::core::time::secs_to_millis;
 use llmux::core::{window_at, Clock, Line, Measure, Period, Subject, SystemClock, Timestamp};
@@ -190,6 +191,21 @@ fn state_json(config: &Config, s: &SubjectState, now: Timestamp) -> serde_json::
         })
         .collect();
     let cooling = s.flags.cooldown_until.filter(|u| *u > now);
+    let breaker = s.flags.breaker;
+    let learned: serde_json::Map<String, serde_json::Value> = LearnedMeasure::ALL
+        .iter()
+        .zip(s.flags.learned)
+        .filter_map(|(m, l)| Some((m, l.filter(|l| l.reset_at > now)?)))
+        .map(|(m, l)| {
+            let v = serde_json::json!({
+                "limit": l.limit,
+                "remaining": l.remaining,
+                "reset_ms": l.reset_at.0,
+                "reset_secs": now.secs_until_ceil(l.reset_at),
+            });
+            (m.resource().to_string(), v)
+        })
+        .collect();
     serde_json::json!({
         "subject": s.subject,
         "score": score(s, now),
@@ -197,6 +213,12 @@ fn state_json(config: &Config, s: &SubjectState, now: Timestamp) -> serde_json::
         "disabled": s.flags.disabled,
         "cooldown_until_ms": cooling.map(|t| t.0),
         "cooldown_secs": cooling.map(|t| now.secs_until_ceil(t)),
+        "strikes": s.flags.strikes,
+        "breaker": {
+            "state": breaker.state(now).name(),
+            "open_until_ms": breaker.open_until.map(|t| t.0),
+        },
+        "learned": learned,
         "resources": resources,
     })
 }
@@ -213,7 +235,18 @@ fn print_text(
             status.push("disabled".to_string());
         }
         if let Some(until) = s.flags.cooldown_until.filter(|u| *u > now) {
-            status.push(format!("cooling down for {} s", now.secs_until_ceil(until)));
+            let strikes = s.flags.strikes;
+            status.push(format!(
+                "cooling down for {} s ({strikes} 429s in a row)",
+                now.secs_until_ceil(until)
+            ));
+        }
+        match (s.flags.breaker.state(now), s.flags.breaker.open_until) {
+            (BreakerState::Open, Some(u)) => {
+                status.push(format!("breaker open for {} s", now.secs_until_ceil(u)))
+            }
+            (BreakerState::HalfOpen, _) => status.push("breaker half-open".into()),
+            _ => {}
         }
         if status.is_empty() {
             status.push("ok".into());
@@ -230,6 +263,18 @@ fn print_text(
             score(s, now),
             status.join(", ")
         )?;
+        for (m, l) in LearnedMeasure::ALL.iter().zip(s.flags.learned) {
+            if let Some(l) = l.filter(|l| l.reset_at > now) {
+                writeln!(
+                    out,
+                    "  {} (announced by the upstream): {} of {} left (resets in {} s)",
+                    m.resource(),
+                    l.remaining,
+                    l.limit,
+                    now.secs_until_ceil(l.reset_at)
+                )?;
+            }
+        }
         for (name, c) in &s.resources {
             let m = measure(config, &s.subject, name);
             let used = if now >= c.window.end { 0 } else { c.used };
@@ -287,7 +332,7 @@ pub async fn reset(config: &Config, subject: &str, dry_run: bool) -> anyhow::Res
     let n = store.reset(t.subject.as_str()).await?;
     writeln!(
         std::io::stdout(),
-        "reset {subject}: {n} counter(s) cleared, cooldowns, disabled flags and scores removed"
+        "reset {subject}: {n} counter(s) cleared, cooldowns, breakers, learned limits, disabled flags and scores removed"
     )?;
     Ok(())
 }

@@ -51,9 +51,21 @@ pub fn order<R: Rng + ?Sized>(
             v
         }
         Strategy::Latency => {
-            // Untried targets (0) go first so every target gets measured.
+            // Power of two choices: of two targets drawn at random, the one with the lower
+            // load-weighted latency (EWMA × (in flight + 1); untried ones count 0, so every
+            // target gets measured) goes first; failover then goes by latency.
+            let cost = |i: usize| cands[i].latency_us * (cands[i].in_flight as f64 + 1.0);
             let mut v = rotated;
-            v.sort_by(|&a, &b| cands[a].latency_us.total_cmp(&cands[b].latency_us));
+            v.sort_by(|&a, &b| cost(a).total_cmp(&cost(b)));
+            if n >= 2 {
+                let a = rng.random_range(0..n);
+                let b = (a + rng.random_range(1..n)) % n;
+                let first = if cost(b) < cost(a) { b } else { a };
+                if let Some(pos) = v.iter().position(|&i| i == first) {
+                    let chosen = v.remove(pos);
+                    v.insert(0, chosen);
+                }
+            }
             v
         }
         Strategy::Weighted => {
@@ -92,6 +104,30 @@ mod tests {
             .filter(|_| order(Strategy::Weighted, &cands, 0, &mut rng)[0] == 1)
             .count();
         assert!((2800..3200).contains(&firsts), "{firsts}");
+    }
+
+    #[test]
+    fn latency_picks_the_faster_of_two_and_never_starves_the_slow_one() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let lat = |us: f64| Candidate {
+            latency_us: us,
+            ..c(1, 0, 0)
+        };
+        let cands = [lat(5000.0), lat(1000.0), lat(3000.0)];
+        let mut firsts = [0usize; 3];
+        for t in 0..3000 {
+            let o = order(Strategy::Latency, &cands, t, &mut rng);
+            assert_eq!(o.len(), 3);
+            firsts[o[0]] += 1;
+        }
+        // Of the three pairs, the fastest wins two, the middle one one, the slowest none.
+        assert!(
+            firsts[1] > 1800 && firsts[2] > 800 && firsts[0] == 0,
+            "{firsts:?}"
+        );
+        // An untried target (0) is measured first whenever it is drawn.
+        let cands = [lat(5000.0), lat(0.0)];
+        assert_eq!(order(Strategy::Latency, &cands, 0, &mut rng)[0], 1);
     }
 
     #[test]

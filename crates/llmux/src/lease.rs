@@ -127,6 +127,9 @@ impl Lease {
             if until.is_none() {
                 tracing::info!(target = %self.target, "circuit breaker closed: the probe succeeded");
             }
+            // 0 closed, 1 open (as this process last saw it).
+            metrics::gauge!("llmux_breaker_state", "target" => self.stats.label.clone())
+                .set(if until.is_some() { 1.0 } else { 0.0 });
             self.ledger
                 .health_later(self.target_gate.clone(), HealthOp::Breaker(until));
         }
@@ -180,7 +183,7 @@ impl Lease {
     pub async fn complete(mut self, usage: Usage, latency: Duration) -> Result<(), StoreError> {
         self.settled = true;
         self.report(true);
-        self.stats.record_success(latency);
+        self.stats.record_success(latency, self.ledger.clock.now());
         self.commit_usage(&usage).await
     }
 
@@ -204,7 +207,7 @@ impl Lease {
     ) -> (Timestamp, Result<(), StoreError>) {
         self.settled = true;
         self.reported = true;
-        self.stats.record_failure();
+        self.stats.record_failure(self.ledger.clock.now());
         let now = self.ledger.clock.now();
         let op = HealthOp::RateLimited {
             now,
@@ -230,7 +233,7 @@ impl Lease {
     pub async fn failed(mut self) -> Result<(), StoreError> {
         self.settled = true;
         self.report(false);
-        self.stats.record_failure();
+        self.stats.record_failure(self.ledger.clock.now());
         self.commit_usage(&Usage::default()).await
     }
 
@@ -254,7 +257,7 @@ impl Lease {
     pub(crate) fn complete_detached(mut self, usage: Usage, latency: Duration) {
         self.settled = true;
         self.report(true);
-        self.stats.record_success(latency);
+        self.stats.record_success(latency, self.ledger.clock.now());
         let now = self.ledger.clock.now();
         let used = self.used_lines(&usage, now);
         self.ledger.commit_detached(self.id, now, used, self.local);

@@ -21,6 +21,8 @@ pub struct TargetStats {
     ok_metrics: std::sync::OnceLock<(metrics::Counter, metrics::Histogram)>,
     /// `llmux_usage_unknown_total` and the input and output `llmux_estimate_error_ratio`.
     usage_metrics: std::sync::OnceLock<(metrics::Counter, metrics::Histogram, metrics::Histogram)>,
+    /// `llmux_upstream_first_byte_seconds`: time to the answer's head (a stream's first byte).
+    first_byte: std::sync::OnceLock<metrics::Histogram>,
     in_flight: AtomicU64,
     /// Latency EWMA in microseconds, as f64 bits.
     latency_us: AtomicU64,
@@ -28,7 +30,14 @@ pub struct TargetStats {
     success: AtomicU64,
     /// This process's recent outcomes, which trip the target's (stored) breaker.
     failures: parking_lot::Mutex<Failures>,
+    /// When the last latency or success sample came (ms since the epoch): the EWMAs decay
+    /// with the time since, so an idle target that once failed or was slow recovers.
+    last_sample_ms: std::sync::atomic::AtomicI64,
 }
+
+/// How fast the EWMAs forget an idle target: after this long without a sample, what they
+/// remember of a failure or a slow answer has shrunk to 1/e.
+const DECAY_MS: f64 = 10_000.0;
 
 /// Outcomes seen by this process, for the breaker's two rules: `failures` in a row, or a
 /// failure rate over a tumbling window of `window_secs` once `min_requests` were seen.
@@ -48,10 +57,12 @@ impl TargetStats {
             label,
             ok_metrics: std::sync::OnceLock::new(),
             usage_metrics: std::sync::OnceLock::new(),
+            first_byte: std::sync::OnceLock::new(),
             in_flight: AtomicU64::new(0),
             latency_us: AtomicU64::new(0),
             success: AtomicU64::new(1f64.to_bits()),
             failures: parking_lot::Mutex::new(Failures::default()),
+            last_sample_ms: std::sync::atomic::AtomicI64::new(0),
         }
     }
 
@@ -122,6 +133,13 @@ impl TargetStats {
             hist.record(l.as_secs_f64());
         }
     }
+    pub(crate) fn record_first_byte(&self, d: Duration) {
+        self.first_byte
+            .get_or_init(|| {
+                metrics::histogram!("llmux_upstream_first_byte_seconds", "target" => self.label.clone())
+            })
+            .record(d.as_secs_f64());
+    }
     pub(crate) fn start(&self) {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
     }
@@ -139,20 +157,52 @@ impl TargetStats {
             Some(new.to_bits())
         });
     }
-    pub(crate) fn record_success(&self, latency: Duration) {
+    pub(crate) fn record_success(&self, latency: Duration, now: Timestamp) {
+        self.settle_decay(now);
         Self::ewma(&self.latency_us, latency.as_micros() as f64, 0.2);
         Self::ewma(&self.success, 1.0, 0.1);
     }
-    pub(crate) fn record_failure(&self) {
+    pub(crate) fn record_failure(&self, now: Timestamp) {
+        self.settle_decay(now);
         Self::ewma(&self.success, 0.0, 0.1);
     }
-    pub(crate) fn candidate(&self, weight: u64, priority: i32) -> Candidate {
+
+    /// How much of the EWMAs' memory is left at `now` (1 right after a sample).
+    fn kept(&self, now: Timestamp) -> f64 {
+        let last = self.last_sample_ms.load(Ordering::Acquire);
+        let idle = now.0.saturating_sub(last).max(0) as f64;
+        (-idle / DECAY_MS).exp()
+    }
+
+    /// Before a new sample, fold the decay since the last one into the stored figures.
+    fn settle_decay(&self, now: Timestamp) {
+        let kept = self.kept(now);
+        self.last_sample_ms.store(now.0, Ordering::Release);
+        if kept < 1.0 {
+            let _ = self
+                .success
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| {
+                    Some((1.0 - (1.0 - f64::from_bits(b)) * kept).to_bits())
+                });
+            let _ = self
+                .latency_us
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| {
+                    Some((f64::from_bits(b) * kept).to_bits())
+                });
+        }
+    }
+
+    /// The target's figures at `now`: success decays towards 1 and latency towards 0 (untried)
+    /// with idle time.
+    pub(crate) fn candidate(&self, weight: u64, priority: i32, now: Timestamp) -> Candidate {
+        let kept = self.kept(now);
+        let success = f64::from_bits(self.success.load(Ordering::Acquire));
         Candidate {
             weight,
             priority,
             in_flight: self.in_flight.load(Ordering::Acquire),
-            score: f64::from_bits(self.success.load(Ordering::Acquire)),
-            latency_us: f64::from_bits(self.latency_us.load(Ordering::Acquire)),
+            score: 1.0 - (1.0 - success) * kept,
+            latency_us: f64::from_bits(self.latency_us.load(Ordering::Acquire)) * kept,
         }
     }
 }

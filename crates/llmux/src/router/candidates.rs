@@ -49,7 +49,8 @@ impl Router {
             let cands: Vec<Candidate> = subset
                 .iter()
                 .map(|&i| {
-                    let mut c = pool.stats[i].candidate(targets[i].weight, targets[i].priority);
+                    let mut c =
+                        pool.stats[i].candidate(targets[i].weight, targets[i].priority, now);
                     if let Some(s) = &scores {
                         c.score *= s[i];
                     }

@@ -216,6 +216,11 @@ impl Router {
             &reserved.room,
         );
         let admission = reserved.admission;
+        if let Admission::Probe(_) = admission {
+            // 2: half-open, probing (as this process last saw it).
+            metrics::gauge!("llmux_breaker_state", "target" => pool.stats[i].label.clone())
+                .set(2.0);
+        }
         match admission {
             Admission::Denied(d) => {
                 metrics::counter!("llmux_rejections_total", "limit" => d.limit()).increment(1);
@@ -465,6 +470,7 @@ impl Router {
         }
         let outcome = classify(&result);
         if let Ok(reply) = &result {
+            stats.record_first_byte(started.elapsed());
             self.learn_limits(target, &reply.headers, reply.status);
         }
         let client = req.endpoint;
@@ -499,7 +505,7 @@ impl Router {
                 metrics::counter!("llmux_upstream_requests_total", "target" => label.clone(), "outcome" => if timeout { "timeout" } else { "error" }).increment(1);
                 tracing::info!(target = %label, error = %e, "upstream attempt failed");
                 let mut lease = lease;
-                lease.stats.record_failure();
+                lease.stats.record_failure(now);
                 if outcome == Outcome::NotSent {
                     // The request never left: give the reservation back (the target is
                     // still unhealthy: it counts for its breaker).
