@@ -5,6 +5,7 @@
 
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode};
+use llmux::core::store::DenialReason;
 use llmux::protocol::errors::error_body;
 use llmux::{Endpoint, RouteError};
 
@@ -97,6 +98,17 @@ impl ApiError {
                     if openai {
                         body["error"]["limit"] = serde_json::Value::String(limit.clone());
                     }
+                    // The limit that denied it, as the IETF fields name limits.
+                    let name = format!("\"{}\"", limit.replace('\\', "\\\\").replace('"', "\\\""));
+                    if let DenialReason::Exhausted { capacity, .. }
+                    | DenialReason::NeverFits { capacity, .. } = &denial.reason
+                    {
+                        extra.push(("ratelimit-policy", format!("{name};q={capacity}")));
+                    }
+                    let t = retry_after_secs
+                        .map(|s| format!(";t={s}"))
+                        .unwrap_or_default();
+                    extra.push(("ratelimit", format!("{name};r=0{t}")));
                     extra.push(("x-llmux-limit", limit));
                     if let Some(s) = retry_after_secs {
                         if openai {

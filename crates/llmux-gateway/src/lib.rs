@@ -162,7 +162,8 @@ fn gateway_key(endpoint: Endpoint, headers: &HeaderMap) -> Option<&str> {
 
 async fn proxy(s: Arc<AppState>, endpoint: Endpoint, req: HttpRequest) -> Response {
     let started = Instant::now();
-    let result = route(&s, endpoint, req).await;
+    let mut decision = None;
+    let result = route(&s, endpoint, req, &mut decision).await;
     let status = match &result {
         Ok(r) => r.status(),
         Err(e) => e.parts().0,
@@ -174,13 +175,26 @@ async fn proxy(s: Arc<AppState>, endpoint: Endpoint, req: HttpRequest) -> Respon
         metrics::counter!("llmux_requests_total", "endpoint" => endpoint.name(), "status" => status.as_str().to_owned()).increment(1);
     }
     m.duration.record(started.elapsed().as_secs_f64());
-    match result {
+    let mut out = match result {
         Ok(r) => r,
         Err(e) => e.render(endpoint),
+    };
+    if let Some(d) = decision {
+        if let Ok(v) = HeaderValue::from_str(&d.header_value()) {
+            out.headers_mut().insert("x-llmux-decision", v);
+        }
     }
+    out
 }
 
-async fn route(s: &AppState, endpoint: Endpoint, req: HttpRequest) -> Result<Response, ApiError> {
+/// Route one request; `decision` gets the routing decision when the request asked for it
+/// (`x-llmux-decision: 1`), on success and on failure alike.
+async fn route(
+    s: &AppState,
+    endpoint: Endpoint,
+    req: HttpRequest,
+    decision: &mut Option<llmux::Decision>,
+) -> Result<Response, ApiError> {
     let (parts, body) = req.into_parts();
     let limit = s.router.config().max_body_bytes;
     let declared = parts
@@ -214,9 +228,9 @@ async fn route(s: &AppState, endpoint: Endpoint, req: HttpRequest) -> Result<Res
             Some(t.to_string())
         }
     };
-    let resp = s
+    let (resp, decided) = s
         .router
-        .request({
+        .request_with_decision({
             // The body goes on as bytes: the router reads the few fields it needs and splices
             // the ones it edits.
             let mut r = Request::from_json_bytes(endpoint, bytes);
@@ -224,7 +238,11 @@ async fn route(s: &AppState, endpoint: Endpoint, req: HttpRequest) -> Result<Res
             r.gateway_key = key;
             r
         })
-        .await?;
+        .await;
+    if wants_decision(&parts.headers) {
+        *decision = Some(decided);
+    }
+    let resp = resp?;
     let status = StatusCode::from_u16(resp.status).map_err(|_| {
         ApiError::from(llmux::RouteError::Upstream {
             attempts: resp.attempts,
@@ -239,11 +257,6 @@ async fn route(s: &AppState, endpoint: Endpoint, req: HttpRequest) -> Result<Res
     for (name, value) in llmux::rate_limit_headers(&resp.limits, s.router.now()) {
         if let Ok(v) = HeaderValue::try_from(value) {
             headers.insert(name, v);
-        }
-    }
-    if wants_decision(&parts.headers) {
-        if let Ok(v) = HeaderValue::from_str(&resp.decision.header_value()) {
-            headers.insert("x-llmux-decision", v);
         }
     }
     let body = match resp.body {

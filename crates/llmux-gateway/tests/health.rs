@@ -102,6 +102,17 @@ async fn a_limit_the_upstream_announces_is_obeyed_until_its_reset() {
     let r = post(gw.addr, "/v1/chat/completions", chat("m"), DECIDE).await;
     assert_eq!(r.status, 429, "{}", r.text());
     assert_eq!(r.header("x-llmux-limit"), Some("up/k1:upstream_requests"));
+    assert_eq!(
+        decided(&r),
+        "picked=none; attempts=0; skipped=up/k1/gpt-4o-mini:limit:upstream_requests"
+    );
+    assert!(
+        r.header("ratelimit-policy")
+            .unwrap()
+            .starts_with(r#""up/k1:upstream_requests";q=60"#),
+        "{:?}",
+        r.headers
+    );
     assert_eq!(mock.request_count(), 3, "the third request was never sent");
     let learned = flags(&gw, "up/k1").await.learned[0].unwrap();
     assert_eq!((learned.limit, learned.remaining), (60, 0));
@@ -138,6 +149,14 @@ async fn repeated_429s_cool_the_key_longer_and_it_comes_back_by_itself() {
         let r = post(gw.addr, "/v1/chat/completions", chat("m"), DECIDE).await;
         assert_eq!(r.status, 429);
         assert_eq!(r.header("x-llmux-limit"), Some("up/k1:cooldown"));
+        assert_eq!(
+            decided(&r),
+            "picked=none; attempts=0; skipped=up/k1/gpt-4o-mini:cooldown"
+        );
+        assert!(r
+            .header("ratelimit")
+            .unwrap()
+            .starts_with(r#""up/k1:cooldown";r=0"#));
         assert_eq!(mock.request_count(), n);
         let wait = until.0 - gw.router.now().0 + 20;
         tokio::time::sleep(Duration::from_millis(wait.max(0) as u64)).await;

@@ -24,7 +24,7 @@ use llmux_core::health::{GateUse, HealthOp};
 use llmux_core::plan::{lines, PlannedTarget};
 use llmux_core::store::{Admission, Denial, DenialReason, LeaseId, Reserve, Reserved, Store};
 use llmux_core::time::secs_to_millis;
-use llmux_core::{Subject, TargetId, Timestamp, Usage};
+use llmux_core::{Subject, Timestamp, Usage};
 use serde_json::{Map, Value};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -67,15 +67,9 @@ pub(super) struct Outcomes {
     unservable: Option<String>,
     /// Attempts that failed upstream (for the backoff before the next).
     failed_attempts: u32,
-    /// Every target passed over, and why (the decision).
-    pub(super) skipped: Vec<(TargetId, SkipReason)>,
 }
 
 impl Outcomes {
-    fn skip(&mut self, target: &PlannedTarget, d: &Denial) {
-        self.skipped.push((target.id.clone(), SkipReason::of(d)));
-    }
-
     pub(super) fn deny(&mut self, d: Denial) {
         let better = match (&self.denial, d.retry_at) {
             (None, _) => true,
@@ -113,6 +107,8 @@ pub(super) struct Prepared<'a> {
     pub(super) estimate: Usage,
     pub(super) tier: Option<String>,
     pub(super) key: Option<&'a AuthorizedKey>,
+    /// The decision so far: every target passed over, and the attempts made.
+    pub(super) decision: Decision,
 }
 
 impl Router {
@@ -298,7 +294,7 @@ impl Router {
             if req.tier.is_some() && candidates.len() < pool.plan.targets.len() {
                 for (i, t) in pool.plan.targets.iter().enumerate() {
                     if !candidates.contains(&i) {
-                        out.skipped.push((t.id.clone(), SkipReason::Tier));
+                        req.decision.skipped.push((t.id.clone(), SkipReason::Tier));
                     }
                 }
             }
@@ -359,13 +355,16 @@ impl Router {
                 let lease = match self.try_target(pool, i, &estimate, now, req.key).await? {
                     Ok(l) => l,
                     Err(d) => {
-                        out.skip(target, &d);
+                        req.decision
+                            .skipped
+                            .push((target.id.clone(), SkipReason::of(&d)));
                         out.deny(d);
                         continue;
                     }
                 };
                 tried += 1;
                 out.attempts += 1;
+                req.decision.attempts += 1;
                 let call = Sent {
                     wire,
                     payload,
@@ -378,7 +377,7 @@ impl Router {
                     .await?
                 {
                     Step::Answer(mut r) => {
-                        r.decision.skipped = std::mem::take(&mut out.skipped);
+                        r.decision.skipped = std::mem::take(&mut req.decision.skipped);
                         return Ok(r);
                     }
                     Step::Next => out.failed_attempts += 1,
@@ -521,7 +520,7 @@ impl Router {
                 } else {
                     SkipReason::Failed(502)
                 };
-                out.skipped.push((target.id.clone(), why));
+                req.decision.skipped.push((target.id.clone(), why));
                 return Ok(if timeout && !fallback_on.timeout {
                     Step::Stop
                 } else {
@@ -536,7 +535,8 @@ impl Router {
                 log_settle(settled);
                 tracing::info!(target = %label, retry_after_ms = until.0 - now.0, "upstream 429: key cooling down");
                 if fallback_on.status(429) {
-                    out.skipped
+                    req.decision
+                        .skipped
                         .push((target.id.clone(), SkipReason::Failed(429)));
                     out.deny(Denial {
                         subject,
@@ -564,7 +564,8 @@ impl Router {
                     tracing::error!(error = %e, "could not record the disabled key in the store");
                 }
                 out.failure = Some((format!("{label} answered {}", reply.status), false));
-                out.skipped
+                req.decision
+                    .skipped
                     .push((target.id.clone(), SkipReason::Failed(reply.status)));
                 return Ok(Step::Next);
             }
@@ -579,7 +580,8 @@ impl Router {
                 log_settle(lease.failed().await);
                 if fallback_on.status(status) {
                     out.failure = Some((format!("{label} answered {status}"), false));
-                    out.skipped
+                    req.decision
+                        .skipped
                         .push((target.id.clone(), SkipReason::Failed(status)));
                     return Ok(Step::Next);
                 }

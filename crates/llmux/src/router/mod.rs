@@ -257,6 +257,24 @@ impl Router {
 
     /// Route one request: select, reserve, send with failover, reconcile in the background.
     pub async fn request(&self, req: Request) -> Result<Response, RouteError> {
+        self.request_with_decision(req).await.0
+    }
+
+    /// [`Router::request`], with the routing decision also when it fails (a success carries
+    /// its own in [`Response::decision`]).
+    pub async fn request_with_decision(
+        &self,
+        req: Request,
+    ) -> (Result<Response, RouteError>, Decision) {
+        let mut decision = Decision::default();
+        let r = self.route(req, &mut decision).await;
+        if let Ok(resp) = &r {
+            decision = resp.decision.clone();
+        }
+        (r, decision)
+    }
+
+    async fn route(&self, req: Request, decision: &mut Decision) -> Result<Response, RouteError> {
         let Request {
             endpoint,
             body,
@@ -317,8 +335,9 @@ impl Router {
             estimate,
             tier,
             key: gateway_key.as_deref(),
+            decision: Decision::default(),
         };
-        match self.send_with_failover(&chain, &mut req).await {
+        let r = match self.send_with_failover(&chain, &mut req).await {
             Err(RouteError::NoCapacity { denial, .. })
                 if refused_tokens(&denial) && self.count_exactly(&pool, &mut req) =>
             {
@@ -326,7 +345,9 @@ impl Router {
                 self.send_with_failover(&chain, &mut req).await
             }
             other => other,
-        }
+        };
+        *decision = std::mem::take(&mut req.decision);
+        r
     }
 
     /// Count the request's input tokens with the tokenizer of the pool's models, when every
