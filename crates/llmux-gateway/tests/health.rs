@@ -88,16 +88,22 @@ async fn a_limit_the_upstream_announces_is_obeyed_until_its_reset() {
             ("x-ratelimit-reset-requests".into(), reset.into()),
         ])
     };
-    // Two left, then none, until 1.5 s from now.
+    // Two left, then one, then none, until about 1.5 s from now.
     mock.push(low("2", "1500ms"));
+    mock.push(low("1", "1450ms"));
+    mock.push(low("0", "1400ms"));
     let gw = start(&one_key(&mock, "", "")).await;
     let r = post(gw.addr, "/v1/chat/completions", chat("m"), &[]).await;
     assert_eq!(r.status, 200, "{}", r.text());
     eventually(|| async { flags(&gw, "up/k1").await.learned[0].is_some() }).await;
     let t0 = Instant::now();
-    for _ in 0..2 {
+    for left in [1, 0] {
         let r = post(gw.addr, "/v1/chat/completions", chat("m"), &[]).await;
         assert_eq!(r.status, 200, "{}", r.text());
+        eventually(|| async {
+            flags(&gw, "up/k1").await.learned[0].is_some_and(|l| l.remaining == left)
+        })
+        .await;
     }
     let r = post(gw.addr, "/v1/chat/completions", chat("m"), DECIDE).await;
     assert_eq!(r.status, 429, "{}", r.text());
@@ -113,14 +119,49 @@ async fn a_limit_the_upstream_announces_is_obeyed_until_its_reset() {
         "{:?}",
         r.headers
     );
-    assert_eq!(mock.request_count(), 3, "the third request was never sent");
+    assert_eq!(mock.request_count(), 3, "the fourth request was never sent");
     let learned = flags(&gw, "up/k1").await.learned[0].unwrap();
     assert_eq!((learned.limit, learned.remaining), (60, 0));
     // Released at its reset.
-    tokio::time::sleep(Duration::from_millis(1600).saturating_sub(t0.elapsed())).await;
+    tokio::time::sleep(Duration::from_millis(1500).saturating_sub(t0.elapsed())).await;
     let r = post(gw.addr, "/v1/chat/completions", chat("m"), &[]).await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(mock.request_count(), 4);
+}
+
+#[tokio::test]
+async fn an_answer_with_room_again_replaces_the_low_figures() {
+    let mock = MockUpstream::start().await;
+    // The first request is slow and comes back healthy (9999 of 10000 left); the second one
+    // answers first and says none are left for 10 s.
+    mock.push(Behavior::Delay(Duration::from_millis(600)));
+    mock.push(Behavior::WithHeaders(vec![
+        ("x-ratelimit-limit-requests".into(), "60".into()),
+        ("x-ratelimit-remaining-requests".into(), "0".into()),
+        ("x-ratelimit-reset-requests".into(), "10s".into()),
+    ]));
+    let gw = start(&one_key(&mock, "", "")).await;
+    let addr = gw.addr;
+    let slow =
+        tokio::spawn(async move { post(addr, "/v1/chat/completions", chat("m"), &[]).await });
+    eventually(|| async { mock.request_count() == 1 }).await;
+    let r = post(gw.addr, "/v1/chat/completions", chat("m"), &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    eventually(|| async { flags(&gw, "up/k1").await.learned[0].is_some_and(|l| l.remaining == 0) })
+        .await;
+    let r = post(gw.addr, "/v1/chat/completions", chat("m"), &[]).await;
+    assert_eq!(r.status, 429, "held back by the low figures: {}", r.text());
+    let t0 = Instant::now();
+    assert_eq!(slow.await.unwrap().status, 200);
+    eventually(|| async { flags(&gw, "up/k1").await.learned[0].is_none_or(|l| l.remaining > 0) })
+        .await;
+    let r = post(gw.addr, "/v1/chat/completions", chat("m"), &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        t0.elapsed() < Duration::from_secs(5),
+        "not held until the 10 s reset"
+    );
+    assert_eq!(mock.request_count(), 3);
 }
 
 #[tokio::test]

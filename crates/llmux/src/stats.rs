@@ -33,6 +33,9 @@ pub struct TargetStats {
     /// When the last latency or success sample came (ms since the epoch): the EWMAs decay
     /// with the time since, so an idle target that once failed or was slow recovers.
     last_sample_ms: std::sync::atomic::AtomicI64,
+    /// Until when the low limits this process last wrote for the target's key hold (ms; 0:
+    /// none).
+    low_limits_until_ms: std::sync::atomic::AtomicI64,
 }
 
 /// How fast the EWMAs forget an idle target: after this long without a sample, what they
@@ -63,6 +66,7 @@ impl TargetStats {
             success: AtomicU64::new(1f64.to_bits()),
             failures: parking_lot::Mutex::new(Failures::default()),
             last_sample_ms: std::sync::atomic::AtomicI64::new(0),
+            low_limits_until_ms: std::sync::atomic::AtomicI64::new(0),
         }
     }
 
@@ -133,6 +137,16 @@ impl TargetStats {
             hist.record(l.as_secs_f64());
         }
     }
+    /// This process wrote low learned limits for the key that still hold at `now`.
+    pub(crate) fn wrote_low_limits(&self, now: Timestamp) -> bool {
+        self.low_limits_until_ms.load(Ordering::Acquire) > now.0
+    }
+    /// Remember the reset of low limits just written (`None`: healthy ones replaced them).
+    pub(crate) fn note_low_limits(&self, until: Option<Timestamp>) {
+        self.low_limits_until_ms
+            .store(until.map_or(0, |t| t.0), Ordering::Release);
+    }
+
     pub(crate) fn record_first_byte(&self, d: Duration) {
         self.first_byte
             .get_or_init(|| {

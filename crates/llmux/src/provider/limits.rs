@@ -12,8 +12,12 @@ use llmux_core::Timestamp;
 /// with all three of its headers (limit, remaining, reset) readable.
 pub fn announced_limits(headers: &HeaderMap, now: Timestamp) -> [Option<Learned>; 4] {
     let mut out = [None; 4];
-    if headers.is_empty() {
-        return out;
+    // Most answers announce nothing: one pass over the names tells.
+    let (mut openai, mut anthropic) = (false, false);
+    for name in headers.keys() {
+        let n = name.as_str();
+        openai |= n.starts_with("x-ratelimit-");
+        anthropic |= n.starts_with("anthropic-ratelimit-");
     }
     let get = |name: &str| {
         headers
@@ -22,33 +26,8 @@ pub fn announced_limits(headers: &HeaderMap, now: Timestamp) -> [Option<Learned>
             .map(str::trim)
     };
     let count = |name: &str| get(name).and_then(|v| v.parse::<u64>().ok());
-    for (m, word) in [
-        (LearnedMeasure::Requests, "requests"),
-        (LearnedMeasure::Tokens, "tokens"),
-    ] {
-        let limit = count(&format!("x-ratelimit-limit-{word}"));
-        let remaining = count(&format!("x-ratelimit-remaining-{word}"));
-        let reset = get(&format!("x-ratelimit-reset-{word}")).and_then(parse_go_duration);
-        if let (Some(limit), Some(remaining), Some(reset)) = (limit, remaining, reset) {
-            out[m.index()] = Some(Learned {
-                limit,
-                remaining,
-                reset_at: now.plus(reset),
-            });
-        }
-    }
-    for (m, word) in [
-        (LearnedMeasure::Requests, "requests"),
-        (LearnedMeasure::Tokens, "tokens"),
-        (LearnedMeasure::InputTokens, "input-tokens"),
-        (LearnedMeasure::OutputTokens, "output-tokens"),
-    ] {
-        let limit = count(&format!("anthropic-ratelimit-{word}-limit"));
-        let remaining = count(&format!("anthropic-ratelimit-{word}-remaining"));
-        let reset = get(&format!("anthropic-ratelimit-{word}-reset"))
-            .and_then(|v| v.parse::<jiff::Timestamp>().ok())
-            .map(|t| Timestamp(t.as_millisecond()));
-        if let (Some(limit), Some(remaining), Some(reset_at)) = (limit, remaining, reset) {
+    let mut put = |m: LearnedMeasure, limit, remaining, reset_at: Option<Timestamp>| {
+        if let (Some(limit), Some(remaining), Some(reset_at)) = (limit, remaining, reset_at) {
             // A reset in the past (a skewed clock) says nothing about the future.
             if reset_at > now {
                 out[m.index()] = Some(Learned {
@@ -58,9 +37,79 @@ pub fn announced_limits(headers: &HeaderMap, now: Timestamp) -> [Option<Learned>
                 });
             }
         }
+    };
+    if openai {
+        for (m, [limit, remaining, reset]) in OPENAI {
+            let reset = get(reset).and_then(parse_go_duration).map(|d| now.plus(d));
+            put(m, count(limit), count(remaining), reset);
+        }
+    }
+    if anthropic {
+        for (m, [limit, remaining, reset]) in ANTHROPIC {
+            let reset = get(reset)
+                .and_then(|v| v.parse::<jiff::Timestamp>().ok())
+                .map(|t| Timestamp(t.as_millisecond()));
+            put(m, count(limit), count(remaining), reset);
+        }
     }
     out
 }
+
+/// OpenAI's limit headers: limit, remaining, reset (a duration).
+const OPENAI: [(LearnedMeasure, [&str; 3]); 2] = [
+    (
+        LearnedMeasure::Requests,
+        [
+            "x-ratelimit-limit-requests",
+            "x-ratelimit-remaining-requests",
+            "x-ratelimit-reset-requests",
+        ],
+    ),
+    (
+        LearnedMeasure::Tokens,
+        [
+            "x-ratelimit-limit-tokens",
+            "x-ratelimit-remaining-tokens",
+            "x-ratelimit-reset-tokens",
+        ],
+    ),
+];
+
+/// Anthropic's limit headers: limit, remaining, reset (an RFC 3339 instant).
+const ANTHROPIC: [(LearnedMeasure, [&str; 3]); 4] = [
+    (
+        LearnedMeasure::Requests,
+        [
+            "anthropic-ratelimit-requests-limit",
+            "anthropic-ratelimit-requests-remaining",
+            "anthropic-ratelimit-requests-reset",
+        ],
+    ),
+    (
+        LearnedMeasure::Tokens,
+        [
+            "anthropic-ratelimit-tokens-limit",
+            "anthropic-ratelimit-tokens-remaining",
+            "anthropic-ratelimit-tokens-reset",
+        ],
+    ),
+    (
+        LearnedMeasure::InputTokens,
+        [
+            "anthropic-ratelimit-input-tokens-limit",
+            "anthropic-ratelimit-input-tokens-remaining",
+            "anthropic-ratelimit-input-tokens-reset",
+        ],
+    ),
+    (
+        LearnedMeasure::OutputTokens,
+        [
+            "anthropic-ratelimit-output-tokens-limit",
+            "anthropic-ratelimit-output-tokens-remaining",
+            "anthropic-ratelimit-output-tokens-reset",
+        ],
+    ),
+];
 
 /// Whether announced limits are worth writing to the store: one runs low (a fifth or less of
 /// its limit left). Above that the upstream has room, and a write per answer would cost the

@@ -470,7 +470,7 @@ impl Router {
         let outcome = classify(&result);
         if let Ok(reply) = &result {
             stats.record_first_byte(started.elapsed());
-            self.learn_limits(target, &reply.headers, reply.status);
+            self.learn_limits(target, stats, &reply.headers, reply.status);
         }
         let client = req.endpoint;
         let mut lease = lease;
@@ -623,13 +623,27 @@ impl Router {
 impl Router {
     /// Learn the limits the upstream announced on its answer (`discover_limits`): written to
     /// the key's flags when one runs low, or on a 429, in the background.
-    fn learn_limits(&self, target: &PlannedTarget, headers: &HeaderMap, status: u16) {
+    /// A key this process wrote low limits for hears of the recovery too (the answers of
+    /// requests in flight), so the low figures do not hold it back until their reset.
+    fn learn_limits(
+        &self,
+        target: &PlannedTarget,
+        stats: &TargetStats,
+        headers: &HeaderMap,
+        status: u16,
+    ) {
         if !target.provider.health.discover_limits {
             return;
         }
         let now = self.inner.ledger.clock.now();
         let limits = announced_limits(headers, now);
-        if limits.iter().any(Option::is_some) && (status == 429 || worth_learning(&limits)) {
+        if limits.iter().all(Option::is_none) {
+            return;
+        }
+        let low = status == 429 || worth_learning(&limits);
+        let until = limits.iter().flatten().map(|l| l.reset_at).max();
+        if low || stats.wrote_low_limits(now) {
+            stats.note_low_limits(if low { until } else { None });
             self.inner
                 .ledger
                 .health_later(target.key_gate().clone(), HealthOp::Learned(limits));
