@@ -12,7 +12,7 @@ use axum::routing::{get, post};
 use axum::serve::ListenerExt;
 use error::ApiError;
 use futures_util::StreamExt;
-use http::{header, HeaderMap, HeaderValue, StatusCode};
+use http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use llmux::{Endpoint, Request, ResponseBody, Router};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::sync::{Arc, OnceLock};
@@ -120,6 +120,10 @@ pub async fn serve(
         .await
 }
 
+const X_LLMUX_TARGET: HeaderName = HeaderName::from_static("x-llmux-target");
+const X_LLMUX_ATTEMPTS: HeaderName = HeaderName::from_static("x-llmux-attempts");
+const X_LLMUX_DECISION: HeaderName = HeaderName::from_static("x-llmux-decision");
+
 async fn chat(State(s): State<Arc<AppState>>, req: HttpRequest) -> Response {
     proxy(s, Endpoint::ChatCompletions, req).await
 }
@@ -181,7 +185,7 @@ async fn proxy(s: Arc<AppState>, endpoint: Endpoint, req: HttpRequest) -> Respon
     };
     if let Some(d) = decision {
         if let Ok(v) = HeaderValue::from_str(&d.header_value()) {
-            out.headers_mut().insert("x-llmux-decision", v);
+            out.headers_mut().insert(X_LLMUX_DECISION, v);
         }
     }
     out
@@ -252,8 +256,8 @@ async fn route(
     })?;
     let target = resp.target_header().clone();
     let mut headers = resp.headers;
-    headers.insert("x-llmux-target", target);
-    headers.insert("x-llmux-attempts", HeaderValue::from(resp.attempts));
+    headers.insert(X_LLMUX_TARGET, target);
+    headers.insert(X_LLMUX_ATTEMPTS, HeaderValue::from(resp.attempts));
     for (name, value) in llmux::rate_limit_headers(&resp.limits, s.router.now()) {
         if let Ok(v) = HeaderValue::try_from(value) {
             headers.insert(name, v);
@@ -277,7 +281,7 @@ async fn route(
 
 /// `x-llmux-decision: 1` (or `true`) asks for the decision header.
 fn wants_decision(h: &HeaderMap) -> bool {
-    h.get("x-llmux-decision")
+    h.get(X_LLMUX_DECISION)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| matches!(v.trim(), "1" | "true"))
 }

@@ -2,6 +2,7 @@
 //! `x-ratelimit-{limit,remaining,reset}-{requests,tokens}` (the tightest request and token limit)
 //! and the IETF `RateLimit-Policy` / `RateLimit` fields listing every limit.
 
+use http::HeaderName;
 use llmux_core::plan::Bound;
 use llmux_core::{Measure, Subject, Timestamp, Window};
 use std::fmt::Write;
@@ -45,12 +46,22 @@ impl AppliedLimit {
     }
 }
 
+const LIMIT_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-limit-requests");
+const REMAINING_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-remaining-requests");
+const RESET_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-reset-requests");
+const LIMIT_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-limit-tokens");
+const REMAINING_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-remaining-tokens");
+const RESET_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-reset-tokens");
+const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+
 /// The answer headers for `limits` at `now`: `(name, value)` pairs, none when no limit applied.
-pub fn rate_limit_headers(limits: &[AppliedLimit], now: Timestamp) -> Vec<(&'static str, String)> {
-    let mut out = Vec::new();
+/// Built on every answer, so without per-header allocations beyond the values themselves.
+pub fn rate_limit_headers(limits: &[AppliedLimit], now: Timestamp) -> Vec<(HeaderName, String)> {
     if limits.is_empty() {
-        return out;
+        return Vec::new();
     }
+    let mut out = Vec::with_capacity(8);
     let tightest = |pick: fn(Measure) -> bool| {
         limits
             .iter()
@@ -64,54 +75,58 @@ pub fn rate_limit_headers(limits: &[AppliedLimit], now: Timestamp) -> Vec<(&'sta
             Measure::Tokens | Measure::InputTokens | Measure::OutputTokens
         )
     });
-    for (word, l) in [("requests", requests), ("tokens", tokens)] {
+    let names = [
+        (
+            requests,
+            [LIMIT_REQUESTS, REMAINING_REQUESTS, RESET_REQUESTS],
+        ),
+        (tokens, [LIMIT_TOKENS, REMAINING_TOKENS, RESET_TOKENS]),
+    ];
+    for (l, [limit, remaining, reset]) in names {
         let Some(l) = l else { continue };
-        let (limit, remaining, reset) = match word {
-            "requests" => (
-                "x-ratelimit-limit-requests",
-                "x-ratelimit-remaining-requests",
-                "x-ratelimit-reset-requests",
-            ),
-            _ => (
-                "x-ratelimit-limit-tokens",
-                "x-ratelimit-remaining-tokens",
-                "x-ratelimit-reset-tokens",
-            ),
-        };
         out.push((limit, l.capacity.to_string()));
         out.push((remaining, l.remaining.to_string()));
         out.push((reset, go_duration(l.resets_at.0.saturating_sub(now.0))));
     }
-    let mut policy = String::new();
-    let mut state = String::new();
+    let mut policy = String::with_capacity(48 * limits.len());
+    let mut state = String::with_capacity(48 * limits.len());
     for (i, l) in limits.iter().enumerate() {
         if i > 0 {
             policy.push_str(", ");
             state.push_str(", ");
         }
-        let name = quoted(&format!("{}:{}", l.subject, l.resource));
         let w = (l.window_ms.max(0) as u64).div_ceil(1000);
         let t = now.secs_until_ceil(l.resets_at);
-        let _ = write!(policy, "{name};q={};w={w}", l.capacity);
-        let _ = write!(state, "{name};r={};t={t}", l.remaining);
+        push_name(&mut policy, l);
+        let _ = write!(policy, ";q={};w={w}", l.capacity);
+        push_name(&mut state, l);
+        let _ = write!(state, ";r={};t={t}", l.remaining);
     }
-    out.push(("ratelimit-policy", policy));
-    out.push(("ratelimit", state));
+    out.push((RATELIMIT_POLICY, policy));
+    out.push((RATELIMIT, state));
     out
 }
 
-/// A structured-field string: quotes and backslashes escaped.
-fn quoted(s: &str) -> String {
-    let mut q = String::with_capacity(s.len() + 2);
-    q.push('"');
-    for c in s.chars() {
-        if c == '"' || c == '\\' {
-            q.push('\\');
+/// `"SUBJECT:RESOURCE"` as a structured-field string: quotes and backslashes escaped.
+fn push_name(out: &mut String, l: &AppliedLimit) {
+    out.push('"');
+    let _ = write!(Escaped(out), "{}:{}", l.subject, l.resource);
+    out.push('"');
+}
+
+/// Writes into a structured-field string, escaping quotes and backslashes.
+struct Escaped<'a>(&'a mut String);
+
+impl Write for Escaped<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        for c in s.chars() {
+            if c == '"' || c == '\\' {
+                self.0.push('\\');
+            }
+            self.0.push(c);
         }
-        q.push(c);
+        Ok(())
     }
-    q.push('"');
-    q
 }
 
 /// `ms` as OpenAI writes its resets: `20ms` below a second, else `1s`, `6m0s`, `2h0m0s`
@@ -168,7 +183,11 @@ mod tests {
             limit("mock-a", "rpd", Measure::Requests, 100, 3, 86_400_000),
         ];
         let h = rate_limit_headers(&ls, Timestamp(30_000));
-        let get = |n: &str| h.iter().find(|(k, _)| *k == n).map(|(_, v)| v.as_str());
+        let get = |n: &str| {
+            h.iter()
+                .find(|(k, _)| k.as_str() == n)
+                .map(|(_, v)| v.as_str())
+        };
         assert_eq!(get("x-ratelimit-limit-requests"), Some("100"));
         assert_eq!(get("x-ratelimit-remaining-requests"), Some("3"));
         assert_eq!(get("x-ratelimit-reset-requests"), Some("23h59m30s"));
@@ -186,6 +205,9 @@ mod tests {
             )
         );
         assert!(rate_limit_headers(&[], Timestamp(0)).is_empty());
+        let odd = [limit("a\"b", "r\\m", Measure::Requests, 1, 0, 1000)];
+        let h = rate_limit_headers(&odd, Timestamp(0));
+        assert_eq!(h[4].1, r#""a\"b:r\\m";r=0;t=1"#);
     }
 
     #[test]
