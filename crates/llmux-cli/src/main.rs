@@ -2,6 +2,8 @@
 //! library crates. Exit codes: 0 success, 1 state or provider not found, 2 bad argument or
 //! config (clap exits 2 on usage errors itself).
 
+mod keys;
+mod secrets;
 mod state;
 
 use anyhow::Context;
@@ -73,6 +75,16 @@ enum Command {
         /// Only this provider.
         #[arg(long)]
         provider: Option<String>,
+    },
+    /// Gateway keys in the store: create, list, revoke, rotate.
+    Keys {
+        #[command(subcommand)]
+        command: keys::KeysCommand,
+    },
+    /// Upstream secrets kept encrypted in the store: set, list, delete.
+    Secrets {
+        #[command(subcommand)]
+        command: secrets::SecretsCommand,
     },
 }
 
@@ -195,6 +207,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let config = load(&cli)?;
             runtime()?.block_on(state::sync(&config, provider.as_deref()))
         }
+        Command::Keys { command } => {
+            let config = load(&cli)?;
+            runtime()?.block_on(keys::run(&config, command))
+        }
+        Command::Secrets { command } => {
+            let config = load(&cli)?;
+            runtime()?.block_on(secrets::run(&config, command))
+        }
     }
 }
 
@@ -223,6 +243,14 @@ fn serve(config: llmux::Config) -> anyhow::Result<()> {
                 "the {} store is unreachable; serving by the on_store_error policy and reconnecting by itself",
                 router.store().kind()
             );
+        }
+        match router.refresh_keys().await {
+            Ok(n) if n > 0 => tracing::info!(keys = n, "gateway keys loaded"),
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "cannot read the gateway keys in the store yet; refusing requests until they are read"),
+        }
+        if let Err(e) = router.refresh_secrets().await {
+            tracing::error!(error = %e, "cannot read the stored secrets yet; their keys wait until they are read");
         }
         let listener = tokio::net::TcpListener::bind(addr)
             .await

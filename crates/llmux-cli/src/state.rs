@@ -167,9 +167,16 @@ fn unit_name(m: Measure) -> &'static str {
     }
 }
 
-fn counter_json(c: &Counter, m: Measure, now: Timestamp) -> serde_json::Value {
+fn counter_json(
+    c: &Counter,
+    m: Measure,
+    now: Timestamp,
+    thresholds: [f64; 2],
+) -> serde_json::Value {
     let used = if now >= c.window.end { 0 } else { c.used };
     serde_json::json!({
+        "state": c.capacity_state(now, thresholds).name(),
+        "exhausts_at": c.exhausts_at(now).map(|t| t.rfc3339()),
         "unit": unit_name(m),
         "capacity": amount_json(m, c.capacity),
         "used": amount_json(m, used),
@@ -187,7 +194,10 @@ fn state_json(config: &Config, s: &SubjectState, now: Timestamp) -> serde_json::
         .iter()
         .map(|(name, c)| {
             let m = measure(config, &s.subject, name);
-            (name.clone(), counter_json(c, m, now))
+            (
+                name.clone(),
+                counter_json(c, m, now, config.capacity_thresholds),
+            )
         })
         .collect();
     let cooling = s.flags.cooldown_until.filter(|u| *u > now);
@@ -278,13 +288,18 @@ fn print_text(
         for (name, c) in &s.resources {
             let m = measure(config, &s.subject, name);
             let used = if now >= c.window.end { 0 } else { c.used };
+            let forecast = match c.exhausts_at(now) {
+                Some(t) => format!(", runs out at {} at this rate", t.rfc3339()),
+                None => String::new(),
+            };
             writeln!(
                 out,
-                "  {name}: used {} + reserved {} of {} (window ends in {} s)",
+                "  {name}: used {} + reserved {} of {} (window ends in {} s), {}{forecast}",
                 amount_text(m, used),
                 amount_text(m, c.reserved),
                 amount_text(m, c.capacity),
-                now.secs_until_ceil(c.window.end)
+                now.secs_until_ceil(c.window.end),
+                c.capacity_state(now, config.capacity_thresholds).name(),
             )?;
         }
     }

@@ -65,7 +65,8 @@ async fn denied<S: Store>(s: &S, r: Reserve) -> Denial {
 }
 
 /// Run every check. `ns` keeps subjects of different runs apart on a shared server.
-pub async fn run<S: Store + StoreAdmin>(s: &S, ns: &str) {
+pub async fn run<S: Store + StoreAdmin + crate::records::Records>(s: &S, ns: &str) {
+    records(s, &format!("{ns}r")).await;
     // Time only moves forward across the checks, as it does for a real store.
     all_or_nothing(s, &format!("{ns}a")).await;
     commit_reconciles(s, &format!("{ns}b")).await;
@@ -508,4 +509,31 @@ async fn reset_forgets_leases<S: Store + StoreAdmin>(s: &S, p: &str) {
     // ...while its lines on subjects not reset are given back as usual.
     assert_eq!(counter(s, "other", "rpm").await.reserved, 0);
     s.release(b).await.unwrap();
+}
+
+/// Records: put replaces, get and list read back (by name), delete says whether it removed,
+/// and tables are apart.
+async fn records<S: crate::records::Records>(s: &S, ns: &str) {
+    let t = format!("{ns}-table");
+    let other = format!("{ns}-other");
+    assert_eq!(s.get_record(&t, "a").await.unwrap(), None);
+    s.put_record(&t, "b", "{\"v\":2}").await.unwrap();
+    s.put_record(&t, "a", "one").await.unwrap();
+    s.put_record(&t, "a", "uno").await.unwrap();
+    s.put_record(&other, "a", "elsewhere").await.unwrap();
+    assert_eq!(s.get_record(&t, "a").await.unwrap().as_deref(), Some("uno"));
+    assert_eq!(
+        s.list_records(&t).await.unwrap(),
+        vec![
+            ("a".to_string(), "uno".to_string()),
+            ("b".to_string(), "{\"v\":2}".to_string())
+        ]
+    );
+    assert!(s.delete_record(&t, "a").await.unwrap());
+    assert!(!s.delete_record(&t, "a").await.unwrap());
+    assert_eq!(s.list_records(&t).await.unwrap().len(), 1);
+    assert_eq!(
+        s.get_record(&other, "a").await.unwrap().as_deref(),
+        Some("elsewhere")
+    );
 }

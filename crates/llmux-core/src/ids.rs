@@ -53,6 +53,18 @@ impl Subject {
     pub fn model(name: &str) -> Subject {
         Subject(Arc::from(format!("model:{name}")))
     }
+    /// `team:NAME`.
+    pub fn team(name: &str) -> Subject {
+        Subject(Arc::from(format!("team:{name}")))
+    }
+    /// `tier:NAME`.
+    pub fn tier(name: &str) -> Subject {
+        Subject(Arc::from(format!("tier:{name}")))
+    }
+    /// `global`: what every request counts against.
+    pub fn global() -> Subject {
+        Subject(Arc::from("global"))
+    }
     pub fn gateway_key(id: &str) -> Subject {
         Subject(Arc::from(format!("gateway-key:{id}")))
     }
@@ -66,17 +78,18 @@ pub fn at_or_below(subject: &str, parent: &str) -> bool {
         .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
-/// A credential. Debug, Display and Serialize print `*****`.
+/// A credential. Debug, Display and Serialize print `*****`; its memory is zeroed when the
+/// last clone is dropped.
 #[derive(Clone, PartialEq, Eq)]
-pub struct Secret(Arc<str>);
+pub struct Secret(Arc<zeroize::Zeroizing<String>>);
 
 impl Secret {
     pub fn new(s: &str) -> Self {
-        Secret(Arc::from(s))
+        Secret(Arc::new(zeroize::Zeroizing::new(s.to_string())))
     }
     /// The secret itself, for the one place that sends it upstream.
     pub fn expose(&self) -> &str {
-        &self.0
+        self.0.as_str()
     }
 }
 

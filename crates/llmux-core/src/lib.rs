@@ -7,10 +7,12 @@
 pub mod config;
 #[doc(hidden)]
 pub mod conformance;
+pub mod forecast;
 pub mod health;
 pub mod ids;
 pub mod memory;
 pub mod plan;
+pub mod records;
 pub mod select;
 pub mod store;
 pub mod time;
@@ -20,6 +22,7 @@ pub mod window;
 pub use config::{Config, Issue, Issues};
 pub use ids::{KeyId, ProviderId, Secret, Subject, TargetId};
 pub use memory::MemoryStore;
+pub use records::Records;
 pub use store::{Admission, Denial, DenialReason, LeaseId, Line, Reserve, Store, StoreError};
 pub use time::{Clock, ManualClock, SystemClock, Timestamp};
 pub use usage::{Measure, Usage};

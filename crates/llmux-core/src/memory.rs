@@ -22,6 +22,8 @@ struct Inner {
     leases: HashMap<u64, LeaseRecord>,
     flags: HashMap<Subject, Flags>,
     next_sweep: Timestamp,
+    /// `(table, name) -> value` (see [`crate::records`]).
+    records: std::collections::BTreeMap<(String, String), String>,
 }
 
 impl Inner {
@@ -263,6 +265,30 @@ impl StoreAdmin for MemoryStore {
             lease.lines.retain(|((s, _), _)| !matches(s));
         }
         Ok(before - g.counters.len())
+    }
+}
+
+impl crate::records::Records for MemoryStore {
+    async fn put_record(&self, table: &str, name: &str, value: &str) -> Result<(), StoreError> {
+        let key = (table.to_string(), name.to_string());
+        self.inner.lock().records.insert(key, value.to_string());
+        Ok(())
+    }
+    async fn get_record(&self, table: &str, name: &str) -> Result<Option<String>, StoreError> {
+        let key = (table.to_string(), name.to_string());
+        Ok(self.inner.lock().records.get(&key).cloned())
+    }
+    async fn list_records(&self, table: &str) -> Result<Vec<(String, String)>, StoreError> {
+        let g = self.inner.lock();
+        Ok(g.records
+            .iter()
+            .filter(|((t, _), _)| t == table)
+            .map(|((_, n), v)| (n.clone(), v.clone()))
+            .collect())
+    }
+    async fn delete_record(&self, table: &str, name: &str) -> Result<bool, StoreError> {
+        let key = (table.to_string(), name.to_string());
+        Ok(self.inner.lock().records.remove(&key).is_some())
     }
 }
 

@@ -62,6 +62,8 @@ pub struct PlannedTarget {
     pub priority: i32,
     /// Provider and key resources.
     pub bounds: Vec<Bound>,
+    /// What a request costs here (`None`: no price configured; cost counts 0).
+    pub price: Option<crate::config::Price>,
     /// `provider`, `provider/key` and `provider/key/model`, in this order
     /// (see [`PlannedTarget::key_gate`] and [`PlannedTarget::target_gate`]):
     /// cooldowns and disabled flags apply to these.
@@ -84,7 +86,7 @@ impl PlannedTarget {
 pub struct PlannedPool {
     pub pool: Arc<ModelPool>,
     pub targets: Vec<PlannedTarget>,
-    /// The pool's own resources (subject `model:NAME`).
+    /// The pool's own resources (subject `model:NAME`) and the global ones (`global`).
     pub bounds: Vec<Bound>,
 }
 
@@ -118,22 +120,43 @@ pub fn plan_pool(config: &Config, pool: &Arc<ModelPool>) -> PlannedPool {
                 weight: u64::from(t.weight) * u64::from(key.weight),
                 priority: t.priority,
                 bounds,
+                price: t.price,
                 gates: vec![psubject.clone(), ksubject, tsubject],
             });
         }
     }
     let model_subject = Subject::model(&pool.name);
+    let global = Subject::global();
+    let bounds = bind(&model_subject, &pool.resources, &config.timezone)
+        .chain(bind(&global, &config.global_resources, &config.timezone))
+        .collect();
     PlannedPool {
         pool: pool.clone(),
-        bounds: bind(&model_subject, &pool.resources, &config.timezone).collect(),
+        bounds,
         targets,
     }
 }
 
-/// Resources of a gateway key, bound to subject `gateway-key:ID`.
+/// Resources of a gateway key, bound to subject `gateway-key:ID`, and of its team (`team:NAME`).
 pub fn gateway_key_bounds(config: &Config, key: &crate::config::GatewayKey) -> Vec<Bound> {
     let subject = key.subject();
-    bind(&subject, &key.resources, &config.timezone).collect()
+    let mut v: Vec<Bound> = bind(&subject, &key.resources, &config.timezone).collect();
+    if let Some(team) = key.team.as_deref().and_then(|t| config.teams.get(t)) {
+        v.extend(bind(
+            &Subject::team(&team.name),
+            &team.resources,
+            &config.timezone,
+        ));
+    }
+    v
+}
+
+/// Resources of tier `tier` (`tier:NAME`): every request at that tier counts against them.
+pub fn tier_bounds(config: &Config, tier: &str) -> Vec<Bound> {
+    match config.tier_resources.get(tier) {
+        Some(rs) => bind(&Subject::tier(tier), rs, &config.timezone).collect(),
+        None => Vec::new(),
+    }
 }
 
 #[cfg(test)]

@@ -24,6 +24,12 @@ impl Timestamp {
         self.plus_millis(i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
     }
     /// Whole seconds from `self` until `later`, rounded up, at least 0.
+    /// RFC 3339 in UTC (`2026-12-04T12:00:00Z`, with fractional seconds when there are any).
+    pub fn rfc3339(self) -> String {
+        jiff::Timestamp::from_millisecond(self.0)
+            .map(|t| t.to_string())
+            .unwrap_or_default()
+    }
     pub fn secs_until_ceil(self, later: Timestamp) -> u64 {
         let ms = later.0.saturating_sub(self.0).max(0);
         (ms as u64).div_ceil(1000)

@@ -47,8 +47,16 @@ impl ApiError {
                 RouteError::UnknownModel(_) => {
                     (S::NOT_FOUND, "invalid_request_error", "model_not_found")
                 }
+                RouteError::NoCapacity { budget: true, .. } => (
+                    S::TOO_MANY_REQUESTS,
+                    "insufficient_quota",
+                    "budget_exceeded",
+                ),
                 RouteError::NoCapacity { .. } => {
                     (S::TOO_MANY_REQUESTS, "rate_limit_error", "no_capacity")
+                }
+                RouteError::PolicyViolation(_) => {
+                    (S::FORBIDDEN, "permission_error", "policy_violation")
                 }
                 RouteError::Upstream { timeout: true, .. } => {
                     (S::GATEWAY_TIMEOUT, "upstream_error", "upstream_timeout")
@@ -92,6 +100,7 @@ impl ApiError {
                 RouteError::NoCapacity {
                     denial,
                     retry_after_secs,
+                    budget,
                     ..
                 } => {
                     let limit = denial.limit();
@@ -110,9 +119,11 @@ impl ApiError {
                         .unwrap_or_default();
                     extra.push(("ratelimit", format!("{name};r=0{t}")));
                     extra.push(("x-llmux-limit", limit));
-                    if let Some(s) = retry_after_secs {
+                    // A hard budget frees up only when its window ends: no `retry-after`
+                    // invites an earlier retry (`RateLimit`'s `t` says when).
+                    if let Some(s) = retry_after_secs.filter(|_| !*budget) {
                         if openai {
-                            body["error"]["retry_after"] = (*s).into();
+                            body["error"]["retry_after"] = s.into();
                         }
                         extra.push(("retry-after", s.to_string()));
                     }

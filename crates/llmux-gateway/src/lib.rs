@@ -209,7 +209,10 @@ async fn route(
     if declared.is_some_and(|n| n > limit) {
         return Err(ApiError::PayloadTooLarge { limit });
     }
-    let key = s.router.authorize(gateway_key(endpoint, &parts.headers))?;
+    let key = s
+        .router
+        .authorize_request(gateway_key(endpoint, &parts.headers))
+        .await?;
     let bytes = axum::body::to_bytes(body, limit).await.map_err(|e| {
         let too_large = std::error::Error::source(&e)
             .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());

@@ -672,3 +672,46 @@ impl StoreAdmin for RedisStore {
         Ok(n as usize)
     }
 }
+
+/// One hash per table: `{prefix}…:r:TABLE`, field = name.
+impl llmux_core::Records for RedisStore {
+    async fn put_record(&self, table: &str, name: &str, value: &str) -> Result<(), StoreError> {
+        let mut c = self.conn().await?;
+        redis::cmd("HSET")
+            .arg(self.key(&format!("r:{table}")))
+            .arg(name)
+            .arg(value)
+            .query_async::<()>(&mut c)
+            .await
+            .map_err(unavailable)
+    }
+    async fn get_record(&self, table: &str, name: &str) -> Result<Option<String>, StoreError> {
+        let mut c = self.conn().await?;
+        redis::cmd("HGET")
+            .arg(self.key(&format!("r:{table}")))
+            .arg(name)
+            .query_async(&mut c)
+            .await
+            .map_err(unavailable)
+    }
+    async fn list_records(&self, table: &str) -> Result<Vec<(String, String)>, StoreError> {
+        let mut c = self.conn().await?;
+        let mut all: Vec<(String, String)> = redis::cmd("HGETALL")
+            .arg(self.key(&format!("r:{table}")))
+            .query_async(&mut c)
+            .await
+            .map_err(unavailable)?;
+        all.sort();
+        Ok(all)
+    }
+    async fn delete_record(&self, table: &str, name: &str) -> Result<bool, StoreError> {
+        let mut c = self.conn().await?;
+        let n: i64 = redis::cmd("HDEL")
+            .arg(self.key(&format!("r:{table}")))
+            .arg(name)
+            .query_async(&mut c)
+            .await
+            .map_err(unavailable)?;
+        Ok(n > 0)
+    }
+}

@@ -43,7 +43,7 @@ use schema::open_conn;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::sync::oneshot;
-use writer::{Cmd, Handle, Reply};
+use writer::{Cmd, Handle, RecordOp, RecordOut, Reply};
 
 /// A [`Store`] on one SQLite file. Cloning shares the connection and its writer thread.
 #[derive(Clone)]
@@ -145,4 +145,41 @@ impl StoreAdmin for SqliteStore {
         let subject = subject.to_string();
         self.call(|tx| Cmd::Reset(subject, tx)).await
     }
+}
+
+impl llmux_core::Records for SqliteStore {
+    async fn put_record(&self, table: &str, name: &str, value: &str) -> Result<(), StoreError> {
+        let op = RecordOp::Put(table.into(), name.into(), value.into());
+        match self.call(|tx| Cmd::Record(op, tx)).await? {
+            RecordOut::Done => Ok(()),
+            _ => Err(unexpected()),
+        }
+    }
+    async fn get_record(&self, table: &str, name: &str) -> Result<Option<String>, StoreError> {
+        let op = RecordOp::Get(table.into(), name.into());
+        match self.call(|tx| Cmd::Record(op, tx)).await? {
+            RecordOut::Value(v) => Ok(v),
+            _ => Err(unexpected()),
+        }
+    }
+    async fn list_records(&self, table: &str) -> Result<Vec<(String, String)>, StoreError> {
+        match self
+            .call(|tx| Cmd::Record(RecordOp::List(table.into()), tx))
+            .await?
+        {
+            RecordOut::List(v) => Ok(v),
+            _ => Err(unexpected()),
+        }
+    }
+    async fn delete_record(&self, table: &str, name: &str) -> Result<bool, StoreError> {
+        let op = RecordOp::Delete(table.into(), name.into());
+        match self.call(|tx| Cmd::Record(op, tx)).await? {
+            RecordOut::Removed(b) => Ok(b),
+            _ => Err(unexpected()),
+        }
+    }
+}
+
+fn unexpected() -> StoreError {
+    StoreError::Backend("unexpected reply".into())
 }

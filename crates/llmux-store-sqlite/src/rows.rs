@@ -219,3 +219,37 @@ pub(crate) fn snapshot(tx: &Connection, subject: &str) -> rusqlite::Result<Vec<S
     }
     Ok(SubjectState::collect(counters, flags))
 }
+
+/// Run one call on the records table.
+pub(crate) fn record(
+    tx: &Connection,
+    op: &crate::writer::RecordOp,
+) -> rusqlite::Result<crate::writer::RecordOut> {
+    use crate::writer::{RecordOp, RecordOut};
+    Ok(match op {
+        RecordOp::Put(t, n, v) => {
+            tx.prepare_cached(
+                "INSERT INTO records (tbl, name, value) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (tbl, name) DO UPDATE SET value = excluded.value",
+            )?
+            .execute(params![t, n, v])?;
+            RecordOut::Done
+        }
+        RecordOp::Get(t, n) => RecordOut::Value(
+            tx.prepare_cached("SELECT value FROM records WHERE tbl = ?1 AND name = ?2")?
+                .query_row(params![t, n], |r| r.get(0))
+                .optional()?,
+        ),
+        RecordOp::List(t) => {
+            let mut st =
+                tx.prepare_cached("SELECT name, value FROM records WHERE tbl = ?1 ORDER BY name")?;
+            let rows = st.query_map(params![t], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            RecordOut::List(rows.collect::<rusqlite::Result<_>>()?)
+        }
+        RecordOp::Delete(t, n) => RecordOut::Removed(
+            tx.prepare_cached("DELETE FROM records WHERE tbl = ?1 AND name = ?2")?
+                .execute(params![t, n])?
+                > 0,
+        ),
+    })
+}

@@ -50,6 +50,13 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     ALTER TABLE subjects ADD COLUMN breaker_until INTEGER;
     ALTER TABLE subjects ADD COLUMN probes INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE subjects ADD COLUMN learned TEXT;",
+    // v5: records (`llmux_core::records`): gateway keys (hashed) and encrypted secrets.
+    "CREATE TABLE records (
+        tbl TEXT NOT NULL,
+        name TEXT NOT NULL,
+        value TEXT NOT NULL,
+        PRIMARY KEY (tbl, name)
+    ) WITHOUT ROWID;",
 ];
 
 /// Open `path` in WAL mode with the store's pragmas, running the migrations it lacks.

@@ -43,6 +43,23 @@ pub(crate) enum Cmd {
     Score(Subject, Option<f64>, Reply<()>),
     Reset(String, Reply<usize>),
     Scores(Timestamp, Vec<(Subject, Vec<Line>)>, Reply<Vec<f64>>),
+    Record(RecordOp, Reply<RecordOut>),
+}
+
+/// A call on the records table (`llmux_core::records`): `(table, name, value)`.
+pub(crate) enum RecordOp {
+    Put(String, String, String),
+    Get(String, String),
+    List(String),
+    Delete(String, String),
+}
+
+/// What a [`RecordOp`] answers.
+pub(crate) enum RecordOut {
+    Done,
+    Value(Option<String>),
+    List(Vec<(String, String)>),
+    Removed(bool),
 }
 
 /// Longest a detached commit waits for a transaction when nothing else wakes the writer.
@@ -472,6 +489,7 @@ fn apply_one(b: &mut Batch<'_>, cmd: &Cmd) -> rusqlite::Result<Outcome> {
             Outcome::Done
         }
         Cmd::Reset(subject, _) => Outcome::Count(b.reset(subject)?),
+        Cmd::Record(op, _) => Outcome::Record(crate::rows::record(b.tx, op)?),
     })
 }
 
@@ -483,6 +501,7 @@ enum Outcome {
     Flags(Flags),
     Count(usize),
     Scores(Vec<f64>),
+    Record(RecordOut),
 }
 
 /// Answer a reserve; returns a lease granted to a caller that is no longer waiting.
@@ -535,6 +554,10 @@ fn answer(cmd: Cmd, res: Result<Outcome, StoreError>) {
         }),
         Cmd::Snapshot(_, tx) => send(tx, res, |o| match o {
             Outcome::Snapshot(s) => Some(s),
+            _ => None,
+        }),
+        Cmd::Record(_, tx) => send(tx, res, |o| match o {
+            Outcome::Record(r) => Some(r),
             _ => None,
         }),
     }

@@ -24,6 +24,12 @@ pub fn process_env(name: &str) -> Option<String> {
     std::env::var(name).ok()
 }
 
+/// `$LLMUX_MASTER_KEY`, parsed, if set.
+pub(crate) fn master_key_from_env(
+) -> Option<Result<crate::secrets::MasterKey, crate::secrets::SecretError>> {
+    process_env(llmux_core::config::MASTER_KEY_VAR).map(|v| crate::secrets::MasterKey::parse(&v))
+}
+
 /// Read and validate the TOML config at `path`, resolving `${VAR}` from the environment and
 /// merging the resources file it names (`resources_file`, relative to the config's folder) or
 /// `$LLMUX_RESOURCES_FILE` names.

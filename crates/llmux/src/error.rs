@@ -38,7 +38,13 @@ pub enum RouteError {
         model: String,
         denial: Box<Denial>,
         retry_after_secs: Option<u64>,
+        /// The limit hit is a hard USD budget: it frees up when its window ends, and
+        /// `retry_after_secs` counts to then.
+        budget: bool,
     },
+    /// A gateway key's or team's policy refuses the request; the message names the rule.
+    #[error("{0}")]
+    PolicyViolation(String),
     /// Every attempt failed upstream.
     #[error("upstream failed after {attempts} attempt(s): {message}")]
     Upstream {

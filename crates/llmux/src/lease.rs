@@ -6,7 +6,7 @@
 
 use crate::ledger::Ledger;
 use crate::stats::{PoolSlot, TargetStats};
-use llmux_core::config::Health;
+use llmux_core::config::{Health, Price};
 use llmux_core::health::HealthOp;
 use llmux_core::plan::{lines, Bound};
 use llmux_core::store::{LeaseId, Store};
@@ -32,6 +32,8 @@ pub struct Lease {
     estimate: Usage,
     ledger: Arc<Ledger>,
     pub(crate) stats: Arc<TargetStats>,
+    /// The target's price: actual usage is costed at it.
+    price: Option<Price>,
     _slot: Option<PoolSlot>,
     settled: bool,
     /// Reserved in the process-local fallback store (fail-open while the store was down).
@@ -60,6 +62,7 @@ pub(crate) struct Grant {
     pub(crate) extra: Option<Arc<[Bound]>>,
     pub(crate) estimate: Usage,
     pub(crate) stats: Arc<TargetStats>,
+    pub(crate) price: Option<Price>,
     pub(crate) slot: Option<PoolSlot>,
     pub(crate) local: bool,
     pub(crate) target_gate: Subject,
@@ -92,6 +95,7 @@ impl Lease {
             estimate: g.estimate,
             ledger,
             stats: g.stats,
+            price: g.price,
             _slot: g.slot,
             settled: false,
             local: g.local,
@@ -170,8 +174,20 @@ impl Lease {
         self.id
     }
 
-    /// The lines to commit for `usage`, in the windows of `now`.
+    /// The lines to commit for `usage`, in the windows of `now` (costed at the target's price,
+    /// when it has one).
     fn used_lines(&self, usage: &Usage, now: Timestamp) -> Vec<llmux_core::Line> {
+        let priced;
+        let usage = match &self.price {
+            Some(p) => {
+                priced = Usage {
+                    cost_micro_usd: p.cost_micro_usd(usage),
+                    ..*usage
+                };
+                &priced
+            }
+            None => usage,
+        };
         let mut v = lines(self.bounds.iter(), usage, now);
         if let Some(extra) = &self.extra {
             v.extend(lines(extra.iter(), usage, now));

@@ -18,11 +18,13 @@
 pub mod blocking;
 mod env;
 pub mod error;
+pub mod keys;
 mod lease;
 mod ledger;
 pub mod protocol;
 pub mod provider;
 mod router;
+pub mod secrets;
 pub mod sse;
 mod stats;
 pub mod store;

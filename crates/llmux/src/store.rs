@@ -115,3 +115,18 @@ impl StoreAdmin for AnyStore {
         dispatch!(self, s => s.reset(subject).await)
     }
 }
+
+impl llmux_core::Records for AnyStore {
+    async fn put_record(&self, table: &str, name: &str, value: &str) -> Result<(), StoreError> {
+        dispatch!(self, s => s.put_record(table, name, value).await)
+    }
+    async fn get_record(&self, table: &str, name: &str) -> Result<Option<String>, StoreError> {
+        dispatch!(self, s => s.get_record(table, name).await)
+    }
+    async fn list_records(&self, table: &str) -> Result<Vec<(String, String)>, StoreError> {
+        dispatch!(self, s => s.list_records(table).await)
+    }
+    async fn delete_record(&self, table: &str, name: &str) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.delete_record(table, name).await)
+    }
+}

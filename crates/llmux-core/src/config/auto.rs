@@ -34,6 +34,7 @@ pub fn auto_pool(config: &Config, model: &str) -> Option<ModelPool> {
             weight: 1,
             priority: 0,
             keys: None,
+            price: config.price_of(model),
         }],
         resources: Vec::new(),
         max_concurrent: None,

@@ -35,19 +35,26 @@ pub(super) fn check_gateway_keys(raw: &RawConfig, out: &mut Issues) -> Vec<Gatew
                 out.push(format!("{at}.tier"), unknown_tier(t, &raw.tier_order));
             }
         }
-        if let Some(ms) = &g.models {
-            for (j, m) in ms.iter().enumerate() {
-                if !raw.models.contains_key(m) {
-                    out.push(format!("{at}.models[{j}]"), format!("unknown model {m:?}"));
-                }
-            }
+        if let Some(team) = &g.team {
+            check_name(team, &format!("{at}.team"), out);
         }
+        let policy = super::governance::check_policy(
+            g.models.as_ref(),
+            g.providers.as_ref(),
+            g.max_tokens,
+            g.max_cost_usd_per_request,
+            &at,
+            raw,
+            out,
+        );
         gateway_keys.push(GatewayKey {
             id: g.id.clone(),
             secret: Secret::new(&g.secret),
             tier: g.tier.clone(),
             models: g.models.clone(),
             resources: check_resources(&g.resources, &format!("{at}.resources"), out),
+            team: g.team.clone(),
+            policy,
         });
     }
     gateway_keys

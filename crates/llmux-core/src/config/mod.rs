@@ -6,8 +6,10 @@
 //! resource has a capacity > 0 and a known period.
 
 mod auto;
+mod builtin_prices;
 mod checks;
 mod env;
+mod governance;
 mod keys;
 mod model;
 mod provider;
@@ -19,19 +21,21 @@ mod tests;
 mod types;
 
 pub use auto::auto_pool;
+pub use builtin_prices::builtin_price;
 pub use resources::{check_resources, ResourcesFile};
 pub use types::*;
 
 use checks::*;
+use governance::*;
 use keys::check_gateway_keys;
-use model::check_model;
+use model::{check_model, Prices};
 use provider::{check_provider, Shared};
 use store::{check_on_store_error, check_store};
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:4000";
 
 use crate::ids::{KeyId, ProviderId, Secret, Subject};
-use crate::usage::Measure;
+use crate::usage::{Measure, Usage};
 use crate::window::Period;
 use jiff::tz::TimeZone;
 use raw::*;
@@ -84,6 +88,28 @@ impl fmt::Display for Issues {
 
 impl std::error::Error for Issues {}
 
+/// Keys with `secret = "store"` need `$LLMUX_MASTER_KEY` to decrypt their secrets.
+fn check_master_key(c: &Config, env: &dyn Fn(&str) -> Option<String>, out: &mut Issues) {
+    let Some((p, i)) = c.providers.values().find_map(|p| {
+        let i = p.keys.iter().position(|k| k.from_store)?;
+        Some((p, i))
+    }) else {
+        return;
+    };
+    let at = format!("providers.{}.keys[{i}].secret", p.id);
+    match env(MASTER_KEY_VAR) {
+        None => out.push(
+            at,
+            format!("secret = \"store\" needs ${MASTER_KEY_VAR} (the key the stored secrets are encrypted with), which is not set"),
+        ),
+        Some(v) => {
+            if let Err(e) = parse_master_key(&v) {
+                out.push(at, e);
+            }
+        }
+    }
+}
+
 impl Config {
     /// Parse and validate TOML. `env` resolves `${VAR}` references.
     pub fn from_toml_str(
@@ -135,6 +161,9 @@ impl Config {
             custom_kinds,
             &mut issues,
         );
+        if let Some(c) = &built {
+            check_master_key(c, env, &mut issues);
+        }
         match built {
             Some(c) if issues.is_empty() => Ok(c),
             _ => {
@@ -206,15 +235,45 @@ impl Config {
             }
         }
 
+        let prices = check_prices(&raw, out);
+        let default_price = raw
+            .default_price
+            .as_ref()
+            .map(|p| check_price(p, "default_price", out));
+        let fallback = Prices {
+            by_model: &prices,
+            default: default_price,
+        };
         let mut models = BTreeMap::new();
         for (name, m) in &raw.models {
             let at = format!("models.{name}");
-            if let Some(m) = check_model(name, m, &at, &raw, &providers, out) {
+            if let Some(m) = check_model(name, m, &at, &raw, &providers, &fallback, out) {
                 models.insert(name.clone(), Arc::new(m));
             }
         }
 
+        let teams = check_teams(&raw, out);
+        let tier_resources = check_tier_resources(&raw, out);
+        let global_resources = match &raw.global {
+            Some(g) => check_resources(&g.resources, "global.resources", out),
+            None => Vec::new(),
+        };
         let gateway_keys = check_gateway_keys(&raw, out);
+        let usd = |rs: &[Resource]| rs.iter().any(|r| r.measure == Measure::CostMicroUsd);
+        let everywhere = if usd(&global_resources) {
+            Some("global.resources".to_string())
+        } else if let Some((t, _)) = tier_resources.iter().find(|(_, rs)| usd(rs)) {
+            Some(format!("tiers.{t}.resources"))
+        } else if let Some(t) = teams.values().find(|t| usd(&t.resources)) {
+            Some(format!("teams.{}.resources", t.name))
+        } else {
+            gateway_keys
+                .iter()
+                .position(|k| usd(&k.resources))
+                .map(|i| format!("gateway_keys[{i}].resources"))
+        };
+        check_priced(&models, &providers, everywhere.as_deref(), out);
+        let capacity_thresholds = check_thresholds(&raw, out);
 
         let max_body_bytes =
             check_bytes(raw.max_body_bytes, "max_body_bytes", out).unwrap_or(4 * 1024 * 1024);
@@ -238,6 +297,13 @@ impl Config {
             providers,
             models,
             gateway_keys,
+            require_keys: raw.require_keys.unwrap_or(false),
+            prices,
+            default_price,
+            teams,
+            tier_resources,
+            global_resources,
+            capacity_thresholds,
         })
     }
 

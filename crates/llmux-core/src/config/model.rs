@@ -8,6 +8,7 @@ pub(super) fn check_model(
     at: &str,
     raw: &RawConfig,
     providers: &BTreeMap<ProviderId, Arc<Provider>>,
+    prices: &Prices<'_>,
     out: &mut Issues,
 ) -> Option<ModelPool> {
     check_label(name, at, "model name", out);
@@ -44,7 +45,7 @@ pub(super) fn check_model(
     if m.targets.is_empty() {
         out.push(format!("{at}.targets"), "needs at least one target");
     }
-    let targets = check_targets(m, at, raw, providers, out);
+    let targets = check_targets(m, at, raw, providers, prices, out);
     if m.max_concurrent == Some(0) {
         out.push(format!("{at}.max_concurrent"), "must be greater than 0");
     }
@@ -158,6 +159,7 @@ fn check_targets(
     at: &str,
     raw: &RawConfig,
     providers: &BTreeMap<ProviderId, Arc<Provider>>,
+    prices: &Prices<'_>,
     out: &mut Issues,
 ) -> Vec<TargetConfig> {
     let mut targets = Vec::new();
@@ -209,7 +211,31 @@ fn check_targets(
             weight: t.weight.unwrap_or(1).max(1),
             priority: t.priority.unwrap_or(i as i32),
             keys,
+            price: match &t.price {
+                Some(p) => Some(super::governance::check_price(
+                    p,
+                    &format!("{tat}.price"),
+                    out,
+                )),
+                None => prices.of(&t.model),
+            },
         });
     }
     targets
+}
+
+/// The prices a target without its own falls back to.
+pub(super) struct Prices<'a> {
+    pub(super) by_model: &'a BTreeMap<String, Price>,
+    pub(super) default: Option<Price>,
+}
+
+impl Prices<'_> {
+    fn of(&self, model: &str) -> Option<Price> {
+        self.by_model
+            .get(model)
+            .copied()
+            .or_else(|| super::builtin_price(model))
+            .or(self.default)
+    }
 }

@@ -223,7 +223,9 @@ fn check_keys(
                 format!("duplicate key id {:?} in provider {name:?}", k.id),
             );
         }
+        let from_store = k.secret.as_deref() == Some(STORED_SECRET);
         let secret = match (&k.secret, kind) {
+            (Some(_), _) if from_store => Secret::new(""),
             (Some(s), _) if !s.is_empty() => Secret::new(s),
             (_, ProviderKind::Mock | ProviderKind::Custom(_)) => Secret::new(""),
             _ => {
@@ -242,6 +244,7 @@ fn check_keys(
             secret,
             weight: k.weight.unwrap_or(1).max(1),
             resources: check_resources(&k.resources, &format!("{kat}.resources"), out),
+            from_store,
         });
     }
     if keys.is_empty() {
@@ -251,6 +254,7 @@ fn check_keys(
                 secret: Secret::new(""),
                 weight: 1,
                 resources: Vec::new(),
+                from_store: false,
             });
         } else {
             out.push(

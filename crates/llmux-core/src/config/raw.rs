@@ -27,6 +27,52 @@ pub struct RawConfig {
     pub models: BTreeMap<String, RawModel>,
     #[serde(default)]
     pub gateway_keys: Vec<RawGatewayKey>,
+    /// Refuse requests without a valid gateway key even while no key exists.
+    pub require_keys: Option<bool>,
+    /// `[prices."MODEL"]`: USD per 1M tokens, by upstream model name.
+    #[serde(default)]
+    pub prices: BTreeMap<String, RawPrice>,
+    /// The price of a target that has none of its own and no `[prices]` entry.
+    pub default_price: Option<RawPrice>,
+    /// `[teams.NAME]`: limits, budgets and policies shared by a team's gateway keys.
+    #[serde(default)]
+    pub teams: BTreeMap<String, RawTeam>,
+    /// `[tiers.NAME]`: limits and budgets of every request at a tier.
+    #[serde(default)]
+    pub tiers: BTreeMap<String, RawTierLimits>,
+    /// `[global]`: limits and budgets of every request.
+    pub global: Option<RawTierLimits>,
+    /// `[left fraction for "abundant", for "constrained"]` (default `[0.5, 0.2]`).
+    pub capacity_thresholds: Option<Vec<RawNumber>>,
+}
+
+/// USD per 1M tokens. `cache_read` / `cache_write` default to `input`.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPrice {
+    pub input: Option<RawNumber>,
+    pub output: Option<RawNumber>,
+    pub cache_read: Option<RawNumber>,
+    pub cache_write: Option<RawNumber>,
+}
+
+/// What a gateway key or team may ask for.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTeam {
+    #[serde(default)]
+    pub resources: Vec<RawResource>,
+    pub models: Option<Vec<String>>,
+    pub providers: Option<Vec<String>>,
+    pub max_tokens: Option<u64>,
+    pub max_cost_usd_per_request: Option<RawNumber>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTierLimits {
+    #[serde(default)]
+    pub resources: Vec<RawResource>,
 }
 
 #[derive(Default, Deserialize)]
@@ -114,6 +160,8 @@ pub struct RawResource {
     pub initial_ttl: Option<u64>,
     /// What one unit counts: requests | tokens | input_tokens | output_tokens | cost_usd.
     pub unit: Option<String>,
+    /// `hard` (default): refuse past the limit; `soft`: serve and flag it.
+    pub enforce: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -186,6 +234,8 @@ pub struct RawTarget {
     pub priority: Option<i32>,
     /// Restrict this target to some of the provider's keys (default: all).
     pub keys: Option<Vec<String>>,
+    /// This target's price (wins over `[prices]` and `default_price`).
+    pub price: Option<RawPrice>,
 }
 
 #[derive(Deserialize)]
@@ -197,6 +247,10 @@ pub struct RawGatewayKey {
     pub models: Option<Vec<String>>,
     #[serde(default)]
     pub resources: Vec<RawResource>,
+    pub team: Option<String>,
+    pub providers: Option<Vec<String>>,
+    pub max_tokens: Option<u64>,
+    pub max_cost_usd_per_request: Option<RawNumber>,
 }
 
 /// A resources file (`resources_file` / `$LLMUX_RESOURCES_FILE`), JSON or TOML.
@@ -249,6 +303,7 @@ impl std::fmt::Debug for RawGatewayKey {
             .field("tier", &self.tier)
             .field("models", &self.models)
             .field("resources", &self.resources)
-            .finish()
+            .field("team", &self.team)
+            .finish_non_exhaustive()
     }
 }

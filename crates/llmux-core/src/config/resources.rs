@@ -111,11 +111,23 @@ pub fn check_resources(list: &[RawResource], at: &str, out: &mut Issues) -> Vec<
                 Period::Minutely
             }
         };
+        let enforce = match r.enforce.as_deref() {
+            None | Some("hard") => Enforce::Hard,
+            Some("soft") => Enforce::Soft,
+            Some(other) => {
+                out.push(
+                    format!("{at}.enforce"),
+                    format!("unknown enforce {other:?}; expected \"hard\" or \"soft\""),
+                );
+                Enforce::Hard
+            }
+        };
         result.push(Resource {
             name: Arc::from(r.name.as_str()),
             capacity,
             period,
             measure,
+            enforce,
         });
     }
     result

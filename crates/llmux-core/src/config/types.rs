@@ -18,6 +18,88 @@ pub struct Config {
     pub providers: BTreeMap<ProviderId, Arc<Provider>>,
     pub models: BTreeMap<String, Arc<ModelPool>>,
     pub gateway_keys: Vec<GatewayKey>,
+    /// Requests need a valid gateway key even while none exists.
+    pub require_keys: bool,
+    /// `[prices."MODEL"]`, by upstream model name.
+    pub prices: BTreeMap<String, Price>,
+    pub default_price: Option<Price>,
+    pub teams: BTreeMap<String, Arc<Team>>,
+    /// `[tiers.NAME] resources`, by tier.
+    pub tier_resources: BTreeMap<String, Vec<Resource>>,
+    /// `[global] resources`: every request counts against them.
+    pub global_resources: Vec<Resource>,
+    /// Left fractions above which a resource is `abundant`, then `constrained`.
+    pub capacity_thresholds: [f64; 2],
+}
+
+impl Config {
+    /// The price of `model` on a target that gives none of its own: `[prices]`, else the
+    /// built-in list price ([`builtin_price`]), else `default_price`.
+    pub fn price_of(&self, model: &str) -> Option<Price> {
+        self.prices
+            .get(model)
+            .copied()
+            .or_else(|| builtin_price(model))
+            .or(self.default_price)
+    }
+}
+
+/// A price in USD per 1M tokens, which is micro-USD per token.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Price {
+    pub input: f64,
+    pub output: f64,
+    pub cache_read: f64,
+    pub cache_write: f64,
+}
+
+impl Price {
+    /// What `usage` costs, in micro-USD (rounded up): prompt tokens not read from or written
+    /// to the cache at `input`, cache reads at `cache_read`, cache writes at `cache_write`,
+    /// output at `output`.
+    pub fn cost_micro_usd(&self, u: &Usage) -> u64 {
+        let cached = u.cache_read_tokens.saturating_add(u.cache_write_tokens);
+        let plain = u.input_tokens.saturating_sub(cached) as f64;
+        let micro = plain * self.input
+            + u.cache_read_tokens as f64 * self.cache_read
+            + u.cache_write_tokens as f64 * self.cache_write
+            + u.output_tokens as f64 * self.output;
+        // Float noise (0.1 * 3 = 0.30000000000000004) must not round a cent up.
+        (micro - 1e-6).ceil().max(0.0) as u64
+    }
+}
+
+/// Rules a gateway key or team sets on what a request may ask; a violation is refused (403).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Policy {
+    pub models: Option<Vec<String>>,
+    pub providers: Option<Vec<String>>,
+    pub max_tokens: Option<u64>,
+    pub max_cost_micro_usd: Option<u64>,
+}
+
+impl Policy {
+    pub fn is_empty(&self) -> bool {
+        *self == Policy::default()
+    }
+}
+
+/// `[teams.NAME]`.
+#[derive(Clone, Debug)]
+pub struct Team {
+    pub name: String,
+    pub resources: Vec<Resource>,
+    pub policy: Policy,
+}
+
+/// How a resource holds its limit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Enforce {
+    /// Refuse a request that would pass the limit (the default).
+    #[default]
+    Hard,
+    /// Serve it, and flag the answer (`x-llmux-budget-exceeded`).
+    Soft,
 }
 
 /// What the gateway does when the store cannot be reached.
@@ -197,6 +279,31 @@ pub struct Key {
     pub secret: Secret,
     pub weight: u32,
     pub resources: Vec<Resource>,
+    /// `secret = "store"`: the secret is kept encrypted in the store (`llmux secrets set`);
+    /// `secret` is empty here.
+    pub from_store: bool,
+}
+
+/// The `secret` value of a key whose secret is kept encrypted in the store.
+pub const STORED_SECRET: &str = "store";
+
+/// The variable holding the key that encrypts stored secrets: 64 hex characters (32 bytes).
+pub const MASTER_KEY_VAR: &str = "LLMUX_MASTER_KEY";
+
+/// Parse a master key: 64 hex characters.
+pub fn parse_master_key(text: &str) -> Result<[u8; 32], String> {
+    let t = text.trim();
+    if t.len() != 64 || !t.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(format!(
+            "${MASTER_KEY_VAR} must be 64 hex characters (32 bytes; e.g. `openssl rand -hex 32`), got {} characters",
+            t.len()
+        ));
+    }
+    let mut out = [0u8; 32];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(&t[2 * i..2 * i + 2], 16).map_err(|e| e.to_string())?;
+    }
+    Ok(out)
 }
 
 /// A named, limited quantity with a capacity per window.
@@ -207,6 +314,7 @@ pub struct Resource {
     pub capacity: u64,
     pub period: Period,
     pub measure: Measure,
+    pub enforce: Enforce,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -322,6 +430,8 @@ pub struct TargetConfig {
     pub weight: u32,
     pub priority: i32,
     pub keys: Option<Vec<KeyId>>,
+    /// The target's own price, else `[prices]` of its model, else `default_price`.
+    pub price: Option<Price>,
 }
 
 /// A virtual key clients send as `Authorization: Bearer …`.
@@ -332,6 +442,9 @@ pub struct GatewayKey {
     pub tier: Option<String>,
     pub models: Option<Vec<String>>,
     pub resources: Vec<Resource>,
+    pub team: Option<String>,
+    /// The key's own rules (`models` is also its allowed models).
+    pub policy: Policy,
 }
 
 impl GatewayKey {

@@ -1,17 +1,19 @@
 //! `RouterBuilder`: the store, the clock and custom providers, and building the runtime state
 //! (pools, providers, gateway keys, the ledger) from a [`Config`].
 
-use super::{AuthorizedKey, Inner, Router};
+use super::{Inner, Router};
 use crate::error::RouteError;
+use crate::keys::KeyRing;
 use crate::ledger::Ledger;
 use crate::provider::anthropic::Anthropic;
 use crate::provider::mock::MockProvider;
 use crate::provider::openai::{http_client, OpenAiCompatible};
 use crate::provider::Provider;
+use crate::secrets::MasterKey;
 use crate::stats::Pool;
 use crate::store::AnyStore;
 use llmux_core::config::{Config, ProviderKind};
-use llmux_core::plan::{gateway_key_bounds, plan_pool};
+use llmux_core::plan::{plan_pool, tier_bounds};
 use llmux_core::{Clock, ProviderId, SystemClock};
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -29,6 +31,8 @@ pub struct RouterBuilder {
     providers: HashMap<ProviderId, Arc<dyn Provider>>,
     kinds: HashMap<String, ProviderFactory>,
     auto_models: bool,
+    /// Decrypts the store's secrets (`secret = "store"`); default: `$LLMUX_MASTER_KEY`.
+    master_key: Option<MasterKey>,
 }
 
 impl RouterBuilder {
@@ -56,6 +60,12 @@ impl RouterBuilder {
         self
     }
 
+    /// The key that decrypts stored secrets (instead of `$LLMUX_MASTER_KEY`).
+    pub fn master_key(mut self, key: MasterKey) -> Self {
+        self.master_key = Some(key);
+        self
+    }
+
     pub(crate) fn new(config: Config) -> RouterBuilder {
         RouterBuilder {
             config,
@@ -64,6 +74,7 @@ impl RouterBuilder {
             providers: HashMap::new(),
             kinds: HashMap::new(),
             auto_models: false,
+            master_key: None,
         }
     }
 
@@ -75,6 +86,24 @@ impl RouterBuilder {
     /// Open the store and start the background reconciler. Needs a tokio runtime.
     pub fn build(self) -> Result<Router, RouteError> {
         let config = Arc::new(self.config);
+        let stored_secrets = config
+            .providers
+            .values()
+            .any(|p| p.keys.iter().any(|k| k.from_store));
+        let master = match (self.master_key, stored_secrets) {
+            (Some(k), _) => Some(k),
+            (None, false) => None,
+            (None, true) => match crate::env::master_key_from_env() {
+                Some(Ok(k)) => Some(k),
+                Some(Err(e)) => return Err(RouteError::BadRequest(e.to_string())),
+                None => {
+                    return Err(RouteError::BadRequest(format!(
+                        "a key has secret = \"store\", which needs ${}",
+                        llmux_core::config::MASTER_KEY_VAR
+                    )))
+                }
+            },
+        };
         let store = match self.store {
             Some(s) => s,
             None => AnyStore::open(&config.store)?,
@@ -114,32 +143,47 @@ impl RouterBuilder {
             .iter()
             .map(|(name, pool)| (name.clone(), Arc::new(Pool::new(plan_pool(&config, pool)))))
             .collect();
-        let gateway_keys = config
-            .gateway_keys
-            .iter()
-            .map(|k| {
-                (
-                    k.secret.expose().to_string(),
-                    Arc::new(AuthorizedKey {
-                        key: k.clone(),
-                        bounds: gateway_key_bounds(&config, k).into(),
-                    }),
-                )
-            })
+        let keys = arc_swap::ArcSwap::from_pointee(KeyRing::build(&config, None));
+        let tier_bounds = config
+            .tier_resources
+            .keys()
+            .map(|t| (t.clone(), tier_bounds(&config, t).into()))
             .collect();
         let rt = tokio::runtime::Handle::try_current()
             .map_err(|_| RouteError::BadRequest("Router::build needs a tokio runtime".into()))?;
         let ledger = Ledger::start(store, self.clock, &rt);
-        Ok(Router {
+        let router = Router {
             inner: Arc::new(Inner {
                 config,
                 pools,
                 ledger,
                 providers,
-                gateway_keys,
+                keys,
+                tier_bounds,
+                master,
+                stored_secrets: arc_swap::ArcSwap::from_pointee(HashMap::new()),
                 auto_models: self.auto_models,
                 auto_pools: Mutex::new(HashMap::new()),
             }),
-        })
+        };
+        // Keys created, revoked or rotated in the store reach this router within
+        // `KEY_REFRESH`; the task ends with the router.
+        let weak = Arc::downgrade(&router.inner);
+        rt.spawn(async move {
+            let mut tick = tokio::time::interval(crate::keys::KEY_REFRESH);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(inner) = weak.upgrade() else { break };
+                let router = Router { inner };
+                if let Err(e) = router.refresh_keys().await {
+                    tracing::warn!(error = %e, "could not read the gateway keys in the store; keeping those known");
+                }
+                if let Err(e) = router.refresh_secrets().await {
+                    tracing::warn!(error = %e, "could not read the stored secrets; keeping those known");
+                }
+            }
+        });
+        Ok(router)
     }
 }

@@ -21,7 +21,7 @@ use bytes::Bytes;
 use http::HeaderMap;
 use llmux_core::config::OnStoreError;
 use llmux_core::health::{GateUse, HealthOp};
-use llmux_core::plan::{lines, PlannedTarget};
+use llmux_core::plan::{lines, Bound, PlannedTarget};
 use llmux_core::store::{Admission, Denial, DenialReason, LeaseId, Reserve, Reserved, Store};
 use llmux_core::time::secs_to_millis;
 use llmux_core::{Subject, Timestamp, Usage};
@@ -67,19 +67,89 @@ pub(super) struct Outcomes {
     unservable: Option<String>,
     /// Attempts that failed upstream (for the backoff before the next).
     failed_attempts: u32,
+    /// The kept denial is a hard USD budget, whose window ends then.
+    budget_ends: Option<Timestamp>,
+    /// A policy rule that kept a target out (reported when no limit was hit either).
+    policy: Option<String>,
 }
 
 impl Outcomes {
     pub(super) fn deny(&mut self, d: Denial) {
-        let better = match (&self.denial, d.retry_at) {
+        self.deny_budget(d, None);
+    }
+
+    /// [`Outcomes::deny`], for a denial by a USD budget whose window ends at `ends`.
+    fn deny_budget(&mut self, d: Denial, ends: Option<Timestamp>) {
+        // A budget frees up when its window ends, whatever its reservations do.
+        let at = |d: &Denial, ends: Option<Timestamp>| ends.or(d.retry_at);
+        let better = match (&self.denial, at(&d, ends)) {
             (None, _) => true,
-            (Some(old), Some(t)) => old.retry_at.is_none_or(|o| t < o),
+            (Some(old), Some(t)) => at(old, self.budget_ends).is_none_or(|o| t < o),
             (Some(_), None) => false,
         };
         if better {
             self.denial = Some(d);
+            self.budget_ends = ends;
         }
     }
+}
+
+/// The rule of `key`'s (or its team's) policy that keeps target `t` from a request
+/// estimated at `estimate`: `providers`, or `max_cost_usd_per_request` at the target's price.
+fn policy_refuses(key: &AuthorizedKey, t: &PlannedTarget, estimate: &Usage) -> Option<String> {
+    for (whose, p) in key.policies() {
+        if let Some(ps) = &p.providers {
+            if !ps.iter().any(|x| x == t.id.provider.as_str()) {
+                return Some(format!(
+                    "provider {:?} is not allowed by the policy of {whose} (providers: {})",
+                    t.id.provider.as_str(),
+                    ps.join(", ")
+                ));
+            }
+        }
+        if let Some(max) = p.max_cost_micro_usd {
+            let cost = priced(t, estimate).cost_micro_usd;
+            if cost > max {
+                return Some(format!(
+                    "the estimated cost ${:.6} on {} is above the limit of ${:.6} set by the policy of {whose} (max_cost_usd_per_request)",
+                    cost as f64 / 1e6,
+                    t.id,
+                    max as f64 / 1e6
+                ));
+            }
+        }
+    }
+    None
+}
+
+/// `usage` with its cost at target `t`'s price (without a price, as it came).
+pub(super) fn priced(t: &PlannedTarget, usage: &Usage) -> Usage {
+    match &t.price {
+        Some(p) => Usage {
+            cost_micro_usd: p.cost_micro_usd(usage),
+            ..*usage
+        },
+        None => *usage,
+    }
+}
+
+/// When the window of the USD resource that made denial `d` ends, if it is one (of the
+/// target's, the pool's or the request's bounds).
+fn budget_end<'a>(
+    bounds: impl Iterator<Item = &'a Bound>,
+    d: &Denial,
+    now: Timestamp,
+) -> Option<Timestamp> {
+    let resource = match &d.reason {
+        DenialReason::Exhausted { resource, .. } | DenialReason::NeverFits { resource, .. } => {
+            resource
+        }
+        _ => return None,
+    };
+    bounds
+        .filter(|b| b.resource.measure == llmux_core::Measure::CostMicroUsd)
+        .find(|b| b.subject == d.subject && b.resource.name == *resource)
+        .map(|b| llmux_core::window_at(b.resource.period, &b.timezone, now).end)
 }
 
 fn client_headers(h: &HeaderMap) -> HeaderMap {
@@ -107,6 +177,8 @@ pub(super) struct Prepared<'a> {
     pub(super) estimate: Usage,
     pub(super) tier: Option<String>,
     pub(super) key: Option<&'a AuthorizedKey>,
+    /// The key's, team's and tier's bounds (see `Router::extra_bounds`).
+    pub(super) extra: Option<Arc<[Bound]>>,
     /// The decision so far: every target passed over, and the attempts made.
     pub(super) decision: Decision,
 }
@@ -119,9 +191,18 @@ impl Router {
         i: usize,
         usage: &Usage,
         now: Timestamp,
-        key: Option<&AuthorizedKey>,
+        extra: Option<&Arc<[Bound]>>,
     ) -> Result<Result<Lease, Denial>, RouteError> {
         let t = &pool.plan.targets[i];
+        let usage = &priced(t, usage);
+        let Some(secret) = self.secret_of(t) else {
+            // `secret = "store"` with no stored secret (yet): the key cannot be used.
+            return Ok(Err(Denial {
+                subject: t.key_gate().clone(),
+                reason: DenialReason::Disabled,
+                retry_at: None,
+            }));
+        };
         let slot = match pool.plan.pool.max_concurrent {
             None => None,
             Some(max) => match PoolSlot::take(pool, max) {
@@ -138,7 +219,7 @@ impl Router {
             },
         };
         let bounds = pool.bounds[i].clone();
-        let extra = key.map(|k| k.bounds.clone()).filter(|b| !b.is_empty());
+        let extra = extra.cloned();
         let mut ls = lines(bounds.iter(), usage, now);
         if let Some(extra) = &extra {
             ls.extend(lines(extra.iter(), usage, now));
@@ -226,12 +307,13 @@ impl Router {
                 Grant {
                     id,
                     target: t.id.clone(),
-                    secret: t.provider.keys[t.key_index].secret.clone(),
+                    secret,
                     key_subject: t.key_gate().clone(),
                     bounds,
                     extra,
                     estimate: *usage,
                     stats: pool.stats[i].clone(),
+                    price: t.price,
                     slot,
                     local,
                     target_gate: t.target_gate().clone(),
@@ -245,11 +327,20 @@ impl Router {
     }
 
     pub(super) fn no_capacity(model: &str, now: Timestamp, out: Outcomes) -> RouteError {
+        if out.denial.is_none() {
+            if let Some(rule) = out.policy {
+                return RouteError::PolicyViolation(rule);
+            }
+        }
         match out.denial {
             Some(d) => RouteError::NoCapacity {
                 model: model.to_string(),
-                retry_after_secs: d.retry_at.map(|t| now.secs_until_ceil(t).max(1)),
+                retry_after_secs: out
+                    .budget_ends
+                    .or(d.retry_at)
+                    .map(|t| now.secs_until_ceil(t).max(1)),
                 denial: Box::new(d),
+                budget: out.budget_ends.is_some(),
             },
             None => RouteError::UnknownModel(model.to_string()),
         }
@@ -333,6 +424,13 @@ impl Router {
                 } else {
                     req.estimate
                 };
+                if let Some(rule) = req.key.and_then(|k| policy_refuses(k, target, &estimate)) {
+                    req.decision
+                        .skipped
+                        .push((target.id.clone(), SkipReason::Policy));
+                    out.policy.get_or_insert(rule);
+                    continue;
+                }
                 // Full jitter after a failed attempt, before reserving again.
                 if out.failed_attempts > 0 {
                     let ceiling = pool.plan.pool.retry.ceiling_ms(out.failed_attempts);
@@ -352,13 +450,20 @@ impl Router {
                 };
                 // Read per attempt: an earlier attempt may have waited for a timeout.
                 let now = self.inner.ledger.clock.now();
-                let lease = match self.try_target(pool, i, &estimate, now, req.key).await? {
+                let extra = req.extra.as_ref();
+                let lease = match self.try_target(pool, i, &estimate, now, extra).await? {
                     Ok(l) => l,
                     Err(d) => {
-                        req.decision
-                            .skipped
-                            .push((target.id.clone(), SkipReason::of(&d)));
-                        out.deny(d);
+                        let bounds = pool.bounds[i]
+                            .iter()
+                            .chain(extra.into_iter().flat_map(|e| e.iter()));
+                        let ends = budget_end(bounds, &d, now);
+                        let why = match ends {
+                            Some(_) => SkipReason::Budget,
+                            None => SkipReason::of(&d),
+                        };
+                        req.decision.skipped.push((target.id.clone(), why));
+                        out.deny_budget(d, ends);
                         continue;
                     }
                 };

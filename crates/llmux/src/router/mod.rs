@@ -34,7 +34,7 @@ use bytes::Bytes;
 use failover::{Outcomes, Prepared};
 use futures_util::StreamExt;
 use http::HeaderMap;
-use llmux_core::config::{Config, GatewayKey, MAX_OUTPUT_TOKENS};
+use llmux_core::config::{Config, MAX_OUTPUT_TOKENS};
 use llmux_core::plan::{plan_pool, Bound};
 use llmux_core::{ProviderId, TargetId, Usage};
 use parking_lot::Mutex;
@@ -47,18 +47,21 @@ pub(crate) struct Inner {
     pools: HashMap<String, Arc<Pool>>,
     pub(crate) ledger: Arc<Ledger>,
     providers: HashMap<ProviderId, Arc<dyn Provider>>,
-    gateway_keys: HashMap<String, Arc<AuthorizedKey>>,
+    /// Gateway keys of config and of the store, rebuilt by `refresh_keys`.
+    keys: arc_swap::ArcSwap<KeyRing>,
+    /// `[tiers.NAME] resources`, bound.
+    tier_bounds: HashMap<String, Arc<[Bound]>>,
+    /// Decrypts the store's secrets (set when a key has `secret = "store"`).
+    master: Option<crate::secrets::MasterKey>,
+    /// The decrypted secrets of keys with `secret = "store"`, by `provider/key`.
+    stored_secrets: arc_swap::ArcSwap<HashMap<llmux_core::Subject, llmux_core::Secret>>,
     /// Model names not in config map to providers by prefix (`Router::from_env`).
     auto_models: bool,
     auto_pools: Mutex<HashMap<String, Arc<Pool>>>,
 }
 
-/// A gateway key that passed authorization, with its resources bound.
-#[derive(Debug)]
-pub struct AuthorizedKey {
-    pub key: GatewayKey,
-    pub(crate) bounds: Arc<[Bound]>,
-}
+pub use crate::keys::AuthorizedKey;
+use crate::keys::{KeyRing, StoredKey};
 
 /// One request to route.
 #[derive(Debug, Clone)]
@@ -204,21 +207,100 @@ impl Router {
         self.inner.pools.keys().cloned().collect()
     }
 
-    /// Check a bearer token. With no gateway keys configured every caller is let through.
+    /// Check a bearer token. While no gateway key exists (in config or in the store) and
+    /// `require_keys` is off, every caller is let through.
     pub fn authorize(
         &self,
         bearer: Option<&str>,
     ) -> Result<Option<Arc<AuthorizedKey>>, RouteError> {
-        if self.inner.gateway_keys.is_empty() {
+        let ring = self.inner.keys.load();
+        if !ring.required {
+            if !ring.loaded {
+                // Keys may exist in a store not read yet: refuse rather than let all in.
+                return Err(RouteError::Store(llmux_core::StoreError::Unavailable(
+                    "the gateway keys in the store have not been read yet".into(),
+                )));
+            }
             return Ok(None);
         }
         let token = bearer.ok_or(RouteError::Unauthorized)?;
-        self.inner
-            .gateway_keys
-            .get(token)
-            .cloned()
-            .map(Some)
-            .ok_or(RouteError::Unauthorized)
+        ring.find(token).map(Some).ok_or(RouteError::Unauthorized)
+    }
+
+    /// Read and decrypt the store's secrets of keys with `secret = "store"` (the router also
+    /// does this every [`crate::keys::KEY_REFRESH`]). A secret that cannot be decrypted is
+    /// logged (never shown) and its key left out. Returns how many keys have one.
+    pub async fn refresh_secrets(&self) -> Result<usize, RouteError> {
+        use llmux_core::Records;
+        let Some(master) = &self.inner.master else {
+            return Ok(0);
+        };
+        let records = self
+            .inner
+            .ledger
+            .store
+            .list_records(llmux_core::records::SECRETS)
+            .await?;
+        let mut map = HashMap::new();
+        for p in self.inner.config.providers.values() {
+            for k in p.keys.iter().filter(|k| k.from_store) {
+                let name = format!("{}/{}", p.id, k.id);
+                let Some((_, record)) = records.iter().find(|(n, _)| *n == name) else {
+                    continue;
+                };
+                match master.open(&name, record) {
+                    Ok(secret) => {
+                        map.insert(llmux_core::Subject::key(&p.id, &k.id), secret);
+                    }
+                    Err(e) => tracing::error!(error = %e, "a stored secret cannot be used"),
+                }
+            }
+        }
+        let n = map.len();
+        self.inner.stored_secrets.store(Arc::new(map));
+        Ok(n)
+    }
+
+    /// The secret of target `t`'s key: from config, or (for `secret = "store"`) as last read
+    /// from the store.
+    pub(crate) fn secret_of(
+        &self,
+        t: &llmux_core::plan::PlannedTarget,
+    ) -> Option<llmux_core::Secret> {
+        let key = &t.provider.keys[t.key_index];
+        if !key.from_store {
+            return Some(key.secret.clone());
+        }
+        self.inner.stored_secrets.load().get(t.key_gate()).cloned()
+    }
+
+    /// [`Router::authorize`], reading the store's gateway keys first if they have never been
+    /// read (the gateway's path).
+    pub async fn authorize_request(
+        &self,
+        bearer: Option<&str>,
+    ) -> Result<Option<Arc<AuthorizedKey>>, RouteError> {
+        if !self.inner.keys.load().loaded {
+            self.refresh_keys().await?;
+        }
+        self.authorize(bearer)
+    }
+
+    /// Read the store's gateway keys now and use them with config's (the router also does
+    /// this every [`crate::keys::KEY_REFRESH`] by itself). Returns how many keys are live.
+    pub async fn refresh_keys(&self) -> Result<usize, RouteError> {
+        use llmux_core::Records;
+        let records = self
+            .inner
+            .ledger
+            .store
+            .list_records(llmux_core::records::GATEWAY_KEYS)
+            .await?;
+        let stored: Vec<StoredKey> = crate::keys::parse_stored(&records);
+        let live = stored.iter().filter(|k| k.revoked_ms.is_none()).count();
+        let ring = KeyRing::build(&self.inner.config, Some(&stored));
+        self.inner.keys.store(Arc::new(ring));
+        Ok(live + self.inner.config.gateway_keys.len())
     }
 
     fn pool(&self, model: &str) -> Option<Arc<Pool>> {
@@ -292,25 +374,44 @@ impl Router {
         };
         let parsed = RawRequest::parse(&bytes).map_err(|e| RouteError::BadRequest(e.0))?;
         let model = parsed.model.to_string();
+        let key = gateway_key.as_deref();
         let allowed = |m: &str| {
-            gateway_key
-                .as_ref()
-                .and_then(|k| k.key.models.as_ref())
-                .is_none_or(|ms| ms.iter().any(|x| x == m))
+            key.is_none_or(|k| {
+                k.policies()
+                    .all(|(_, p)| p.models.as_ref().is_none_or(|ms| ms.iter().any(|x| x == m)))
+            })
         };
-        if !allowed(&model) {
-            return Err(RouteError::UnknownModel(model));
+        if let Some(k) = key {
+            for (whose, p) in k.policies() {
+                if let Some(ms) = p.models.as_ref().filter(|ms| !ms.contains(&model)) {
+                    return Err(RouteError::PolicyViolation(format!(
+                        "model {model:?} is not allowed by the policy of {whose} (models: {})",
+                        ms.join(", ")
+                    )));
+                }
+                if let (Some(max), Some(asked)) = (p.max_tokens, parsed.max_tokens) {
+                    if asked > max {
+                        return Err(RouteError::PolicyViolation(format!(
+                            "max_tokens {asked} is above the limit of {max} set by the policy of {whose} (max_tokens)"
+                        )));
+                    }
+                }
+            }
         }
         let pool = self
             .pool(&model)
             .ok_or_else(|| RouteError::UnknownModel(model.clone()))?;
-        let tier = self.effective_tier(tier, gateway_key.as_deref());
-        // Output is reserved as asked, else as the model's `default_max_tokens`: never 0, or
-        // token and USD limits would ignore output. Embeddings produce none.
+        let tier = self.effective_tier(tier, key);
+        // Output is reserved as asked, else as the model's `default_max_tokens` (capped by a
+        // policy's `max_tokens`): never 0, or token and USD limits would ignore output.
+        // Embeddings produce none.
+        let policy_max = key.and_then(|k| k.policies().filter_map(|(_, p)| p.max_tokens).min());
         let max_out = match parsed.max_tokens {
             Some(n) => n,
             None if endpoint == Endpoint::Embeddings => 0,
-            None => pool.plan.pool.default_max_tokens,
+            None => policy_max.map_or(pool.plan.pool.default_max_tokens, |m| {
+                m.min(pool.plan.pool.default_max_tokens)
+            }),
         };
         if max_out > MAX_OUTPUT_TOKENS {
             return Err(RouteError::BadRequest(format!(
@@ -327,6 +428,7 @@ impl Router {
                 }
             }
         }
+        let extra = self.extra_bounds(key, tier.as_deref());
         let mut req = Prepared {
             model,
             endpoint,
@@ -334,7 +436,8 @@ impl Router {
             map,
             estimate,
             tier,
-            key: gateway_key.as_deref(),
+            key,
+            extra,
             decision: Decision::default(),
         };
         let r = match self.send_with_failover(&chain, &mut req).await {
@@ -348,6 +451,24 @@ impl Router {
         };
         *decision = std::mem::take(&mut req.decision);
         r
+    }
+
+    /// The bounds a request counts against beyond its target's and its pool's: its gateway
+    /// key's and team's, and its tier's.
+    fn extra_bounds(
+        &self,
+        key: Option<&AuthorizedKey>,
+        tier: Option<&str>,
+    ) -> Option<Arc<[Bound]>> {
+        let own = key.map(|k| &k.bounds).filter(|b| !b.is_empty());
+        let tier = tier
+            .and_then(|t| self.inner.tier_bounds.get(t))
+            .filter(|b| !b.is_empty());
+        match (own, tier) {
+            (None, None) => None,
+            (Some(b), None) | (None, Some(b)) => Some(b.clone()),
+            (Some(a), Some(b)) => Some(a.iter().chain(b.iter()).cloned().collect()),
+        }
     }
 
     /// Count the request's input tokens with the tokenizer of the pool's models, when every
