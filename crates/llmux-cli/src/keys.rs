@@ -27,7 +27,7 @@ pub enum KeysCommand {
         #[arg(long)]
         team: Option<String>,
         /// A hard budget in USD per `--budget-period`.
-        #[arg(long)]
+        #[arg(long, allow_negative_numbers = true)]
         budget_usd: Option<f64>,
         /// The budget's window: daily, weekly, monthly (default), …
         #[arg(long, requires = "budget_usd")]

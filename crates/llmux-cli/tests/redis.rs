@@ -3,7 +3,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
-use common::{burst, chat, free_port, serve, show_state_json, wait_rpm_settled, Serving};
+use common::{
+    burst, chat, free_port, price_x, serve, settled_usd, show_state_json, wait_rpm_settled, Serving,
+};
 use llmux_testkit::redis::RedisServer;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -74,6 +76,9 @@ fn three_gateways(
             "fail-closed",
             resources,
         );
+        if resources.contains("usd") {
+            price_x(&cfg);
+        }
         procs.push(serve(&cfg, port));
         ports.push(port);
         first.get_or_insert(cfg);
@@ -94,6 +99,27 @@ fn three_gateways_on_one_redis_admit_exactly_rpm_100_of_400() {
     );
     assert_eq!(burst(&ports, 400), (100, 300));
     wait_rpm_settled(&cfg, 100);
+}
+
+/// 200 requests over three gateways against a $0.20 budget of cent-sized requests whose
+/// estimates cover their usage: spend never passes the budget.
+#[test]
+fn three_gateways_on_one_redis_hold_a_hard_usd_budget() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let prefix = format!("usd{}", std::process::id());
+    let (_dir, _procs, ports, cfg) = three_gateways(
+        &server,
+        &prefix,
+        r#"{ name = "budget_usd", value = 0.2, period = "monthly" }"#,
+    );
+    let (ok, limited) = burst(&ports, 200);
+    assert_eq!(ok + limited, 200);
+    assert!((10..=20).contains(&ok), "{ok} served");
+    let spent = settled_usd(&cfg, "budget_usd");
+    assert!((spent - ok as f64 * 0.01).abs() < 1e-9, "{spent} for {ok}");
+    assert!(spent <= 0.2 + 1e-9, "spent {spent} of 0.2");
 }
 
 #[test]

@@ -182,7 +182,7 @@ type Bucket = Vec<([u8; 32], Arc<AuthorizedKey>)>;
 #[derive(Default)]
 pub(crate) struct KeyRing {
     by_prefix: HashMap<u64, Bucket>,
-    /// Requests need a key: one exists, or `require_keys`.
+    /// Requests need a key: one exists (revoked ones too), or `require_keys`.
     pub(crate) required: bool,
     /// The store's keys were read at least once (until then, stored keys may exist).
     pub(crate) loaded: bool,
@@ -220,7 +220,10 @@ impl KeyRing {
             };
             ring.insert(h, AuthorizedKey::new(config, key));
         }
-        ring.required = config.require_keys || !ring.by_prefix.is_empty();
+        // A revoked key still counts: revoking the last key must not open the gateway.
+        ring.required = config.require_keys
+            || !ring.by_prefix.is_empty()
+            || stored.is_some_and(|s| !s.is_empty());
         ring
     }
 
@@ -296,6 +299,7 @@ mod tests {
         };
         let ring = KeyRing::build(&config, Some(&[revoked]));
         assert!(ring.find(&a).is_none());
-        assert!(!ring.required);
+        assert!(ring.required, "revoking the last key keeps keys required");
+        assert!(!KeyRing::build(&config, Some(&[])).required);
     }
 }

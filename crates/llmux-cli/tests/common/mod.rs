@@ -118,3 +118,34 @@ pub fn wait_rpm_settled(cfg: &Path, used: u64) {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Make the config at `cfg` price model `x` at 1,000 USD per 1M tokens (a cent for the mock's
+/// 7 + 3 tokens) and reserve 3 output tokens, so each estimate (8 + 3) covers the usage.
+pub fn price_x(cfg: &Path) {
+    let text = std::fs::read_to_string(cfg).unwrap();
+    let text = if text.contains("default_max_tokens = 1\n") {
+        text.replace("default_max_tokens = 1\n", "default_max_tokens = 3\n")
+    } else {
+        text.replace("[models.m]\n", "[models.m]\ndefault_max_tokens = 3\n")
+    };
+    std::fs::write(
+        cfg,
+        format!("{text}\n[prices.\"x\"]\ninput = 1000\noutput = 1000\n"),
+    )
+    .unwrap();
+}
+
+/// Wait (up to 10 s) until `resource` (USD) of `demo/k1` settles with nothing reserved, and
+/// return what it used.
+pub fn settled_usd(cfg: &Path, resource: &str) -> f64 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let v = show_state_json(cfg, "demo/k1");
+        let r = &v["subjects"][0]["resources"][resource];
+        if r["reserved"].as_f64() == Some(0.0) {
+            return r["used"].as_f64().unwrap();
+        }
+        assert!(Instant::now() < deadline, "{v}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -1,0 +1,308 @@
+//! Governance end to end: USD budgets that hold under concurrency, policies, gateway keys read
+//! from the store while serving.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod common;
+use common::*;
+use llmux_core::Records;
+use llmux_testkit::MockUpstream;
+
+/// One openai-compatible provider whose model costs 1,000 USD per 1M tokens (1,000 micro-USD
+/// a token), so small token counts make visible money.
+fn priced(base: &str, store: &str, extra: &str) -> String {
+    format!(
+        r#"
+tier_order = ["free", "pro"]
+[store]
+{store}
+[prices."gpt-4o-mini"]
+input = 1000
+output = 1000
+[providers.up]
+kind = "openai-compatible"
+base_url = "{base}"
+[[providers.up.keys]]
+id = "k1"
+secret = "sk-1"
+[models.m]
+targets = [{{ provider = "up", model = "gpt-4o-mini" }}]
+[models.other]
+targets = [{{ provider = "up", model = "gpt-4o-mini" }}]
+{extra}
+"#
+    )
+}
+
+fn small_chat(model: &str, max_tokens: u64) -> String {
+    serde_json::json!({"model": model, "max_tokens": max_tokens,
+        "messages": [{"role": "user", "content": "Say hello"}]})
+    .to_string()
+}
+
+async fn burst(gw: &Gateway, n: usize, body: String, headers: Vec<(String, String)>) -> Vec<Resp> {
+    let mut tasks = Vec::new();
+    for _ in 0..n {
+        let (addr, body, headers) = (gw.addr, body.clone(), headers.clone());
+        tasks.push(tokio::spawn(async move {
+            let h: Vec<(&str, &str)> = headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            post(addr, "/v1/chat/completions", body, &h).await
+        }));
+    }
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
+}
+
+/// 200 concurrent requests against a hard budget that fits about 20: spend (the mock's
+/// reported usage × the price) never passes the budget by more than one request's estimate
+/// error, the rest are 429 `budget_exceeded` without `retry-after`, and the stored counter is
+/// exactly what was spent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hard_budget_holds_under_200_concurrent_requests() {
+    let mock = MockUpstream::start().await;
+    // Each answer reports 10 + 10 tokens: $0.02.
+    mock.set_usage(10, 10);
+    let extra = r#"
+[[gateway_keys]]
+id = "team-key"
+secret = "gk-budget"
+resources = [{ name = "budget", value = 0.4, period = "monthly" }]
+"#;
+    let gw = start(&priced(
+        &mock.base_url(),
+        "kind = \"sqlite\"\npath = \"{DB}\"",
+        extra,
+    ))
+    .await;
+    let auth = vec![("authorization".to_string(), "Bearer gk-budget".to_string())];
+    let rs = burst(&gw, 200, small_chat("m", 10), auth.clone()).await;
+    let ok = rs.iter().filter(|r| r.status == 200).count();
+    let refused: Vec<&Resp> = rs.iter().filter(|r| r.status == 429).collect();
+    assert_eq!(ok + refused.len(), 200, "only 200s and 429s expected");
+    assert!(ok >= 10, "the budget fits ~20 requests; {ok} were served");
+    for r in &refused {
+        let e = r.json();
+        assert_eq!(e["error"]["type"], "insufficient_quota", "{e}");
+        assert_eq!(e["error"]["code"], "budget_exceeded", "{e}");
+        assert!(
+            r.header("retry-after").is_none(),
+            "a budget has no retry-after"
+        );
+        assert_eq!(
+            r.header("x-llmux-limit"),
+            Some("gateway-key:team-key:budget")
+        );
+    }
+    let spent_micro = ok as u64 * 20_000;
+    // One request's estimate (prompt estimate + 10 output tokens) bounds the overshoot; here
+    // the estimate is never below the actual usage, so there is none at all.
+    assert!(
+        spent_micro <= 400_000,
+        "spent ${}",
+        spent_micro as f64 / 1e6
+    );
+    assert_eq!(mock.request_count(), ok);
+    eventually(|| async {
+        counter(&gw.router, "gateway-key:team-key", "budget").await == (spent_micro, 0)
+    })
+    .await;
+    // Once reconciled, what is left is spent to the last request that fits.
+    let left = 400_000 - spent_micro;
+    let more = burst(&gw, 40, small_chat("m", 10), auth).await;
+    let more_ok = more.iter().filter(|r| r.status == 200).count() as u64;
+    assert!(
+        more_ok * 20_000 <= left,
+        "{more_ok} more after ${left} left"
+    );
+}
+
+#[tokio::test]
+async fn policies_refuse_with_403_naming_the_rule() {
+    let mock = MockUpstream::start().await;
+    let extra = r#"
+[prices."pricey"]
+input = 1000000
+output = 1000000
+[models.expensive]
+targets = [{ provider = "up", model = "pricey" }]
+[teams.research]
+max_tokens = 500
+[[gateway_keys]]
+id = "narrow"
+secret = "gk-narrow"
+team = "research"
+models = ["m", "expensive"]
+max_cost_usd_per_request = 2
+"#;
+    let gw = start(&priced(&mock.base_url(), "kind = \"memory\"", extra)).await;
+    let auth = [("authorization", "Bearer gk-narrow")];
+    let refused = |r: &Resp, rule: &str| {
+        assert_eq!(r.status, 403, "{}", r.text());
+        let e = r.json();
+        assert_eq!(e["error"]["type"], "permission_error");
+        assert_eq!(e["error"]["code"], "policy_violation");
+        let msg = e["error"]["message"].as_str().unwrap();
+        assert!(msg.contains(rule), "{msg} should name {rule}");
+    };
+    let r = post(
+        gw.addr,
+        "/v1/chat/completions",
+        small_chat("other", 10),
+        &auth,
+    )
+    .await;
+    refused(&r, "models");
+    let r = post(gw.addr, "/v1/chat/completions", small_chat("m", 600), &auth).await;
+    refused(&r, "max_tokens");
+    assert!(r.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("team \"research\""));
+    // 10 output tokens at $1 each is $10 before the prompt: above the $2 per request.
+    let r = post(
+        gw.addr,
+        "/v1/chat/completions",
+        small_chat("expensive", 10),
+        &auth,
+    )
+    .await;
+    refused(&r, "max_cost_usd_per_request");
+    assert_eq!(
+        mock.request_count(),
+        0,
+        "nothing refused reached the upstream"
+    );
+    let r = post(gw.addr, "/v1/chat/completions", small_chat("m", 100), &auth).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    // Without max_tokens the reservation takes the policy's cap, not the model's 4,096.
+    let r = post(gw.addr, "/v1/chat/completions", chat("m"), &auth).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
+/// Team, tier and global USD limits all count each request; the one that runs out names
+/// itself.
+#[tokio::test]
+async fn team_tier_and_global_budgets_count_every_request() {
+    let mock = MockUpstream::start().await;
+    mock.set_usage(10, 10);
+    let extra = r#"
+[teams.research]
+resources = [{ name = "budget", value = 1, period = "daily" }]
+[tiers.pro]
+resources = [{ name = "pro_usd", value = 5, period = "monthly" }]
+[global]
+resources = [{ name = "spend_usd", value = 0.05, period = "monthly" }]
+[[gateway_keys]]
+id = "r1"
+secret = "gk-r1"
+tier = "pro"
+team = "research"
+"#;
+    let gw = start(&priced(&mock.base_url(), "kind = \"memory\"", extra)).await;
+    let auth = [("authorization", "Bearer gk-r1")];
+    let r = post(gw.addr, "/v1/chat/completions", small_chat("m", 10), &auth).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    for (subject, resource) in [
+        ("team:research", "budget"),
+        ("tier:pro", "pro_usd"),
+        ("global", "spend_usd"),
+    ] {
+        eventually(|| async { counter(&gw.router, subject, resource).await == (20_000, 0) }).await;
+    }
+    let r = post(gw.addr, "/v1/chat/completions", small_chat("m", 10), &auth).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    eventually(|| async { counter(&gw.router, "global", "spend_usd").await == (40_000, 0) }).await;
+    // $0.01 left globally: the next request's estimate does not fit.
+    let r = post(gw.addr, "/v1/chat/completions", small_chat("m", 10), &auth).await;
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], "budget_exceeded");
+    assert_eq!(r.header("x-llmux-limit"), Some("global:spend_usd"));
+    // The global budget covers requests without a key too (no key exists for them: the
+    // config has one, so they are 401 first).
+    let r = post(gw.addr, "/v1/chat/completions", small_chat("m", 10), &[]).await;
+    assert_eq!(r.status, 401);
+}
+
+/// A key written to the store reaches a serving gateway within the refresh, a revoked one
+/// stops working, and the store holds only the hash.
+#[tokio::test]
+async fn stored_keys_are_honoured_and_revoked_while_serving() {
+    use llmux::keys::{hash_hex, hint_of, new_secret, StoredKey};
+    let mock = MockUpstream::start().await;
+    let gw = start(&priced(
+        &mock.base_url(),
+        "kind = \"sqlite\"\npath = \"{DB}\"",
+        "",
+    ))
+    .await;
+    // No key anywhere: open.
+    let r = post(gw.addr, "/v1/chat/completions", chat("m"), &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let secret = new_secret().unwrap();
+    let mut key = StoredKey {
+        name: "app".into(),
+        hash: hash_hex(&secret),
+        hint: hint_of(&secret),
+        tier: None,
+        team: None,
+        models: Some(vec!["m".into()]),
+        budget_usd: None,
+        budget_period: None,
+        rpm: Some(100),
+        tpm: None,
+        created_ms: 0,
+        revoked_ms: None,
+    };
+    let store = gw.router.store().clone();
+    store
+        .put_record("gateway_keys", "app", &serde_json::to_string(&key).unwrap())
+        .await
+        .unwrap();
+    let bearer = format!("Bearer {secret}");
+    let auth = [("authorization", bearer.as_str())];
+    let started = std::time::Instant::now();
+    loop {
+        let r = post(gw.addr, "/v1/chat/completions", chat("m"), &[]).await;
+        if r.status == 401 {
+            break;
+        }
+        assert!(
+            started.elapsed().as_secs() < 5,
+            "the new key was not seen in 5 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let r = post(gw.addr, "/v1/chat/completions", chat("m"), &auth).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    eventually(|| async { counter(&gw.router, "gateway-key:app", "rpm").await == (1, 0) }).await;
+    let r = post(gw.addr, "/v1/chat/completions", chat("other"), &auth).await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    // The file holds the hash, never the secret.
+    let db = std::fs::read(gw.dir.path().join("llmux.db")).unwrap();
+    let wal = std::fs::read(gw.dir.path().join("llmux.db-wal")).unwrap_or_default();
+    for bytes in [&db, &wal] {
+        assert!(!bytes.windows(secret.len()).any(|w| w == secret.as_bytes()));
+    }
+    key.revoked_ms = Some(1);
+    store
+        .put_record("gateway_keys", "app", &serde_json::to_string(&key).unwrap())
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    loop {
+        let r = post(gw.addr, "/v1/chat/completions", chat("m"), &auth).await;
+        if r.status == 401 {
+            break;
+        }
+        assert_eq!(r.status, 200);
+        assert!(
+            started.elapsed().as_secs() < 5,
+            "the revoked key still worked after 5 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
