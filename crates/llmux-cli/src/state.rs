@@ -72,7 +72,7 @@ impl Target<'_> {
             subject: self.subject.clone(),
             resource: r.name.clone(),
             window: window_at(r.period, &self.provider.timezone, now),
-            capacity: r.capacity,
+            capacity: r.stored_capacity(),
             amount: 0,
         }
     }
@@ -113,7 +113,7 @@ async fn states(
                     subject: subject.clone(),
                     resource: r.name.clone(),
                     window: window_at(r.period, &t.provider.timezone, now),
-                    capacity: r.capacity,
+                    capacity: r.stored_capacity(),
                     amount: 0,
                 };
                 s.resources
@@ -126,17 +126,28 @@ async fn states(
     Ok(states)
 }
 
+/// `resource` of `subject` in config.
+fn resource_of(config: &Config, subject: &str, resource: &str) -> Option<Resource> {
+    target(config, subject)
+        .ok()?
+        .resources
+        .iter()
+        .find(|r| &*r.name == resource)
+        .cloned()
+}
+
 /// The unit of `resource` on `subject` in config (requests when unknown).
 fn measure(config: &Config, subject: &str, resource: &str) -> Measure {
-    target(config, subject)
-        .ok()
-        .and_then(|t| {
-            t.resources
-                .iter()
-                .find(|r| &*r.name == resource)
-                .map(|r| r.measure)
-        })
-        .unwrap_or(Measure::Requests)
+    resource_of(config, subject, resource).map_or(Measure::Requests, |r| r.measure)
+}
+
+/// A stored counter as people mean it: a soft limit's capacity without its margin.
+fn shown(config: &Config, subject: &str, resource: &str, c: &Counter) -> Counter {
+    let mut c = *c;
+    if let Some(r) = resource_of(config, subject, resource) {
+        c.capacity = r.shown(c.capacity);
+    }
+    c
 }
 
 /// An amount in the resource's own unit for people: USD for cost resources (stored as micro-USD).
@@ -194,9 +205,10 @@ fn state_json(config: &Config, s: &SubjectState, now: Timestamp) -> serde_json::
         .iter()
         .map(|(name, c)| {
             let m = measure(config, &s.subject, name);
+            let c = shown(config, &s.subject, name, c);
             (
                 name.clone(),
-                counter_json(c, m, now, config.capacity_thresholds),
+                counter_json(&c, m, now, config.capacity_thresholds),
             )
         })
         .collect();
@@ -287,6 +299,7 @@ fn print_text(
         }
         for (name, c) in &s.resources {
             let m = measure(config, &s.subject, name);
+            let c = &shown(config, &s.subject, name, c);
             let used = if now >= c.window.end { 0 } else { c.used };
             let forecast = match c.exhausts_at(now) {
                 Some(t) => format!(", runs out at {} at this rate", t.rfc3339()),
@@ -408,7 +421,7 @@ pub async fn change(
         "{subject} {resource}: used {} + reserved {} of {} (window ends in {} s)",
         amount_text(m, c.used),
         amount_text(m, c.reserved),
-        amount_text(m, c.capacity),
+        amount_text(m, r.shown(c.capacity)),
         now.secs_until_ceil(c.window.end)
     )?;
     Ok(())

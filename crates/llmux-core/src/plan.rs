@@ -24,7 +24,7 @@ impl Bound {
             subject: self.subject.clone(),
             resource: self.resource.name.clone(),
             window: window_at(self.resource.period, &self.timezone, now),
-            capacity: self.resource.capacity,
+            capacity: self.resource.stored_capacity(),
             amount: usage.amount(self.resource.measure),
         }
     }

@@ -306,3 +306,94 @@ async fn stored_keys_are_honoured_and_revoked_while_serving() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
+
+/// `cost`: the cheapest target with room takes the request; when its limit is reached the
+/// next cheapest does, and the decision header says why.
+#[tokio::test]
+async fn the_cost_strategy_takes_the_cheapest_target_with_room() {
+    let mock = MockUpstream::start().await;
+    let base = mock.base_url();
+    let cfg = format!(
+        r#"
+[store]
+kind = "memory"
+[providers.dear]
+kind = "openai-compatible"
+base_url = "{base}"
+[[providers.dear.keys]]
+id = "k1"
+secret = "sk-1"
+[providers.cheap]
+kind = "openai-compatible"
+base_url = "{base}"
+[[providers.cheap.keys]]
+id = "k1"
+secret = "sk-2"
+resources = [{{ name = "rpm", value = 2, period = "minutely" }}]
+[models.m]
+strategy = "cost"
+targets = [{{ provider = "dear", model = "gpt-4o" }},
+           {{ provider = "cheap", model = "gpt-4o-mini" }},
+           {{ provider = "cheap", model = "house", price = {{ input = 50, output = 50 }} }}]
+"#
+    );
+    let gw = start(&cfg).await;
+    let ask = [("x-llmux-decision", "1")];
+    let mut picked = Vec::new();
+    for _ in 0..3 {
+        let r = post(gw.addr, "/v1/chat/completions", small_chat("m", 10), &ask).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        picked.push(r.header("x-llmux-target").unwrap().to_string());
+        if picked.len() == 3 {
+            let d = r.header("x-llmux-decision").unwrap();
+            assert!(d.contains("skipped=cheap/k1/gpt-4o-mini:limit:rpm"), "{d}");
+        }
+    }
+    // gpt-4o-mini (built-in list price) is cheaper than gpt-4o and than the $50 house model.
+    assert_eq!(
+        picked,
+        [
+            "cheap/k1/gpt-4o-mini",
+            "cheap/k1/gpt-4o-mini",
+            "dear/k1/gpt-4o"
+        ]
+    );
+}
+
+/// A soft budget serves past its limit and says so in `x-llmux-budget-exceeded`; show-state
+/// style counters keep the real spend.
+#[tokio::test]
+async fn a_soft_budget_serves_and_flags_the_answer() {
+    let mock = MockUpstream::start().await;
+    mock.set_usage(10, 10);
+    let extra = r#"
+[[gateway_keys]]
+id = "soft"
+secret = "gk-soft"
+resources = [{ name = "budget", value = 0.05, period = "daily", enforce = "soft" }]
+"#;
+    let gw = start(&priced(
+        &mock.base_url(),
+        "kind = \"sqlite\"\npath = \"{DB}\"",
+        extra,
+    ))
+    .await;
+    let auth = [("authorization", "Bearer gk-soft")];
+    let mut flagged = Vec::new();
+    for i in 0..4u64 {
+        let r = post(gw.addr, "/v1/chat/completions", small_chat("m", 10), &auth).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        flagged.push(r.header("x-llmux-budget-exceeded").map(str::to_string));
+        eventually(|| async {
+            counter(&gw.router, "gateway-key:soft", "budget").await == ((i + 1) * 20_000, 0)
+        })
+        .await;
+    }
+    // $0.02 a request against $0.05: the third takes it past (by its estimate), and every
+    // later one is flagged too.
+    assert_eq!(flagged[0], None);
+    assert_eq!(flagged[1], None);
+    assert_eq!(flagged[2].as_deref(), Some("gateway-key:soft:budget"));
+    assert_eq!(flagged[3].as_deref(), Some("gateway-key:soft:budget"));
+    assert_eq!(mock.request_count(), 4);
+}

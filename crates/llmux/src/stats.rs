@@ -217,6 +217,7 @@ impl TargetStats {
             in_flight: self.in_flight.load(Ordering::Acquire),
             score: 1.0 - (1.0 - success) * kept,
             latency_us: f64::from_bits(self.latency_us.load(Ordering::Acquire)) * kept,
+            cost: None,
         }
     }
 }

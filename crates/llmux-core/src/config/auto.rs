@@ -44,6 +44,7 @@ pub fn auto_pool(config: &Config, model: &str) -> Option<ModelPool> {
         retry: super::Retry::default(),
         first_token_timeout_secs: None,
         deadline_secs: None,
+        objective: super::Objective::default(),
     })
 }
 

@@ -88,7 +88,41 @@ pub(super) fn check_model(
         retry,
         first_token_timeout_secs,
         deadline_secs,
+        objective: check_objective(m.objective.as_ref(), &format!("{at}.objective"), out),
     })
+}
+
+/// `objective = { cost, reliability, latency, fairness }`: weights >= 0, not all 0; a weight
+/// left out is 0 (the whole table left out: the defaults).
+fn check_objective(o: Option<&RawObjective>, at: &str, out: &mut Issues) -> Objective {
+    let Some(o) = o else {
+        return Objective::default();
+    };
+    let mut w = |v: Option<RawNumber>, name: &str| -> f64 {
+        let v = v.map_or(0.0, RawNumber::as_f64);
+        if !(v.is_finite() && v >= 0.0) {
+            out.push(
+                format!("{at}.{name}"),
+                format!("{v} is not a weight; expected a number >= 0"),
+            );
+            return 0.0;
+        }
+        v
+    };
+    let obj = Objective {
+        cost: w(o.cost, "cost"),
+        reliability: w(o.reliability, "reliability"),
+        latency: w(o.latency, "latency"),
+        fairness: w(o.fairness, "fairness"),
+    };
+    if obj.cost + obj.reliability + obj.latency + obj.fairness <= 0.0 {
+        out.push(
+            at,
+            "needs a weight above 0 (cost, reliability, latency or fairness)",
+        );
+        return Objective::default();
+    }
+    obj
 }
 
 /// `retry = { backoff_ms, max_backoff_ms }`: `max_backoff_ms` at least `backoff_ms`, both at

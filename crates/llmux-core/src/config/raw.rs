@@ -216,6 +216,17 @@ pub struct RawModel {
     pub first_token_timeout_secs: Option<u64>,
     /// The whole request, every attempt included.
     pub deadline_secs: Option<u64>,
+    /// Weights of the `objective` strategy.
+    pub objective: Option<RawObjective>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawObjective {
+    pub cost: Option<RawNumber>,
+    pub reliability: Option<RawNumber>,
+    pub latency: Option<RawNumber>,
+    pub fairness: Option<RawNumber>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

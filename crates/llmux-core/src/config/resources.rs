@@ -122,6 +122,12 @@ pub fn check_resources(list: &[RawResource], at: &str, out: &mut Issues) -> Vec<
                 Enforce::Hard
             }
         };
+        if enforce == Enforce::Soft && capacity > MAX_SOFT_CAPACITY {
+            out.push(
+                format!("{at}.value"),
+                format!("too large for a soft limit (at most {MAX_SOFT_CAPACITY} units)"),
+            );
+        }
         result.push(Resource {
             name: Arc::from(r.name.as_str()),
             capacity,

@@ -306,6 +306,14 @@ pub fn parse_master_key(text: &str) -> Result<[u8; 32], String> {
     Ok(out)
 }
 
+/// Added to a soft resource's capacity in the store: reservations never stop at the real
+/// capacity, and the room the store reports (below the margin once past it) tells that the
+/// limit was passed. 2^50 keeps every sum exact in Redis's doubles (below 2^53).
+pub const SOFT_MARGIN: u64 = 1 << 50;
+
+/// The largest capacity of a soft resource (so capacity + [`SOFT_MARGIN`] stays exact).
+pub const MAX_SOFT_CAPACITY: u64 = 1 << 52;
+
 /// A named, limited quantity with a capacity per window.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Resource {
@@ -315,6 +323,23 @@ pub struct Resource {
     pub period: Period,
     pub measure: Measure,
     pub enforce: Enforce,
+}
+
+impl Resource {
+    /// The capacity the store holds: for a soft resource, plus [`SOFT_MARGIN`].
+    pub fn stored_capacity(&self) -> u64 {
+        match self.enforce {
+            Enforce::Hard => self.capacity,
+            Enforce::Soft => self.capacity.saturating_add(SOFT_MARGIN),
+        }
+    }
+    /// A stored capacity (or room) as people mean it: without the soft margin.
+    pub fn shown(&self, stored: u64) -> u64 {
+        match self.enforce {
+            Enforce::Hard => stored,
+            Enforce::Soft => stored.saturating_sub(SOFT_MARGIN),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -351,10 +376,11 @@ pub enum Strategy {
     Score,
     Latency,
     Cost,
+    Objective,
 }
 
 impl Strategy {
-    pub const NAMES: [&'static str; 7] = [
+    pub const NAMES: [&'static str; 8] = [
         "weighted",
         "priority",
         "round-robin",
@@ -362,6 +388,7 @@ impl Strategy {
         "score",
         "latency",
         "cost",
+        "objective",
     ];
     pub(super) fn parse(s: &str) -> Option<Self> {
         Some(match s {
@@ -372,6 +399,7 @@ impl Strategy {
             "score" => Strategy::Score,
             "latency" => Strategy::Latency,
             "cost" => Strategy::Cost,
+            "objective" => Strategy::Objective,
             _ => return None,
         })
     }
@@ -421,6 +449,30 @@ pub struct ModelPool {
     pub first_token_timeout_secs: Option<u64>,
     /// The whole request, every attempt and backoff included (`None`: unbounded).
     pub deadline_secs: Option<u64>,
+    /// The weights of the `objective` strategy.
+    pub objective: Objective,
+}
+
+/// Weights of the `objective` strategy (see `select::order`): each target's cost,
+/// unreliability, latency and load are normalised to 0..=1 over the candidates, and the
+/// lowest weighted sum goes first.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Objective {
+    pub cost: f64,
+    pub reliability: f64,
+    pub latency: f64,
+    pub fairness: f64,
+}
+
+impl Default for Objective {
+    fn default() -> Self {
+        Objective {
+            cost: 0.5,
+            reliability: 0.3,
+            latency: 0.2,
+            fairness: 0.0,
+        }
+    }
 }
 
 #[derive(Clone, Debug)]

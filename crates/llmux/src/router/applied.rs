@@ -3,6 +3,7 @@
 //! and the IETF `RateLimit-Policy` / `RateLimit` fields listing every limit.
 
 use http::HeaderName;
+use llmux_core::config::{Enforce, SOFT_MARGIN};
 use llmux_core::plan::Bound;
 use llmux_core::{Measure, Subject, Timestamp, Window};
 use std::fmt::Write;
@@ -17,6 +18,8 @@ pub struct AppliedLimit {
     pub capacity: u64,
     /// Room left in the window, this request's reservation taken.
     pub remaining: u64,
+    /// A soft limit this request went past (it was served anyway).
+    pub exceeded: bool,
     /// The window's length and end.
     pub window_ms: i64,
     pub resets_at: Timestamp,
@@ -33,12 +36,13 @@ impl AppliedLimit {
         bounds
             .zip(windows)
             .zip(room)
-            .map(|((b, w), &remaining)| AppliedLimit {
+            .map(|((b, w), &room)| AppliedLimit {
                 subject: b.subject.clone(),
                 resource: b.resource.name.clone(),
                 measure: b.resource.measure,
                 capacity: b.resource.capacity,
-                remaining,
+                remaining: b.resource.shown(room),
+                exceeded: b.resource.enforce == Enforce::Soft && room < SOFT_MARGIN,
                 window_ms: w.end.0.saturating_sub(w.start.0),
                 resets_at: w.end,
             })
@@ -54,6 +58,7 @@ const REMAINING_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-remain
 const RESET_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-reset-tokens");
 const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+const BUDGET_EXCEEDED: HeaderName = HeaderName::from_static("x-llmux-budget-exceeded");
 
 /// The answer headers for `limits` at `now`: `(name, value)` pairs, none when no limit applied.
 /// Built on every answer, so without per-header allocations beyond the values themselves.
@@ -104,6 +109,17 @@ pub fn rate_limit_headers(limits: &[AppliedLimit], now: Timestamp) -> Vec<(Heade
     }
     out.push((RATELIMIT_POLICY, policy));
     out.push((RATELIMIT, state));
+    // Soft limits this request went past: `SUBJECT:RESOURCE`, comma-separated.
+    let mut exceeded = String::new();
+    for l in limits.iter().filter(|l| l.exceeded) {
+        if !exceeded.is_empty() {
+            exceeded.push_str(", ");
+        }
+        let _ = write!(exceeded, "{}:{}", l.subject, l.resource);
+    }
+    if !exceeded.is_empty() {
+        out.push((BUDGET_EXCEEDED, exceeded));
+    }
     out
 }
 
@@ -163,6 +179,7 @@ mod tests {
             measure: m,
             capacity: cap,
             remaining: left,
+            exceeded: false,
             window_ms: w,
             resets_at: Timestamp(w),
         }

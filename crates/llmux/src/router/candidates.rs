@@ -37,12 +37,15 @@ impl Router {
         pool: &Pool,
         tier: Option<&str>,
         now: Timestamp,
+        estimate: &Usage,
     ) -> Result<Vec<usize>, RouteError> {
         let targets = &pool.plan.targets;
         if targets.len() == 1 && tier.is_none() {
             return Ok(vec![0]);
         }
         let scores = self.scores(pool, now).await?;
+        let strategy = pool.plan.pool.strategy;
+        let priced = matches!(strategy, Strategy::Cost | Strategy::Objective);
         let turn = pool.turn.fetch_add(1, Ordering::Relaxed);
         let mut rng = rand::rng();
         let ordered = |subset: &[usize], rng: &mut rand::rngs::ThreadRng| -> Vec<usize> {
@@ -54,10 +57,13 @@ impl Router {
                     if let Some(s) = &scores {
                         c.score *= s[i];
                     }
+                    if priced {
+                        c.cost = targets[i].price.map(|p| p.cost_micro_usd(estimate) as f64);
+                    }
                     c
                 })
                 .collect();
-            order(pool.plan.pool.strategy, &cands, turn, rng)
+            order(strategy, &cands, turn, rng, &pool.plan.pool.objective)
                 .into_iter()
                 .map(|j| subset[j])
                 .collect()

@@ -380,7 +380,7 @@ impl Router {
         'chain: for pool in chain {
             let mut tried = 0u32;
             let candidates = self
-                .candidates(pool, req.tier.as_deref(), first_now)
+                .candidates(pool, req.tier.as_deref(), first_now, &req.estimate)
                 .await?;
             if req.tier.is_some() && candidates.len() < pool.plan.targets.len() {
                 for (i, t) in pool.plan.targets.iter().enumerate() {

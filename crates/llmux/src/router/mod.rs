@@ -328,7 +328,7 @@ impl Router {
             .ok_or_else(|| RouteError::UnknownModel(model.to_string()))?;
         let now = self.inner.ledger.clock.now();
         let mut out = Outcomes::default();
-        for i in self.candidates(&pool, None, now).await? {
+        for i in self.candidates(&pool, None, now, &estimate).await? {
             match self.try_target(&pool, i, &estimate, now, None).await? {
                 Ok(lease) => return Ok(lease),
                 Err(d) => out.deny(d),
