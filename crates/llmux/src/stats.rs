@@ -36,6 +36,9 @@ pub struct TargetStats {
     /// Until when the low limits this process last wrote for the target's key hold (ms; 0:
     /// none).
     low_limits_until_ms: std::sync::atomic::AtomicI64,
+    /// A quota of a day or longer runs out before its window ends at its recent rate
+    /// (`Router::refresh_capacity`): routing tries the targets that last first.
+    pub(crate) short: std::sync::atomic::AtomicBool,
 }
 
 /// How fast the EWMAs forget an idle target: after this long without a sample, what they
@@ -67,6 +70,7 @@ impl TargetStats {
             failures: parking_lot::Mutex::new(Failures::default()),
             last_sample_ms: std::sync::atomic::AtomicI64::new(0),
             low_limits_until_ms: std::sync::atomic::AtomicI64::new(0),
+            short: std::sync::atomic::AtomicBool::new(false),
         }
     }
 

@@ -166,6 +166,19 @@ impl RouterBuilder {
                 auto_pools: Mutex::new(HashMap::new()),
             }),
         };
+        // Capacity states, forecasts and the targets that will not last their window.
+        let weak = Arc::downgrade(&router.inner);
+        rt.spawn(async move {
+            let mut tick = tokio::time::interval(super::capacity::CAPACITY_REFRESH);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(inner) = weak.upgrade() else { break };
+                if let Err(e) = (Router { inner }).refresh_capacity().await {
+                    tracing::debug!(error = %e, "could not read the counters for capacity states");
+                }
+            }
+        });
         // Keys created, revoked or rotated in the store reach this router within
         // `KEY_REFRESH`; the task ends with the router.
         let weak = Arc::downgrade(&router.inner);

@@ -63,10 +63,16 @@ impl Router {
                     c
                 })
                 .collect();
-            order(strategy, &cands, turn, rng, &pool.plan.pool.objective)
+            let mut v: Vec<usize> = order(strategy, &cands, turn, rng, &pool.plan.pool.objective)
                 .into_iter()
                 .map(|j| subset[j])
-                .collect()
+                .collect();
+            // Targets whose long quotas last their window go first (but for `priority`,
+            // whose order the operator chose); a stable sort keeps the strategy's order.
+            if strategy != Strategy::Priority {
+                v.sort_by_key(|&i| pool.stats[i].short.load(Ordering::Relaxed));
+            }
+            v
         };
         let all: Vec<usize> = (0..targets.len()).collect();
         let Some(tier) = tier else {

@@ -11,6 +11,7 @@
 mod applied;
 mod builder;
 mod candidates;
+mod capacity;
 mod decision;
 mod failover;
 mod outcome;
