@@ -35,6 +35,13 @@ resources = [{ name = "rpm", value = 1000000000, period = "minutely" },
 [models.bench]
 targets = [{ provider = "mock", model = "gpt-4o-mini" }]
 
+# Governance on the bench path: the key bench.sh sends (looked up by hash), with a hard USD
+# budget (gpt-4o-mini's built-in price) reserved and reconciled on every request.
+[[gateway_keys]]
+id = "bench"
+secret = "sk-bench"
+resources = [{ name = "budget_usd", value = 1000000000, period = "monthly" }]
+
 [models.bench-stream]
 targets = [{ provider = "mock-stream", model = "gpt-4o-mini" }]
 EOF

@@ -6,8 +6,11 @@ use crate::NotFound;
 use anyhow::bail;
 use llmux::core::config::{Provider, Resource};
 use llmux::core::health::{BreakerState, LearnedMeasure};
+use llmux::core::ids::at_or_below;
+use llmux::core::records::DISABLED;
 use llmux::core::store::{score, AdminOp, Counter, StoreAdmin, SubjectState};
 use llmux::core::time::secs_to_millis;
+use llmux::core::Records;
 use llmux::core::{window_at, Clock, Line, Measure, Period, Subject, SystemClock, Timestamp};
 use llmux::{AnyStore, Config};
 use std::io::Write;
@@ -199,7 +202,19 @@ fn counter_json(
     })
 }
 
-fn state_json(config: &Config, s: &SubjectState, now: Timestamp) -> serde_json::Value {
+/// Why subjects were disabled, by subject (records of `llmux_core::records::DISABLED`).
+type Reasons = std::collections::HashMap<String, String>;
+
+async fn reasons(store: &AnyStore) -> anyhow::Result<Reasons> {
+    Ok(store.list_records(DISABLED).await?.into_iter().collect())
+}
+
+fn state_json(
+    config: &Config,
+    s: &SubjectState,
+    now: Timestamp,
+    why: &Reasons,
+) -> serde_json::Value {
     let resources: serde_json::Map<String, serde_json::Value> = s
         .resources
         .iter()
@@ -233,6 +248,7 @@ fn state_json(config: &Config, s: &SubjectState, now: Timestamp) -> serde_json::
         "score": score(s, now),
         "score_override": s.flags.score,
         "disabled": s.flags.disabled,
+        "disabled_reason": s.flags.disabled.then(|| why.get(&s.subject)).flatten(),
         "cooldown_until_ms": cooling.map(|t| t.0),
         "cooldown_secs": cooling.map(|t| now.secs_until_ceil(t)),
         "strikes": s.flags.strikes,
@@ -250,11 +266,15 @@ fn print_text(
     out: &mut impl Write,
     states: &[SubjectState],
     now: Timestamp,
+    why: &Reasons,
 ) -> anyhow::Result<()> {
     for s in states {
         let mut status = Vec::new();
         if s.flags.disabled {
-            status.push("disabled".to_string());
+            match why.get(&s.subject) {
+                Some(r) => status.push(format!("disabled: {r}")),
+                None => status.push("disabled".to_string()),
+            }
         }
         if let Some(until) = s.flags.cooldown_until.filter(|u| *u > now) {
             let strikes = s.flags.strikes;
@@ -325,14 +345,18 @@ fn print(
     subject: &str,
     json: bool,
     now: Timestamp,
+    why: &Reasons,
 ) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     if json {
-        let v: Vec<serde_json::Value> = states.iter().map(|s| state_json(config, s, now)).collect();
+        let v: Vec<serde_json::Value> = states
+            .iter()
+            .map(|s| state_json(config, s, now, why))
+            .collect();
         let doc = serde_json::json!({"subject": subject, "subjects": v});
         writeln!(out, "{}", serde_json::to_string_pretty(&doc)?)?;
     } else {
-        print_text(config, &mut out, states, now)?;
+        print_text(config, &mut out, states, now, why)?;
     }
     Ok(())
 }
@@ -342,7 +366,7 @@ pub async fn show(config: &Config, subject: &str, json: bool) -> anyhow::Result<
     let store = open(config)?;
     let now = SystemClock.now();
     let states = states(&store, &t, now).await?;
-    print(config, &states, subject, json, now)
+    print(config, &states, subject, json, now, &reasons(&store).await?)
 }
 
 pub async fn reset(config: &Config, subject: &str, dry_run: bool) -> anyhow::Result<()> {
@@ -355,9 +379,21 @@ pub async fn reset(config: &Config, subject: &str, dry_run: bool) -> anyhow::Res
             std::io::stdout(),
             "dry run: would reset this state of {subject}:"
         )?;
-        return print(config, &states, subject, false, now);
+        return print(
+            config,
+            &states,
+            subject,
+            false,
+            now,
+            &reasons(&store).await?,
+        );
     }
     let n = store.reset(t.subject.as_str()).await?;
+    for (name, _) in store.list_records(DISABLED).await? {
+        if at_or_below(&name, t.subject.as_str()) {
+            store.delete_record(DISABLED, &name).await?;
+        }
+    }
     writeln!(
         std::io::stdout(),
         "reset {subject}: {n} counter(s) cleared, cooldowns, breakers, learned limits, disabled flags and scores removed"
@@ -474,5 +510,12 @@ pub async fn sync(config: &Config, only: Option<&str>) -> anyhow::Result<()> {
         std::io::stdout(),
         "synced capacities and windows from config; used and reserved kept:"
     )?;
-    print(config, &all, only.unwrap_or("*"), false, now)
+    print(
+        config,
+        &all,
+        only.unwrap_or("*"),
+        false,
+        now,
+        &reasons(&store).await?,
+    )
 }

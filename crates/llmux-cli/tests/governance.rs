@@ -355,3 +355,56 @@ fn stored_secrets_are_encrypted_used_and_replaced_while_serving() {
         }
     }
 }
+
+/// A key the upstream refuses (401) is disabled; `show-state` says why, and `reset-state`
+/// enables it again.
+#[test]
+fn show_state_says_why_a_key_is_disabled_and_reset_state_enables_it() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mock = rt.block_on(MockUpstream::start());
+    mock.push(llmux_testkit::Behavior::Status {
+        status: 401,
+        retry_after_secs: None,
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let cfg = write_config(dir.path(), port, &mock.base_url(), "sk-refused");
+    let _gw = serve_logged(&cfg, port, &[], &dir.path().join("serve.log"));
+    let (status, body) = ask(port, None);
+    assert_eq!(status, 502, "{body}");
+    let state = |json: bool| {
+        let args: &[&str] = if json {
+            &["show-state", "up/k1", "--json"]
+        } else {
+            &["show-state", "up/k1"]
+        };
+        let o = llmux(&cfg, args, &[], None);
+        assert!(o.status.success(), "{}", text(&o));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let v: serde_json::Value = serde_json::from_str(&state(true)).unwrap();
+    let k = &v["subjects"][0];
+    assert_eq!(k["disabled"], true, "{v}");
+    let why = k["disabled_reason"].as_str().unwrap();
+    assert!(
+        why.contains("answered 401") && why.contains("the key is refused"),
+        "{why}"
+    );
+    assert!(state(false).contains("disabled: the upstream answered 401"));
+    // Disabled: refused without a call upstream.
+    assert_eq!(ask(port, None).0, 429);
+    assert_eq!(mock.request_count(), 1);
+    let o = llmux(&cfg, &["reset-state", "up/k1"], &[], None);
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_str(&state(true)).unwrap();
+    assert_eq!(v["subjects"][0]["disabled"], false, "{v}");
+    assert!(v["subjects"][0]["disabled_reason"].is_null(), "{v}");
+    let started = Instant::now();
+    while ask(port, None).0 != 200 {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "still refused after reset-state"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

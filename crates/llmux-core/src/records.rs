@@ -12,6 +12,10 @@ pub const GATEWAY_KEYS: &str = "gateway_keys";
 /// named `provider/key`.
 pub const SECRETS: &str = "secrets";
 
+/// Why a subject was disabled (value: text, e.g. `the upstream answered 401 at …`), named by
+/// the subject; shown by `show-state`, removed by `reset-state`.
+pub const DISABLED: &str = "disabled";
+
 /// Named records, one table per kind. Each call is one atomic step.
 pub trait Records: Send + Sync {
     /// Create or replace `name` in `table`.

@@ -290,13 +290,17 @@ fn wants_decision(h: &HeaderMap) -> bool {
 }
 
 async fn models(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    let key = match s.router.authorize(bearer(&headers)) {
+    let key = match s.router.authorize_request(bearer(&headers)).await {
         Ok(k) => k,
         Err(e) => return ApiError::from(e).into_response(),
     };
     let mut names = s.router.models();
-    if let Some(allowed) = key.as_ref().and_then(|k| k.key.models.as_ref()) {
-        names.retain(|m| allowed.contains(m));
+    if let Some(k) = &key {
+        // The models the key's and its team's policies allow.
+        names.retain(|m| {
+            k.policies()
+                .all(|(_, p)| p.models.as_ref().is_none_or(|ms| ms.contains(m)))
+        });
     }
     names.sort();
     let data: Vec<serde_json::Value> = names

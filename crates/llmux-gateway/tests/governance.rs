@@ -228,20 +228,46 @@ team = "research"
 }
 
 /// A key written to the store reaches a serving gateway within the refresh, a revoked one
-/// stops working, and the store holds only the hash.
+/// stops working, and the store holds only the hash (sqlite).
 #[tokio::test]
 async fn stored_keys_are_honoured_and_revoked_while_serving() {
-    use llmux::keys::{hash_hex, hint_of, new_secret, StoredKey};
     let mock = MockUpstream::start().await;
-    let gw = start(&priced(
-        &mock.base_url(),
-        "kind = \"sqlite\"\npath = \"{DB}\"",
-        "",
-    ))
-    .await;
-    // No key anywhere: open.
-    let r = post(gw.addr, "/v1/chat/completions", chat("m"), &[]).await;
-    assert_eq!(r.status, 200, "{}", r.text());
+    let cfg = priced(&mock.base_url(), "kind = \"sqlite\"\npath = \"{DB}\"", "");
+    let gw = start(&cfg).await;
+    let secret = stored_keys(&[&gw]).await;
+    // The file holds the hash, never the secret.
+    let db = std::fs::read(gw.dir.path().join("llmux.db")).unwrap();
+    let wal = std::fs::read(gw.dir.path().join("llmux.db-wal")).unwrap_or_default();
+    for bytes in [&db, &wal] {
+        assert!(!bytes.windows(secret.len()).any(|w| w == secret.as_bytes()));
+    }
+}
+
+/// The same on two replicas sharing one Redis: both honour and both drop the key.
+#[tokio::test]
+async fn two_replicas_on_one_redis_honour_and_drop_a_stored_key() {
+    let Some(server) = llmux_testkit::redis::RedisServer::start() else {
+        return;
+    };
+    let mock = MockUpstream::start().await;
+    let prefix = format!("keys{}", std::process::id());
+    let store = format!(
+        "kind = \"redis\"\nurl = \"{}\"\nprefix = \"{prefix}\"",
+        server.url()
+    );
+    let cfg = priced(&mock.base_url(), &store, "");
+    let (a, b) = (start(&cfg).await, start(&cfg).await);
+    stored_keys(&[&a, &b]).await;
+}
+
+/// Open while no key exists; a stored key is required and honoured by every gateway within
+/// 5 s; revoked, it stops working everywhere within 5 s. Returns the key's secret.
+async fn stored_keys(gws: &[&Gateway]) -> String {
+    use llmux::keys::{hash_hex, hint_of, new_secret, StoredKey};
+    for gw in gws {
+        let r = post(gw.addr, "/v1/chat/completions", chat("m"), &[]).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
     let secret = new_secret().unwrap();
     let mut key = StoredKey {
         name: "app".into(),
@@ -257,54 +283,55 @@ async fn stored_keys_are_honoured_and_revoked_while_serving() {
         created_ms: 0,
         revoked_ms: None,
     };
-    let store = gw.router.store().clone();
+    let store = gws[0].router.store().clone();
     store
         .put_record("gateway_keys", "app", &serde_json::to_string(&key).unwrap())
         .await
         .unwrap();
     let bearer = format!("Bearer {secret}");
     let auth = [("authorization", bearer.as_str())];
-    let started = std::time::Instant::now();
-    loop {
-        let r = post(gw.addr, "/v1/chat/completions", chat("m"), &[]).await;
-        if r.status == 401 {
-            break;
+    let until = |gw: &Gateway, headers: Vec<(&'static str, String)>, want: u16| {
+        let addr = gw.addr;
+        async move {
+            let started = std::time::Instant::now();
+            loop {
+                let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                let r = post(addr, "/v1/chat/completions", chat("m"), &h).await;
+                if r.status == want {
+                    return;
+                }
+                assert!(
+                    started.elapsed().as_secs() < 5,
+                    "still {} after 5 s",
+                    r.status
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
         }
-        assert!(
-            started.elapsed().as_secs() < 5,
-            "the new key was not seen in 5 s"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    for gw in gws {
+        until(gw, vec![], 401).await;
+        let r = post(gw.addr, "/v1/chat/completions", chat("m"), &auth).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let r = post(gw.addr, "/v1/chat/completions", chat("other"), &auth).await;
+        assert_eq!(r.status, 403, "{}", r.text());
     }
-    let r = post(gw.addr, "/v1/chat/completions", chat("m"), &auth).await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    eventually(|| async { counter(&gw.router, "gateway-key:app", "rpm").await == (1, 0) }).await;
-    let r = post(gw.addr, "/v1/chat/completions", chat("other"), &auth).await;
-    assert_eq!(r.status, 403, "{}", r.text());
-    // The file holds the hash, never the secret.
-    let db = std::fs::read(gw.dir.path().join("llmux.db")).unwrap();
-    let wal = std::fs::read(gw.dir.path().join("llmux.db-wal")).unwrap_or_default();
-    for bytes in [&db, &wal] {
-        assert!(!bytes.windows(secret.len()).any(|w| w == secret.as_bytes()));
-    }
+    // What the store holds (in any store) is the hash, never the secret.
+    let held = store.list_records("gateway_keys").await.unwrap();
+    assert_eq!(held.len(), 1);
+    assert!(!held[0].1.contains(&secret) && held[0].1.contains(&hash_hex(&secret)));
+    let n = gws.len() as u64;
+    eventually(|| async { counter(&gws[0].router, "gateway-key:app", "rpm").await == (n, 0) })
+        .await;
     key.revoked_ms = Some(1);
     store
         .put_record("gateway_keys", "app", &serde_json::to_string(&key).unwrap())
         .await
         .unwrap();
-    let started = std::time::Instant::now();
-    loop {
-        let r = post(gw.addr, "/v1/chat/completions", chat("m"), &auth).await;
-        if r.status == 401 {
-            break;
-        }
-        assert_eq!(r.status, 200);
-        assert!(
-            started.elapsed().as_secs() < 5,
-            "the revoked key still worked after 5 s"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    for gw in gws {
+        until(gw, vec![("authorization", bearer.clone())], 401).await;
     }
+    secret
 }
 
 /// `cost`: the cheapest target with room takes the request; when its limit is reached the

@@ -436,3 +436,70 @@ async fn two_replicas_on_one_redis_share_learned_limits_and_breakers() {
     assert_eq!(r.status, 429, "{}", r.text());
     assert_eq!(b.request_count(), sent_b);
 }
+
+/// Anthropic's `anthropic-ratelimit-*` headers on a healthy answer tighten the key as
+/// OpenAI's do: none left until the announced RFC 3339 reset, then free again.
+#[tokio::test]
+async fn anthropic_limit_headers_on_a_healthy_answer_are_obeyed_until_their_reset() {
+    let mock = MockUpstream::start().await;
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let reset = llmux_core::Timestamp(now_ms + 1500).rfc3339();
+    mock.push(Behavior::WithHeaders(vec![
+        ("anthropic-ratelimit-requests-limit".into(), "50".into()),
+        ("anthropic-ratelimit-requests-remaining".into(), "0".into()),
+        ("anthropic-ratelimit-requests-reset".into(), reset),
+    ]));
+    let cfg = format!(
+        r#"
+[store]
+kind = "sqlite"
+path = "{{DB}}"
+[providers.claude]
+kind = "anthropic"
+base_url = "{}"
+[[providers.claude.keys]]
+id = "k1"
+secret = "sk-ant"
+[models.m]
+targets = [{{ provider = "claude", model = "claude-3-5-haiku-latest" }}]
+"#,
+        mock.base_url()
+    );
+    let gw = start(&cfg).await;
+    let body = serde_json::json!({"model": "m", "max_tokens": 16,
+        "messages": [{"role": "user", "content": "hi"}]})
+    .to_string();
+    let r = post(gw.addr, "/v1/messages", body.clone(), &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    eventually(|| async {
+        flags(&gw, "claude/k1").await.learned[0].is_some_and(|l| l.limit == 50 && l.remaining == 0)
+    })
+    .await;
+    let r = post(gw.addr, "/v1/messages", body.clone(), &[]).await;
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert_eq!(
+        r.header("x-llmux-limit"),
+        Some("claude/k1:upstream_requests")
+    );
+    assert_eq!(
+        r.json()["type"],
+        "error",
+        "Anthropic's envelope on /v1/messages"
+    );
+    assert_eq!(
+        mock.request_count(),
+        1,
+        "nothing was sent past the announced limit"
+    );
+    let wait = (now_ms + 1600)
+        - std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
+    tokio::time::sleep(Duration::from_millis(wait.max(0) as u64)).await;
+    let r = post(gw.addr, "/v1/messages", body, &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+}

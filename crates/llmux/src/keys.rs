@@ -164,14 +164,32 @@ impl AuthorizedKey {
         }
     }
 
-    /// The key's policy, then its team's.
-    pub fn policies(&self) -> impl Iterator<Item = (String, &Policy)> {
-        let own = (format!("gateway key {:?}", self.key.id), &self.key.policy);
+    /// The key's policy, then its team's (empty ones left out), each with who set it.
+    pub fn policies(&self) -> impl Iterator<Item = (PolicyOwner<'_>, &Policy)> {
+        let own = (PolicyOwner::Key(&self.key.id), &self.key.policy);
         let team = self
             .team
             .as_ref()
-            .map(|t| (format!("team {:?}", t.name), &t.policy));
-        std::iter::once(own).chain(team)
+            .map(|t| (PolicyOwner::Team(&t.name), &t.policy));
+        std::iter::once(own)
+            .chain(team)
+            .filter(|(_, p)| !p.is_empty())
+    }
+}
+
+/// Who set a policy: `gateway key "NAME"` or `team "NAME"` (formatted only for a message).
+#[derive(Clone, Copy, Debug)]
+pub enum PolicyOwner<'a> {
+    Key(&'a str),
+    Team(&'a str),
+}
+
+impl std::fmt::Display for PolicyOwner<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PolicyOwner::Key(n) => write!(f, "gateway key {n:?}"),
+            PolicyOwner::Team(n) => write!(f, "team {n:?}"),
+        }
     }
 }
 

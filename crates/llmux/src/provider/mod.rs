@@ -163,10 +163,9 @@ pub trait Provider: Send + Sync + 'static {
     }
 }
 
-/// How long a 429 asks us to wait: `retry-after-ms`, `retry-after` (seconds or an HTTP date),
-/// then the
-/// `x-ratelimit-reset-*` durations (`"6ms"`, `"1m30s"`), then the RFC 3339 resets of the
-/// exhausted `anthropic-ratelimit-*` limits.
+/// How long a 429 asks us to wait: the longest of `retry-after-ms`, `retry-after` (seconds or
+/// an HTTP date), the `x-ratelimit-reset-*` durations (`"6ms"`, `"1m30s"`) and the RFC 3339
+/// resets of the exhausted `anthropic-ratelimit-*` limits.
 pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     retry_after_at(headers, std::time::SystemTime::now())
 }
@@ -174,37 +173,31 @@ pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
 /// [`retry_after`] with the wall clock as a parameter (Anthropic's resets are instants).
 pub fn retry_after_at(headers: &HeaderMap, now: std::time::SystemTime) -> Option<Duration> {
     let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    if let Some(ms) = get("retry-after-ms").and_then(|v| v.trim().parse::<f64>().ok()) {
-        return secs(ms / 1000.0);
-    }
-    if let Some(v) = get("retry-after") {
-        if let Ok(s) = v.trim().parse::<f64>() {
-            return secs(s);
-        }
+    let now = jiff::Timestamp::try_from(now).ok();
+    let until =
+        |at: jiff::Timestamp| now.and_then(|n| secs(n.duration_until(at).as_secs_f64().max(0.0)));
+    let ms = get("retry-after-ms")
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .and_then(|ms| secs(ms / 1000.0));
+    let header = get("retry-after").and_then(|v| match v.trim().parse::<f64>() {
+        Ok(s) => secs(s),
         // The other form of `retry-after`: an HTTP date (`Wed, 21 Oct 2015 07:28:00 GMT`).
-        if let (Ok(at), Ok(now)) = (
-            jiff::fmt::rfc2822::parse(v.trim()),
-            jiff::Timestamp::try_from(now),
-        ) {
-            return secs(now.duration_until(at.timestamp()).as_secs_f64().max(0.0));
-        }
-    }
-    let resets = ["x-ratelimit-reset-requests", "x-ratelimit-reset-tokens"];
-    let openai = resets
+        Err(_) => jiff::fmt::rfc2822::parse(v.trim())
+            .ok()
+            .and_then(|at| until(at.timestamp())),
+    });
+    let openai = ["x-ratelimit-reset-requests", "x-ratelimit-reset-tokens"]
         .iter()
         .filter_map(|h| get(h).and_then(parse_go_duration))
         .max();
-    if openai.is_some() {
-        return openai;
-    }
-    let now = jiff::Timestamp::try_from(now).ok()?;
-    ["requests", "tokens", "input-tokens", "output-tokens"]
+    let anthropic = ["requests", "tokens", "input-tokens", "output-tokens"]
         .iter()
         .filter(|l| get(&format!("anthropic-ratelimit-{l}-remaining")) == Some("0"))
         .filter_map(|l| get(&format!("anthropic-ratelimit-{l}-reset")))
         .filter_map(|v| v.trim().parse::<jiff::Timestamp>().ok())
-        .filter_map(|at| secs(now.duration_until(at).as_secs_f64()))
-        .max()
+        .filter_map(until)
+        .max();
+    [ms, header, openai, anthropic].into_iter().flatten().max()
 }
 
 /// Longest wait an upstream hint can impose (a day); NaN, infinite and negative hints are
@@ -324,5 +317,13 @@ mod tests {
             "99999999999999999999999s".parse().unwrap(),
         );
         assert_eq!(retry_after(&h), Some(Duration::from_secs(86_400)));
+        // Several hints: the longest wins.
+        let mut h = HeaderMap::new();
+        h.insert("retry-after-ms", "500".parse().unwrap());
+        h.insert("retry-after", "2".parse().unwrap());
+        h.insert("x-ratelimit-reset-tokens", "5s".parse().unwrap());
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(5)));
+        h.insert("retry-after-ms", "9000".parse().unwrap());
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(9)));
     }
 }

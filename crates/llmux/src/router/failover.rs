@@ -665,7 +665,26 @@ impl Router {
                 lease.neutral();
                 log_settle(lease.failed().await);
                 self.inner.ledger.note_local_disable(&subject, now);
-                if let Err(e) = self.inner.ledger.store.set_disabled(subject, true).await {
+                let why = format!(
+                    "the upstream answered {} at {} ({})",
+                    reply.status,
+                    now.rfc3339(),
+                    if o == Outcome::KeyRefused {
+                        "the key is refused"
+                    } else {
+                        "the key is refused for this model"
+                    }
+                );
+                let store = &self.inner.ledger.store;
+                let disabled = store.set_disabled(subject.clone(), true).await;
+                let noted = llmux_core::Records::put_record(
+                    store,
+                    llmux_core::records::DISABLED,
+                    subject.as_str(),
+                    &why,
+                )
+                .await;
+                if let Err(e) = disabled.and(noted) {
                     tracing::error!(error = %e, "could not record the disabled key in the store");
                 }
                 out.failure = Some((format!("{label} answered {}", reply.status), false));

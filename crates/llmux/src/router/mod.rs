@@ -445,7 +445,9 @@ impl Router {
             Err(RouteError::NoCapacity { denial, .. })
                 if refused_tokens(&denial) && self.count_exactly(&pool, &mut req) =>
             {
-                // The rough estimate hit a token limit: try again with the exact count.
+                // The rough estimate hit a token limit: try again with the exact count (the
+                // decision is the second pass's).
+                req.decision = Decision::default();
                 self.send_with_failover(&chain, &mut req).await
             }
             other => other,
