@@ -268,6 +268,17 @@ impl Lease {
         self.ledger.release(self.id, self.local).await
     }
 
+    /// An answer that broke after it began (a cut or stalled stream): its usage is committed
+    /// as for a success, but it counts as a failure for the breaker and the success rate.
+    pub(crate) fn broken_detached(mut self, usage: Usage) {
+        self.settled = true;
+        self.report(false);
+        let now = self.ledger.clock.now();
+        self.stats.record_failure(now);
+        let used = self.used_lines(&usage, now);
+        self.ledger.commit_detached(self.id, now, used, self.local);
+    }
+
     /// Settle as [`Lease::complete`] without waiting (the gateway's path: the client never
     /// waits on the reconcile).
     pub(crate) fn complete_detached(mut self, usage: Usage, latency: Duration) {

@@ -1,11 +1,12 @@
 //! Capacity states and forecasts, off the request path: every [`CAPACITY_REFRESH`] the router
-//! reads the stored counters of its providers and keys, publishes each resource's state and
-//! forecast as metrics, and marks the targets whose long quotas (a day or longer) run out
+//! reads the stored counters and flags of its providers and keys, publishes each resource's
+//! state and forecast and each target's stored breaker state as metrics, and marks the targets whose long quotas (a day or longer) run out
 //! before their window ends at the rate they are used. Routing tries the targets that last
 //! their window first (see `candidates`).
 
 use super::Router;
 use crate::error::RouteError;
+use llmux_core::health::BreakerState;
 use llmux_core::store::{Counter, StoreAdmin};
 use llmux_core::Timestamp;
 use std::collections::HashMap;
@@ -28,8 +29,10 @@ impl Router {
         let config = &self.inner.config;
         let now = self.inner.ledger.clock.now();
         let mut counters: HashMap<(String, String), Counter> = HashMap::new();
+        let mut breakers = HashMap::new();
         for p in config.providers.keys() {
             for s in self.inner.ledger.store.snapshot(p.as_str()).await? {
+                breakers.insert(s.subject.clone(), s.flags.breaker.state(now));
                 for (r, c) in s.resources {
                     counters.insert((s.subject.clone(), r), c);
                 }
@@ -55,6 +58,19 @@ impl Router {
                     }
                 }
                 pool.stats[i].short.store(short, Ordering::Relaxed);
+                // The breaker as the store holds it (opened by any replica): 0 closed, 1 open,
+                // 2 half-open.
+                let state = breakers
+                    .get(t.target_gate().as_str())
+                    .copied()
+                    .unwrap_or(BreakerState::Closed);
+                let level = match state {
+                    BreakerState::Closed => 0.0,
+                    BreakerState::Open => 1.0,
+                    BreakerState::HalfOpen => 2.0,
+                };
+                metrics::gauge!("llmux_breaker_state", "target" => pool.stats[i].label.clone())
+                    .set(level);
             }
         }
         Ok(())

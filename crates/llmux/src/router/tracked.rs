@@ -25,6 +25,8 @@ pub(crate) struct Tracked {
     last_chunk: tokio::time::Instant,
     idle_timer: Pin<Box<tokio::time::Sleep>>,
     done: bool,
+    /// The stream broke or stalled: it settles as a failure for the target's health.
+    broken: bool,
     /// Whose dialect the error event is written in.
     client: Endpoint,
     /// The request's `deadline_secs`: the stream ends with an error event then.
@@ -48,6 +50,7 @@ impl Tracked {
             last_chunk: tokio::time::Instant::now(),
             idle_timer: Box::pin(tokio::time::sleep(idle)),
             done: false,
+            broken: false,
             client,
             deadline: None,
         }
@@ -70,17 +73,20 @@ impl Tracked {
             let usage = lease
                 .stats
                 .observe_usage(self.scanner.usage(), lease.estimate());
-            lease.complete_detached(usage, self.started.elapsed());
+            if self.broken {
+                lease.broken_detached(usage);
+            } else {
+                lease.complete_detached(usage, self.started.elapsed());
+            }
         }
     }
 
     /// End the stream with the client dialect's error event, on a line of its own.
     fn error_event(&mut self, message: &str, code: &str) -> Bytes {
         self.done = true;
-        if let Some(lease) = self.lease.as_mut() {
-            // A stream that broke or stalled counts against the target's breaker.
-            lease.report(false);
-        }
+        // A stream that broke or stalled counts against the target's breaker and its success
+        // rate (its usage is still committed).
+        self.broken = true;
         self.settle();
         let event = stream_error_event(self.client, message, code);
         let sep = if self.scanner.mid_event() { "\n\n" } else { "" };
