@@ -235,6 +235,23 @@ async fn route(
             Some(t.to_string())
         }
     };
+    // `x-llmux-max-wait: SECONDS`: wait that long for capacity rather than get a 429.
+    let max_wait = match parts.headers.get("x-llmux-max-wait") {
+        None => None,
+        Some(v) => {
+            let text = v.to_str().unwrap_or_default().trim();
+            match text.parse::<f64>() {
+                Ok(secs) if secs.is_finite() && (0.0..=86_400.0).contains(&secs) => {
+                    Some(std::time::Duration::from_secs_f64(secs))
+                }
+                _ => {
+                    return Err(ApiError::BadRequest(format!(
+                        "x-llmux-max-wait: {text:?} is not a number of seconds from 0 to 86400"
+                    )))
+                }
+            }
+        }
+    };
     let (resp, decided) = s
         .router
         .request_with_decision({
@@ -243,6 +260,7 @@ async fn route(
             let mut r = Request::from_json_bytes(endpoint, bytes);
             r.tier = tier;
             r.gateway_key = key;
+            r.max_wait = max_wait;
             r
         })
         .await;

@@ -115,6 +115,8 @@ pub struct Recorded {
     pub authorization: Option<String>,
     /// All request headers.
     pub headers: HeaderMap,
+    /// When it arrived, in milliseconds since the Unix epoch.
+    pub at_ms: i64,
     /// The request body parsed as JSON, or `Value::Null` if it was not JSON.
     pub body: Value,
 }
@@ -319,6 +321,9 @@ async fn handle(shared: Shared, endpoint: Option<Endpoint>, req: Request) -> Res
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string),
             headers: parts.headers.clone(),
+            at_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
             body: body.clone(),
         });
         // Unknown paths answer 404 without taking a queued behaviour.

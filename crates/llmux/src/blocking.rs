@@ -82,6 +82,22 @@ impl Router {
             inner,
         })
     }
+
+    /// [`crate::Router::acquire_wait`]: waits (until `deadline`) for a target with room.
+    pub fn acquire_wait(
+        &self,
+        model: &str,
+        estimate: Usage,
+        deadline: std::time::Instant,
+    ) -> Result<Lease, RouteError> {
+        let inner = self
+            .rt
+            .block_on(self.inner.acquire_wait(model, estimate, deadline))?;
+        Ok(Lease {
+            rt: self.rt.clone(),
+            inner,
+        })
+    }
 }
 
 impl Lease {

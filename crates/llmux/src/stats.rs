@@ -39,6 +39,8 @@ pub struct TargetStats {
     /// A quota of a day or longer runs out before its window ends at its recent rate
     /// (`Router::refresh_capacity`): routing tries the targets that last first.
     pub(crate) short: std::sync::atomic::AtomicBool,
+    /// The pool's waiters, woken when a lease on this target ends.
+    queue: Arc<crate::router::WaitQueue>,
 }
 
 /// How fast the EWMAs forget an idle target: after this long without a sample, what they
@@ -56,7 +58,7 @@ struct Failures {
 }
 
 impl TargetStats {
-    pub(crate) fn new(label: String) -> Self {
+    pub(crate) fn new(label: String, queue: Arc<crate::router::WaitQueue>) -> Self {
         TargetStats {
             header: http::HeaderValue::from_str(&label)
                 .unwrap_or_else(|_| http::HeaderValue::from_static("invalid")),
@@ -71,6 +73,7 @@ impl TargetStats {
             last_sample_ms: std::sync::atomic::AtomicI64::new(0),
             low_limits_until_ms: std::sync::atomic::AtomicI64::new(0),
             short: std::sync::atomic::AtomicBool::new(false),
+            queue,
         }
     }
 
@@ -163,6 +166,8 @@ impl TargetStats {
     }
     pub(crate) fn finish(&self) {
         self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        // Its settle is queued in the store already: a waiter's next reserve sees it.
+        self.queue.wake_head();
     }
     fn ewma(cell: &AtomicU64, sample: f64, alpha: f64) {
         let _ = cell.fetch_update(Ordering::AcqRel, Ordering::Acquire, |bits| {
@@ -236,6 +241,8 @@ pub(crate) struct Pool {
     pub(crate) turn: AtomicU64,
     /// Requests in flight, for `max_concurrent`.
     pub(crate) active: Arc<AtomicU32>,
+    /// Requests waiting for capacity (see `router::waiting`).
+    pub(crate) queue: Arc<crate::router::WaitQueue>,
 }
 
 impl Pool {
@@ -252,10 +259,11 @@ impl Pool {
                     .into()
             })
             .collect();
+        let queue = Arc::new(crate::router::WaitQueue::default());
         let stats = plan
             .targets
             .iter()
-            .map(|t| Arc::new(TargetStats::new(t.id.to_string())))
+            .map(|t| Arc::new(TargetStats::new(t.id.to_string(), queue.clone())))
             .collect();
         Pool {
             plan,
@@ -263,6 +271,7 @@ impl Pool {
             stats,
             turn: AtomicU64::new(0),
             active: Arc::new(AtomicU32::new(0)),
+            queue,
         }
     }
 }

@@ -202,3 +202,51 @@ fn the_blocking_api_mirrors_the_async_one() {
     let lease = r.acquire("m", Usage::new(1, 1)).unwrap();
     lease.complete(Usage::new(1, 1), Duration::ZERO).unwrap();
 }
+
+/// `acquire_wait` waits in the model's queue: a lease released elsewhere admits it at once;
+/// past its deadline it fails with the refusal.
+#[tokio::test]
+async fn acquire_wait_is_admitted_when_capacity_frees_up() {
+    let config = llmux::Config::from_toml_str(
+        r#"
+[store]
+kind = "memory"
+[providers.p]
+kind = "mock"
+[[providers.p.keys]]
+id = "k1"
+resources = [{ name = "rpm", value = 2, period = "minutely" }]
+[models.m]
+targets = [{ provider = "p", model = "x" }]
+"#,
+        &|_| None,
+    )
+    .unwrap();
+    let r = Router::from_config(config).unwrap();
+    let a = r.acquire("m", Usage::new(1, 1)).await.unwrap();
+    let _b = r.acquire("m", Usage::new(1, 1)).await.unwrap();
+    let t0 = std::time::Instant::now();
+    let soon = t0 + std::time::Duration::from_millis(300);
+    match r.acquire_wait("m", Usage::new(1, 1), soon).await {
+        Err(RouteError::NoCapacity { .. }) => {}
+        other => panic!("expected NoCapacity after the deadline, got {other:?}"),
+    }
+    assert!(t0.elapsed() >= std::time::Duration::from_millis(290));
+    let waiter = {
+        let r = r.clone();
+        tokio::spawn(async move {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            let started = std::time::Instant::now();
+            let lease = r.acquire_wait("m", Usage::new(1, 1), deadline).await;
+            (lease.map(|l| l.target().to_string()), started.elapsed())
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    a.release().await.unwrap();
+    let (lease, waited) = waiter.await.unwrap();
+    assert_eq!(lease.unwrap(), "p/k1/x");
+    assert!(
+        waited < std::time::Duration::from_millis(1000),
+        "admitted {waited:?} after it began waiting"
+    );
+}

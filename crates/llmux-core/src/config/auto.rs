@@ -45,6 +45,7 @@ pub fn auto_pool(config: &Config, model: &str) -> Option<ModelPool> {
         first_token_timeout_secs: None,
         deadline_secs: None,
         objective: super::Objective::default(),
+        queue: None,
     })
 }
 

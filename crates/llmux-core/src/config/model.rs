@@ -89,6 +89,18 @@ pub(super) fn check_model(
         first_token_timeout_secs,
         deadline_secs,
         objective: check_objective(m.objective.as_ref(), &format!("{at}.objective"), out),
+        queue: m.queue.as_ref().map(|q| QueueConfig {
+            max_wait_secs: check_secs(q.max_wait_secs, &format!("{at}.queue.max_wait_secs"), out)
+                .unwrap_or(QueueConfig::DEFAULT_MAX_WAIT_SECS),
+            max_queued: match q.max_queued {
+                Some(0) => {
+                    out.push(format!("{at}.queue.max_queued"), "must be greater than 0");
+                    QueueConfig::DEFAULT_MAX_QUEUED
+                }
+                Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
+                None => QueueConfig::DEFAULT_MAX_QUEUED,
+            },
+        }),
     })
 }
 

@@ -218,6 +218,15 @@ pub struct RawModel {
     pub deadline_secs: Option<u64>,
     /// Weights of the `objective` strategy.
     pub objective: Option<RawObjective>,
+    /// Wait for capacity instead of a 429.
+    pub queue: Option<RawQueue>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawQueue {
+    pub max_wait_secs: Option<u64>,
+    pub max_queued: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -451,6 +451,22 @@ pub struct ModelPool {
     pub deadline_secs: Option<u64>,
     /// The weights of the `objective` strategy.
     pub objective: Objective,
+    /// `queue = { max_wait_secs, max_queued }`: requests that find no capacity wait.
+    pub queue: Option<QueueConfig>,
+}
+
+/// How requests of a model wait for capacity instead of a 429.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QueueConfig {
+    /// The longest a request waits (a request's `x-llmux-max-wait` may ask for less).
+    pub max_wait_secs: u64,
+    /// Requests waiting at once in one process; more get a 429 at once.
+    pub max_queued: usize,
+}
+
+impl QueueConfig {
+    pub const DEFAULT_MAX_WAIT_SECS: u64 = 30;
+    pub const DEFAULT_MAX_QUEUED: usize = 1000;
 }
 
 /// Weights of the `objective` strategy (see `select::order`): each target's cost,

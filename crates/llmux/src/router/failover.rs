@@ -181,6 +181,8 @@ pub(super) struct Prepared<'a> {
     pub(super) extra: Option<Arc<[Bound]>>,
     /// The decision so far: every target passed over, and the attempts made.
     pub(super) decision: Decision,
+    /// Its place among the model's waiters, given up once a target admits it.
+    pub(super) ticket: Option<super::waiting::Ticket>,
 }
 
 impl Router {
@@ -467,6 +469,8 @@ impl Router {
                         continue;
                     }
                 };
+                // Admitted: the next waiter may try.
+                req.ticket = None;
                 tried += 1;
                 out.attempts += 1;
                 req.decision.attempts += 1;

@@ -16,6 +16,9 @@ mod decision;
 mod failover;
 mod outcome;
 mod tracked;
+mod waiting;
+
+pub(crate) use waiting::WaitQueue;
 
 pub use applied::{rate_limit_headers, AppliedLimit};
 pub use builder::{ProviderFactory, RouterBuilder};
@@ -75,6 +78,9 @@ pub struct Request {
     /// The caller's tier; `None` = no tier filtering (unless the gateway key has one).
     pub tier: Option<String>,
     pub gateway_key: Option<Arc<AuthorizedKey>>,
+    /// Wait up to this long for capacity instead of failing with `NoCapacity` (capped by the
+    /// model's `queue.max_wait_secs` when it has a queue).
+    pub max_wait: Option<std::time::Duration>,
 }
 
 impl Request {
@@ -85,6 +91,7 @@ impl Request {
             raw: None,
             tier: None,
             gateway_key: None,
+            max_wait: None,
         }
     }
     /// A request whose body is the JSON text `body`, as received (the gateway's path: the
@@ -97,6 +104,7 @@ impl Request {
             raw: Some(body),
             tier: None,
             gateway_key: None,
+            max_wait: None,
         }
     }
     /// A chat completion request from a JSON value.
@@ -327,15 +335,81 @@ impl Router {
         let pool = self
             .pool(model)
             .ok_or_else(|| RouteError::UnknownModel(model.to_string()))?;
+        self.acquire_in(&pool, model, &estimate).await
+    }
+
+    async fn acquire_in(
+        &self,
+        pool: &Pool,
+        model: &str,
+        estimate: &Usage,
+    ) -> Result<Lease, RouteError> {
         let now = self.inner.ledger.clock.now();
         let mut out = Outcomes::default();
-        for i in self.candidates(&pool, None, now, &estimate).await? {
-            match self.try_target(&pool, i, &estimate, now, None).await? {
+        for i in self.candidates(pool, None, now, estimate).await? {
+            match self.try_target(pool, i, estimate, now, None).await? {
                 Ok(lease) => return Ok(lease),
                 Err(d) => out.deny(d),
             }
         }
         Err(Self::no_capacity(model, now, out))
+    }
+
+    /// [`Router::acquire`] that waits, until `deadline` at the latest, for a target with room
+    /// (in the model's queue, in arrival order; see "Waiting instead of 429"). A request that
+    /// can never fit, or that finds the queue full, fails at once.
+    pub async fn acquire_wait(
+        &self,
+        model: &str,
+        estimate: Usage,
+        deadline: std::time::Instant,
+    ) -> Result<Lease, RouteError> {
+        let pool = self
+            .pool(model)
+            .ok_or_else(|| RouteError::UnknownModel(model.to_string()))?;
+        let until = tokio::time::Instant::from_std(deadline);
+        let max_queued = pool
+            .plan
+            .pool
+            .queue
+            .map_or(llmux_core::config::QueueConfig::DEFAULT_MAX_QUEUED, |q| {
+                q.max_queued
+            });
+        let mut ticket = None;
+        if pool.queue.len() > 0 {
+            ticket = pool.queue.join(0, max_queued);
+        }
+        let mut retry_in = std::time::Duration::ZERO;
+        loop {
+            if let Some(t) = &ticket {
+                if !waiting::Ticket::turn(t, retry_in, until).await {
+                    drop(ticket.take());
+                    return self.acquire_in(&pool, model, &estimate).await;
+                }
+            }
+            let r = self.acquire_in(&pool, model, &estimate).await;
+            let retry_at = match &r {
+                Err(RouteError::NoCapacity {
+                    denial,
+                    budget: false,
+                    ..
+                }) if tokio::time::Instant::now() < until => denial.retry_at,
+                _ => None,
+            };
+            let Some(at) = retry_at else {
+                return r;
+            };
+            if ticket.is_none() {
+                ticket = pool.queue.join(0, max_queued);
+                if ticket.is_none() {
+                    return r;
+                }
+            }
+            let now = self.inner.ledger.clock.now();
+            retry_in = std::time::Duration::from_millis(
+                u64::try_from(at.0.saturating_sub(now.0)).unwrap_or(0),
+            );
+        }
     }
 
     /// Route one request: select, reserve, send with failover, reconcile in the background.
@@ -364,6 +438,7 @@ impl Router {
             raw,
             tier,
             gateway_key,
+            max_wait,
         } = req;
         // The body as bytes: read once, edited per attempt by splicing, never re-serialised.
         let (bytes, map) = match raw {
@@ -440,17 +515,11 @@ impl Router {
             key,
             extra,
             decision: Decision::default(),
+            ticket: None,
         };
-        let r = match self.send_with_failover(&chain, &mut req).await {
-            Err(RouteError::NoCapacity { denial, .. })
-                if refused_tokens(&denial) && self.count_exactly(&pool, &mut req) =>
-            {
-                // The rough estimate hit a token limit: try again with the exact count (the
-                // decision is the second pass's).
-                req.decision = Decision::default();
-                self.send_with_failover(&chain, &mut req).await
-            }
-            other => other,
+        let r = match self.waiting(&pool, max_wait, req.tier.as_deref()) {
+            None => self.pass(&chain, &mut req).await,
+            Some(wait) => self.pass_waiting(&chain, &mut req, wait).await,
         };
         *decision = std::mem::take(&mut req.decision);
         r
@@ -471,6 +540,24 @@ impl Router {
             (None, None) => None,
             (Some(b), None) | (None, Some(b)) => Some(b.clone()),
             (Some(a), Some(b)) => Some(a.iter().chain(b.iter()).cloned().collect()),
+        }
+    }
+
+    /// One pass over the chain; a token-limit refusal of the rough estimate is tried again
+    /// with the exact count (the decision is the second pass's).
+    async fn pass(
+        &self,
+        chain: &[Arc<Pool>],
+        req: &mut Prepared<'_>,
+    ) -> Result<Response, RouteError> {
+        match self.send_with_failover(chain, req).await {
+            Err(RouteError::NoCapacity { denial, .. })
+                if refused_tokens(&denial) && self.count_exactly(&chain[0], req) =>
+            {
+                req.decision = Decision::default();
+                self.send_with_failover(chain, req).await
+            }
+            other => other,
         }
     }
 
