@@ -67,10 +67,11 @@ pub(super) fn check_provider(
         ),
         (None, None) => global_tz.clone(),
     };
-    let resources = provider_resources(name, p, at, from_file, out);
+    let headroom = super::resources::check_headroom(p.headroom, &format!("{at}.headroom"), out);
+    let resources = provider_resources(name, p, at, from_file, headroom, out);
     let timeout_secs = check_secs(p.timeout_secs, &format!("{at}.timeout_secs"), out);
 
-    let keys = check_keys(name, p, &kind, at, out);
+    let keys = check_keys(name, p, &kind, at, headroom, out);
     let mock = check_mock(p, &kind, at, out);
     let health = check_health(p.health.as_ref(), &format!("{at}.health"), out);
 
@@ -210,6 +211,7 @@ fn check_keys(
     p: &RawProvider,
     kind: &ProviderKind,
     at: &str,
+    headroom: Option<f64>,
     out: &mut Issues,
 ) -> Vec<Key> {
     let mut keys = Vec::new();
@@ -243,7 +245,12 @@ fn check_keys(
             id: KeyId::new(&k.id),
             secret,
             weight: k.weight.unwrap_or(1).max(1),
-            resources: check_resources(&k.resources, &format!("{kat}.resources"), out),
+            resources: super::resources::check_resources_with(
+                &k.resources,
+                &format!("{kat}.resources"),
+                headroom,
+                out,
+            ),
             from_store,
         });
     }
@@ -336,12 +343,15 @@ fn provider_resources(
     p: &RawProvider,
     at: &str,
     from_file: Option<(&str, &RawFileProvider)>,
+    headroom: Option<f64>,
     out: &mut Issues,
 ) -> Vec<Resource> {
-    let mut resources = check_resources(&p.resources, &format!("{at}.resources"), out);
+    let at_res = format!("{at}.resources");
+    let mut resources =
+        super::resources::check_resources_with(&p.resources, &at_res, headroom, out);
     if let Some((f, fp)) = from_file {
         let file_at = format!("{f}: providers.{name}.resources");
-        for (j, r) in check_resources(&fp.resources, &file_at, out)
+        for (j, r) in super::resources::check_resources_with(&fp.resources, &file_at, headroom, out)
             .into_iter()
             .enumerate()
         {

@@ -103,6 +103,8 @@ pub struct RawProvider {
     pub anthropic_version: Option<String>,
     /// `[providers.NAME.health]`: cooldowns, the circuit breaker, limit discovery.
     pub health: Option<RawHealth>,
+    /// The `headroom` of every resource of the provider and its keys that sets none.
+    pub headroom: Option<RawNumber>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -162,6 +164,8 @@ pub struct RawResource {
     pub unit: Option<String>,
     /// `hard` (default): refuse past the limit; `soft`: serve and flag it.
     pub enforce: Option<String>,
+    /// Use at most this fraction of `value` (0 < headroom <= 1).
+    pub headroom: Option<RawNumber>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]

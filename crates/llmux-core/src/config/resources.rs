@@ -40,6 +40,30 @@ impl ResourcesFile {
 
 /// Validate a list of resources at `at` (`…resources`).
 pub fn check_resources(list: &[RawResource], at: &str, out: &mut Issues) -> Vec<Resource> {
+    check_resources_with(list, at, None, out)
+}
+
+/// A `headroom` (fraction of a limit to use) at `at`: in (0, 1].
+pub(super) fn check_headroom(v: Option<RawNumber>, at: &str, out: &mut Issues) -> Option<f64> {
+    let h = v?.as_f64();
+    if !(h.is_finite() && h > 0.0 && h <= 1.0) {
+        out.push(
+            at,
+            format!("{h} is not a fraction; expected 0 < headroom <= 1, such as 0.9"),
+        );
+        return None;
+    }
+    Some(h)
+}
+
+/// [`check_resources`] where a resource without its own `headroom` takes `headroom` (the
+/// provider's).
+pub(super) fn check_resources_with(
+    list: &[RawResource],
+    at: &str,
+    headroom: Option<f64>,
+    out: &mut Issues,
+) -> Vec<Resource> {
     let mut result = Vec::new();
     let mut names = BTreeSet::new();
     for (i, r) in list.iter().enumerate() {
@@ -78,11 +102,16 @@ pub fn check_resources(list: &[RawResource], at: &str, out: &mut Issues) -> Vec<
             }),
         };
         let value = r.value.as_f64();
+        let fraction = check_headroom(r.headroom, &format!("{at}.headroom"), out)
+            .or(headroom)
+            .unwrap_or(1.0);
         let capacity = if !(value.is_finite() && value > 0.0) {
             out.push(format!("{at}.value"), "must be greater than 0");
             1
         } else {
-            measure.capacity_from_value(value).max(1)
+            // `headroom`: keep a margin below the upstream's limit (rounded down).
+            let full = measure.capacity_from_value(value);
+            ((full as f64 * fraction).floor() as u64).max(1)
         };
         if r.ttl.is_some() && r.initial_ttl.is_some() {
             out.push(

@@ -233,3 +233,44 @@ fn debug_output_holds_no_secret() {
     );
     assert_eq!(crate::ids::redact_url("redis://h:1/0"), "redis://h:1/0");
 }
+
+#[test]
+fn headroom_keeps_a_margin_below_the_limit() {
+    let c = Config::from_toml_str(
+        r#"
+[providers.p]
+kind = "mock"
+headroom = 0.9
+resources = [{ name = "rpm", value = 600, period = "minutely" },
+             { name = "tpm", value = 1000, period = "minutely", headroom = 0.5 }]
+[[providers.p.keys]]
+id = "k"
+resources = [{ name = "budget", value = 10, period = "monthly" }]
+[models.m]
+targets = [{ provider = "p", model = "x" }]
+"#,
+        &|_| None,
+    )
+    .unwrap();
+    let p = c.provider("p").unwrap();
+    let caps: Vec<u64> = p.resources.iter().map(|r| r.capacity).collect();
+    assert_eq!(
+        caps,
+        [540, 500],
+        "the provider's 0.9, and the resource's own 0.5"
+    );
+    assert_eq!(
+        p.keys[0].resources[0].capacity, 9_000_000,
+        "$10 × 0.9 in micro-USD"
+    );
+    let e = Config::from_toml_str(
+        "[providers.p]\nkind = \"mock\"\nheadroom = 1.5\n[models.m]\ntargets = [{provider = \"p\", model = \"x\"}]\n",
+        &|_| None,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("providers.p.headroom: 1.5 is not a fraction"),
+        "{e}"
+    );
+}
