@@ -2,6 +2,7 @@
 //! library crates. Exit codes: 0 success, 1 state or provider not found, 2 bad argument or
 //! config (clap exits 2 on usage errors itself).
 
+mod batch;
 mod keys;
 mod secrets;
 mod state;
@@ -86,6 +87,11 @@ enum Command {
         #[command(subcommand)]
         command: secrets::SecretsCommand,
     },
+    /// Batch runs paced by the limits: run, status.
+    Batch {
+        #[command(subcommand)]
+        command: batch::BatchCommand,
+    },
 }
 
 /// "Not found" errors exit 1.
@@ -116,6 +122,12 @@ fn main() -> ExitCode {
                 return ExitCode::SUCCESS;
             }
             eprintln!("llmux: {e:#}");
+            if let Some(end) = e.chain().find_map(|c| c.downcast_ref::<batch::BatchEnd>()) {
+                return match end {
+                    batch::BatchEnd::Failed(_) => ExitCode::from(4),
+                    batch::BatchEnd::Interrupted => ExitCode::from(130),
+                };
+            }
             if e.chain().any(|c| c.is::<NotFound>()) {
                 ExitCode::from(1)
             } else {
@@ -215,6 +227,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let config = load(&cli)?;
             runtime()?.block_on(secrets::run(&config, command))
         }
+        Command::Batch { command } => {
+            let config = load(&cli)?;
+            init_logs("warn");
+            let interrupted = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let rt = runtime()?;
+            let flag = interrupted.clone();
+            rt.spawn(async move {
+                if tokio::signal::ctrl_c().await.is_ok() {
+                    eprintln!("llmux: interrupted; finishing nothing more (rerun to resume)");
+                    flag.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+            });
+            rt.block_on(batch::run(config, command, interrupted))
+        }
     }
 }
 
@@ -224,14 +250,19 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-fn serve(config: llmux::Config) -> anyhow::Result<()> {
+/// Logs to stderr, filtered by `LLMUX_LOG` (else `default`).
+fn init_logs(default: &str) {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("LLMUX_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default)),
         )
         .with_writer(std::io::stderr)
         .init();
+}
+
+fn serve(config: llmux::Config) -> anyhow::Result<()> {
+    init_logs("info");
     runtime()?.block_on(async move {
         let addr = config.listen;
         let policy = config.on_store_error;

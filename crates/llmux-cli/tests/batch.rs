@@ -1,0 +1,224 @@
+//! `llmux batch run`: paced by the limits (no 429 from the upstream), resumable after
+//! `kill -9` without sending a finished item again, exit codes 0 / 2 / 4, `batch status`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use llmux_testkit::{Behavior, MockUpstream};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn config(dir: &Path, base: &str) -> PathBuf {
+    let path = dir.join("llmux.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+[store]
+kind = "sqlite"
+path = "{db}"
+[providers.up]
+kind = "openai-compatible"
+base_url = "{base}"
+[[providers.up.keys]]
+id = "k1"
+secret = "sk-1"
+resources = [{{ name = "rps", value = 20, period = "secondly" }}]
+[models.m]
+targets = [{{ provider = "up", model = "gpt-4o-mini" }}]
+[models.broken]
+max_attempts = 1
+fallback_on = []
+targets = [{{ provider = "up", model = "always-500" }}]
+"#,
+            db = dir.join("s.db").display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn input(dir: &Path, n: usize, model: &str) -> PathBuf {
+    let path = dir.join(format!("in-{model}-{n}.jsonl"));
+    let lines: Vec<String> = (0..n)
+        .map(|i| {
+            serde_json::json!({"custom_id": format!("item-{i}"), "method": "POST",
+                "url": "/v1/chat/completions",
+                "body": {"model": model, "max_tokens": 5,
+                         "messages": [{"role": "user", "content": format!("n {i}")}]}})
+            .to_string()
+        })
+        .collect();
+    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    path
+}
+
+fn batch(cfg: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(assert_cmd::cargo::cargo_bin("llmux"));
+    c.arg("batch")
+        .args(args)
+        .arg("--config")
+        .arg(cfg)
+        .env_remove("LLMUX_CONFIG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    c
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn output_lines(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Upstream requests per wall-clock second.
+fn per_second(mock: &MockUpstream) -> BTreeMap<i64, usize> {
+    let mut m = BTreeMap::new();
+    for r in mock.requests() {
+        *m.entry(r.at_ms.div_euclid(1000)).or_default() += 1;
+    }
+    m
+}
+
+#[test]
+fn a_batch_is_paced_by_the_limits_and_resumes_after_kill_9() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mock = rt.block_on(MockUpstream::start());
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &mock.base_url());
+    let inp = input(dir.path(), 120, "m");
+    let out = dir.path().join("out.jsonl");
+    let args = [
+        "run",
+        inp.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--concurrency",
+        "40",
+    ];
+    // First run: killed (-9) about half way.
+    let mut child = batch(&cfg, &args).spawn().unwrap();
+    let started = Instant::now();
+    while mock.request_count() < 60 {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the batch did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    let _ = child.wait();
+    let first = mock.request_count();
+    let before = if out.exists() {
+        output_lines(&out).len()
+    } else {
+        0
+    };
+    assert!(before < 120, "killed before the end ({before} lines)");
+    // Rerun: finishes, sending none of the items that have a line.
+    let o = batch(&cfg, &args).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let lines = output_lines(&out);
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for l in &lines {
+        *seen
+            .entry(l["custom_id"].as_str().unwrap().to_string())
+            .or_default() += 1;
+        assert_eq!(l["response"]["status_code"], 200, "{l}");
+        assert!(l["error"].is_null(), "{l}");
+        assert!(l["response"]["body"]["choices"].is_array(), "{l}");
+    }
+    assert_eq!(seen.len(), 120, "every item answered");
+    assert!(
+        seen.values().all(|&n| n == 1),
+        "each item once in the output"
+    );
+    // Sent twice: at most the items in flight at the kill.
+    let sent = mock.request_count();
+    assert!(
+        sent >= 120 && sent - 120 <= 40,
+        "{sent} upstream requests ({first} before the kill)"
+    );
+    // Paced: never more than 20 in a second, and no 429 reached the upstream's log.
+    let ps = per_second(&mock);
+    assert!(ps.values().all(|&n| n <= 20), "{ps:?}");
+
+    let o = batch(&cfg, &["status", "--json"]).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v[0]["state"], "completed", "{v}");
+    assert_eq!(
+        (v[0]["done"].as_u64(), v[0]["pending"].as_u64()),
+        (Some(120), Some(0)),
+        "{v}"
+    );
+}
+
+#[test]
+fn bad_lines_exit_2_and_failed_items_exit_4_with_errors() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mock = rt.block_on(MockUpstream::start());
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &mock.base_url());
+    let out = dir.path().join("out.jsonl");
+    let bad = dir.path().join("bad.jsonl");
+    std::fs::write(
+        &bad,
+        "{\"custom_id\":\"a\",\"url\":\"/v1/chat/completions\",\"body\":{\"model\":\"m\"}}\n{\"custom_id\":\"b\",\"url\":\"/v1/nope\",\"body\":{\"model\":\"m\"}}\n",
+    )
+    .unwrap();
+    let o = batch(
+        &cfg,
+        &["run", bad.to_str().unwrap(), "-o", out.to_str().unwrap()],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("line 2: url \"/v1/nope\""),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(
+        mock.request_count(),
+        0,
+        "nothing is sent when a line is bad"
+    );
+
+    mock.set_default(Behavior::Status {
+        status: 500,
+        retry_after_secs: None,
+    });
+    // Two items, tried twice each: four failures stay below the breaker's five.
+    let inp = input(dir.path(), 2, "broken");
+    let o = batch(
+        &cfg,
+        &[
+            "run",
+            inp.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--max-retries",
+            "1",
+        ],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(o.status.code(), Some(4), "{}", text(&o));
+    let lines = output_lines(&out);
+    assert_eq!(lines.len(), 2);
+    for l in &lines {
+        assert!(l["error"]["message"].is_string(), "{l}");
+    }
+    assert_eq!(mock.request_count(), 4, "each item tried twice");
+}
