@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """A chat-completions upstream that enforces its own rate limit, as real APIs do: at most
-RPM requests in any sliding 60 s window; past it, 429 with retry-after. It counts what it
-answered and writes the counts to STATS (JSON) on every request.
+RPM requests in any sliding 60 s window; past it, 429 with retry-after. Like OpenAI, every
+answer announces the limit (`x-ratelimit-limit-requests`, `-remaining-requests`,
+`-reset-requests`: until a slot frees). It counts what it answered and writes the counts to
+STATS (JSON) on every request.
 
 usage: mock_upstream.py PORT RPM STATS
 """
@@ -38,8 +40,14 @@ class Handler(BaseHTTPRequestHandler):
             else:
                 counts["rate_limited"] += 1
             retry = 60.0 - (now - window[0]) if window else 1.0
+            remaining = RPM - len(window)
             with open(STATS, "w") as f:
                 json.dump(counts, f)
+        limits = {
+            "x-ratelimit-limit-requests": str(RPM),
+            "x-ratelimit-remaining-requests": str(remaining),
+            "x-ratelimit-reset-requests": f"{max(retry, 0.001):.3f}s",
+        }
         if admitted:
             payload = {
                 "id": "chatcmpl-mock", "object": "chat.completion", "created": int(time.time()),
@@ -48,11 +56,11 @@ class Handler(BaseHTTPRequestHandler):
                              "message": {"role": "assistant", "content": "ok"}}],
                 "usage": {"prompt_tokens": 10, "completion_tokens": 2, "total_tokens": 12},
             }
-            self.reply(200, payload, {})
+            self.reply(200, payload, limits)
         else:
             err = {"error": {"message": "Rate limit reached", "type": "requests",
                              "code": "rate_limit_exceeded"}}
-            self.reply(429, err, {"retry-after": str(max(1, int(retry + 0.999)))})
+            self.reply(429, err, {**limits, "retry-after": str(max(1, int(retry + 0.999)))})
 
     def reply(self, status, payload, headers):
         data = json.dumps(payload).encode()
@@ -66,4 +74,5 @@ class Handler(BaseHTTPRequestHandler):
 
 
 ThreadingHTTPServer.daemon_threads = True
+ThreadingHTTPServer.request_queue_size = 256
 ThreadingHTTPServer(("127.0.0.1", PORT), Handler).serve_forever()

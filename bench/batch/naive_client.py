@@ -39,6 +39,8 @@ def worker():
                 with lock:
                     stats["rate_limited"] += 1
                 time.sleep(float(e.headers.get("retry-after", "1")))
+            except (urllib.error.URLError, ConnectionError):
+                time.sleep(0.1)
 
 
 started = time.time()

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Batch pacing benchmark: N items (default 2,000) against an upstream that enforces 600 rpm
-# itself (sliding 60 s window, 429 past it). llmux's `batch run`, paced by its own limits
-# (600/min and 10/s), against a naive client at the same concurrency that retries on 429.
+# itself (sliding 60 s window, 429 past it, limits announced in x-ratelimit-* headers as
+# OpenAI does). llmux's `batch run`, paced by its own limits (600/min and 10/s) and what the
+# upstream announces, against a naive client at the same concurrency that retries on 429.
 # Ideal time: N / 10 per second (200 s for 2,000). Run from the repository root after
 # `cargo build --release`:   bash bench/batch/run.sh [N] [CONCURRENCY]
 set -euo pipefail

@@ -13,8 +13,9 @@
 //! The run's counts are also kept in the store (`batch status`).
 
 use anyhow::{bail, Context};
+use llmux::batch::{BatchItem, BatchOptions};
 use llmux::core::{Clock, Records, SystemClock};
-use llmux::{Endpoint, Request, RouteError, Router};
+use llmux::Router;
 use std::collections::HashSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -78,74 +79,6 @@ impl std::fmt::Display for BatchEnd {
 }
 impl std::error::Error for BatchEnd {}
 
-/// A checked input line.
-struct Item {
-    custom_id: String,
-    endpoint: Endpoint,
-    url: String,
-    body: serde_json::Map<String, serde_json::Value>,
-}
-
-fn endpoint_of(url: &str) -> Option<Endpoint> {
-    Some(match url {
-        "/v1/chat/completions" => Endpoint::ChatCompletions,
-        "/v1/completions" => Endpoint::Completions,
-        "/v1/embeddings" => Endpoint::Embeddings,
-        "/v1/messages" => Endpoint::Messages,
-        "/v1/responses" => Endpoint::Responses,
-        _ => return None,
-    })
-}
-
-/// Every line of `text` checked; the first bad one is named by its number (from 1).
-fn parse_input(text: &str, model: Option<&str>) -> anyhow::Result<Vec<Item>> {
-    let mut items = Vec::new();
-    let mut seen = HashSet::new();
-    for (i, line) in text.lines().enumerate() {
-        let n = i + 1;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let v: serde_json::Value =
-            serde_json::from_str(line).with_context(|| format!("line {n}: not JSON"))?;
-        let Some(custom_id) = v.get("custom_id").and_then(|c| c.as_str()) else {
-            bail!("line {n}: needs a string `custom_id`");
-        };
-        if !seen.insert(custom_id.to_string()) {
-            bail!("line {n}: custom_id {custom_id:?} appears twice");
-        }
-        let method = v.get("method").and_then(|m| m.as_str()).unwrap_or("POST");
-        if method != "POST" {
-            bail!("line {n}: method {method:?}: only POST is supported");
-        }
-        let Some(url) = v.get("url").and_then(|u| u.as_str()) else {
-            bail!("line {n}: needs a string `url` such as \"/v1/chat/completions\"");
-        };
-        let Some(endpoint) = endpoint_of(url) else {
-            bail!("line {n}: url {url:?} is not one of /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/messages, /v1/responses");
-        };
-        let Some(mut body) = v.get("body").and_then(|b| b.as_object()).cloned() else {
-            bail!("line {n}: needs an object `body`");
-        };
-        if let Some(m) = model {
-            body.insert("model".into(), m.into());
-        }
-        if !body.get("model").is_some_and(|m| m.is_string()) {
-            bail!("line {n}: body needs a string `model` (or pass --model)");
-        }
-        if body.get("stream").and_then(|s| s.as_bool()) == Some(true) {
-            bail!("line {n}: body.stream: a batch item cannot stream");
-        }
-        items.push(Item {
-            custom_id: custom_id.to_string(),
-            endpoint,
-            url: url.to_string(),
-            body,
-        });
-    }
-    Ok(items)
-}
-
 /// The `custom_id`s the output already holds, after cutting off a torn last line.
 fn finished(output: &Path) -> anyhow::Result<HashSet<String>> {
     let mut done = HashSet::new();
@@ -199,10 +132,10 @@ pub async fn run(
         } => {
             let text = std::fs::read_to_string(input)
                 .with_context(|| format!("cannot read {}", input.display()))?;
-            let items = parse_input(&text, model.as_deref())
+            let items = BatchItem::parse_lines(&text, model.as_deref())
                 .with_context(|| format!("{}: bad input", input.display()))?;
             for it in &items {
-                let m = it.body.get("model").and_then(|m| m.as_str()).unwrap_or("");
+                let m = it.model();
                 if !config.models.contains_key(m) {
                     bail!(
                         "{}: model {m:?} of custom_id {:?} is not in the config",
@@ -215,7 +148,7 @@ pub async fn run(
                 bail!("--concurrency must be at least 1");
             }
             let already = finished(output)?;
-            let todo: Vec<Item> = items
+            let todo: Vec<BatchItem> = items
                 .into_iter()
                 .filter(|it| !already.contains(&it.custom_id))
                 .collect();
@@ -261,7 +194,7 @@ struct RunOptions {
 #[allow(clippy::too_many_arguments)]
 async fn run_items(
     router: &Router,
-    todo: Vec<Item>,
+    todo: Vec<BatchItem>,
     output: &Path,
     already: u64,
     total: u64,
@@ -308,7 +241,12 @@ async fn run_items(
             stop.clone(),
             interrupted.clone(),
         );
-        let (max_retries, stop_on_error) = (opts.max_retries, opts.stop_on_error);
+        let stop_on_error = opts.stop_on_error;
+        let item_opts = BatchOptions {
+            concurrency: 1,
+            max_retries: opts.max_retries,
+            wait: ITEM_WAIT,
+        };
         workers.push(tokio::spawn(async move {
             loop {
                 if stop.load(Ordering::Relaxed) || interrupted.load(Ordering::Relaxed) {
@@ -318,7 +256,7 @@ async fn run_items(
                     return Ok(());
                 };
                 progress.in_flight.fetch_add(1, Ordering::Relaxed);
-                let line = send(&router, &item, max_retries, &interrupted).await;
+                let line = send(&router, &item, &item_opts, &interrupted).await;
                 progress.in_flight.fetch_sub(1, Ordering::Relaxed);
                 let Some((line, ok)) = line else {
                     // Interrupted mid-item: no line, so a rerun sends it again.
@@ -381,111 +319,29 @@ async fn run_items(
     Ok(())
 }
 
-/// Send one item, retrying with backoff; its output line and whether it succeeded, or
-/// `None` when interrupted before it finished.
+/// Send one item (see `Router::send_item`); its output line and whether it succeeded, or
+/// `None` when interrupted before it finished (its lease is released; a rerun sends it again).
 async fn send(
     router: &Router,
-    item: &Item,
-    max_retries: u32,
+    item: &BatchItem,
+    opts: &BatchOptions,
     interrupted: &AtomicBool,
 ) -> Option<(String, bool)> {
-    let body = bytes::Bytes::from(serde_json::to_vec(&item.body).unwrap_or_default());
-    let mut attempt = 0u32;
-    loop {
-        if interrupted.load(Ordering::Relaxed) {
-            return None;
-        }
-        let mut req = Request::from_json_bytes(item.endpoint, body.clone());
-        req.max_wait = Some(ITEM_WAIT);
-        // Interrupted: give the item up (its lease is released); a rerun sends it again.
-        let sent = router.request(req);
-        tokio::pin!(sent);
-        let result = loop {
-            tokio::select! {
-                r = &mut sent => break r,
-                _ = tokio::time::sleep(Duration::from_millis(100)) => {
-                    if interrupted.load(Ordering::Relaxed) {
-                        return None;
-                    }
+    let sent = router.send_item(item, opts);
+    tokio::pin!(sent);
+    let result = loop {
+        tokio::select! {
+            r = &mut sent => break r,
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {
+                if interrupted.load(Ordering::Relaxed) {
+                    return None;
                 }
             }
-        };
-        let (status, answer, error, retry) = match result {
-            Ok(resp) => {
-                let status = resp.status;
-                let request_id = resp
-                    .headers
-                    .get("x-request-id")
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or_default()
-                    .to_string();
-                match resp.bytes().await {
-                    Ok(b) => {
-                        let body: serde_json::Value = serde_json::from_slice(&b)
-                            .unwrap_or_else(|_| String::from_utf8_lossy(&b).into_owned().into());
-                        let retry = status == 429 || status >= 500;
-                        let answer = serde_json::json!({
-                            "status_code": status,
-                            "request_id": request_id,
-                            "body": body,
-                        });
-                        let error = (!(200..300).contains(&status)).then(|| {
-                            serde_json::json!({"code": format!("http_{status}"), "message": format!("the upstream answered {status}")})
-                        });
-                        (Some(status), Some(answer), error, retry)
-                    }
-                    Err(e) => (
-                        None,
-                        None,
-                        Some(
-                            serde_json::json!({"code": "upstream_error", "message": e.to_string()}),
-                        ),
-                        true,
-                    ),
-                }
-            }
-            Err(e) => {
-                let (code, retry) = match &e {
-                    RouteError::NoCapacity { budget: true, .. } => ("budget_exceeded", false),
-                    RouteError::NoCapacity { .. } => ("rate_limit_exceeded", true),
-                    RouteError::Upstream { .. } | RouteError::Store(_) => ("upstream_error", true),
-                    RouteError::PolicyViolation(_) => ("policy_violation", false),
-                    RouteError::UnknownModel(_) => ("model_not_found", false),
-                    _ => ("invalid_request", false),
-                };
-                (
-                    None,
-                    None,
-                    Some(serde_json::json!({"code": code, "message": e.to_string()})),
-                    retry,
-                )
-            }
-        };
-        let ok = status.is_some_and(|s| (200..300).contains(&s));
-        if !ok && retry && attempt < max_retries {
-            attempt += 1;
-            // Full jitter: up to 0.5 s, 1 s, 2 s, … (at most 30 s).
-            let ceiling = 500u64.saturating_mul(1 << (attempt - 1).min(6)).min(30_000);
-            tokio::time::sleep(Duration::from_millis(rand::random_range(0..=ceiling))).await;
-            continue;
         }
-        let line = serde_json::json!({
-            "id": format!("batch_req_{}", uuid_like(&item.custom_id)),
-            "custom_id": item.custom_id,
-            "response": answer,
-            "error": error,
-            "url": item.url,
-        });
-        return Some((line.to_string(), ok));
-    }
-}
-
-/// A stable id for an item's output line, from its `custom_id`.
-fn uuid_like(custom_id: &str) -> String {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    custom_id.hash(&mut h);
-    format!("{:016x}", h.finish())
+    };
+    let mut line = result.output_line();
+    line["url"] = result.url.clone().into();
+    Some((line.to_string(), result.ok()))
 }
 
 /// A progress bar on a terminal, a plain line every 5 s otherwise.

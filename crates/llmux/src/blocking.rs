@@ -31,6 +31,17 @@ pub struct Response {
 
 impl Router {
     pub fn from_config(config: Config) -> Result<Router, RouteError> {
+        Router::on_runtime(|| AsyncRouter::from_config(config))
+    }
+
+    /// [`crate::Router::from_env`]: no config file; providers from the `*_API_KEY` variables.
+    pub fn from_env() -> Result<Router, RouteError> {
+        Router::on_runtime(AsyncRouter::from_env)
+    }
+
+    fn on_runtime(
+        make: impl FnOnce() -> Result<AsyncRouter, RouteError>,
+    ) -> Result<Router, RouteError> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -38,12 +49,23 @@ impl Router {
             .map_err(|e| RouteError::BadRequest(format!("cannot start a runtime: {e}")))?;
         let inner = {
             let _guard = rt.enter();
-            AsyncRouter::from_config(config)?
+            make()?
         };
         Ok(Router {
             rt: Arc::new(rt),
             inner,
         })
+    }
+
+    /// [`crate::Router::batch`]: every item's result, in completion order.
+    pub fn batch(
+        &self,
+        items: Vec<crate::batch::BatchItem>,
+        opts: crate::batch::BatchOptions,
+    ) -> Vec<crate::batch::BatchResult> {
+        use futures_util::StreamExt;
+        self.rt
+            .block_on(self.inner.batch(items, opts).collect::<Vec<_>>())
     }
 
     /// A blocking router on the config file at `path`.

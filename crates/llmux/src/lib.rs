@@ -15,6 +15,7 @@
 //!
 //! Callers with their own HTTP client use [`Router::acquire`] and settle the [`Lease`].
 
+pub mod batch;
 pub mod blocking;
 mod env;
 pub mod error;

@@ -250,3 +250,54 @@ targets = [{ provider = "p", model = "x" }]
         "admitted {waited:?} after it began waiting"
     );
 }
+
+/// `router.batch(items)` yields every item once, in completion order, paced by the limit;
+/// the blocking mirror returns the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_results_come_in_completion_order_with_their_ids() {
+    use futures_util::StreamExt;
+    use llmux::batch::{BatchItem, BatchOptions};
+    let text = r#"
+[store]
+kind = "memory"
+[providers.p]
+kind = "mock"
+[[providers.p.keys]]
+id = "k1"
+resources = [{ name = "rps", value = 10, period = "secondly" }]
+[models.m]
+targets = [{ provider = "p", model = "x" }]
+"#;
+    let items: Vec<BatchItem> = (0..25)
+        .map(|i| {
+            let line = serde_json::json!({"custom_id": format!("c{i}"), "url": "/v1/chat/completions",
+                "body": {"model": "m", "messages": [{"role": "user", "content": "hi"}]}});
+            BatchItem::parse(&line.to_string(), None).unwrap()
+        })
+        .collect();
+    let r = Router::from_config(llmux::Config::from_toml_str(text, &|_| None).unwrap()).unwrap();
+    let started = std::time::Instant::now();
+    let results: Vec<_> = r
+        .batch(items.clone(), BatchOptions::default())
+        .collect()
+        .await;
+    let mut ids: Vec<String> = results.iter().map(|x| x.custom_id.clone()).collect();
+    ids.sort();
+    let mut want: Vec<String> = (0..25).map(|i| format!("c{i}")).collect();
+    want.sort();
+    assert_eq!(ids, want);
+    assert!(results.iter().all(|x| x.ok()), "{results:?}");
+    assert_eq!(results[0].output_line()["response"]["status_code"], 200);
+    // 25 items at 10 a second: at least two window rolls.
+    assert!(started.elapsed() >= std::time::Duration::from_millis(1000));
+    let blocking = std::thread::spawn(move || {
+        let b = llmux::blocking::Router::from_config(
+            llmux::Config::from_toml_str(text, &|_| None).unwrap(),
+        )
+        .unwrap();
+        b.batch(items[..5].to_vec(), BatchOptions::default())
+    })
+    .join()
+    .unwrap();
+    assert_eq!(blocking.len(), 5);
+}
