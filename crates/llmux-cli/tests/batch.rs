@@ -222,3 +222,141 @@ fn bad_lines_exit_2_and_failed_items_exit_4_with_errors() {
     }
     assert_eq!(mock.request_count(), 4, "each item tried twice");
 }
+
+/// One HTTP/1.1 request to `llmux serve` on `port`: (status, body).
+fn http(port: u16, method: &str, path: &str, ctype: &str, body: &[u8]) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nhost: x\r\ncontent-type: {ctype}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// A batch created on a gateway that is killed (-9) half way is finished by the next gateway
+/// on the same store: every item once in the output file.
+#[test]
+fn a_gateway_batch_survives_kill_9_of_its_gateway() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mock = rt.block_on(MockUpstream::start());
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &mock.base_url());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, format!("listen = \"127.0.0.1:{port}\"\n{text}")).unwrap();
+    let serve = || {
+        let child = Command::new(assert_cmd::cargo::cargo_bin("llmux"))
+            .args(["serve", "--config"])
+            .arg(&cfg)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(started.elapsed() < Duration::from_secs(20), "no gateway");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        child
+    };
+    let mut first = serve();
+    // 60 items at 20 a second: 3 s of work.
+    let jsonl = std::fs::read_to_string(input(dir.path(), 60, "m")).unwrap();
+    let mut body = Vec::new();
+    body.extend_from_slice(b"--XyZ\r\ncontent-disposition: form-data; name=\"purpose\"\r\n\r\nbatch\r\n--XyZ\r\ncontent-disposition: form-data; name=\"file\"; filename=\"in.jsonl\"\r\ncontent-type: application/jsonl\r\n\r\n");
+    body.extend_from_slice(jsonl.as_bytes());
+    body.extend_from_slice(b"\r\n--XyZ--\r\n");
+    let (status, file) = http(
+        port,
+        "POST",
+        "/v1/files",
+        "multipart/form-data; boundary=XyZ",
+        &body,
+    );
+    assert_eq!(status, 200, "{file}");
+    let file: serde_json::Value = serde_json::from_str(&file).unwrap();
+    let req = serde_json::json!({"input_file_id": file["id"], "endpoint": "/v1/chat/completions",
+        "completion_window": "24h"});
+    let (status, batch) = http(
+        port,
+        "POST",
+        "/v1/batches",
+        "application/json",
+        req.to_string().as_bytes(),
+    );
+    assert_eq!(status, 200, "{batch}");
+    let id = serde_json::from_str::<serde_json::Value>(&batch).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let started = Instant::now();
+    while mock.request_count() < 25 {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the batch did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    first.kill().unwrap();
+    let _ = first.wait();
+    let at_kill = mock.request_count();
+    assert!(at_kill < 60, "killed half way ({at_kill} sent)");
+    let mut second = serve();
+    let started = Instant::now();
+    let batch = loop {
+        let (_, b) = http(
+            port,
+            "GET",
+            &format!("/v1/batches/{id}"),
+            "application/json",
+            b"",
+        );
+        let b: serde_json::Value = serde_json::from_str(&b).unwrap();
+        if b["status"] == "completed" {
+            break b;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "{b}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let out = batch["output_file_id"].as_str().unwrap();
+    let (status, text) = http(
+        port,
+        "GET",
+        &format!("/v1/files/{out}/content"),
+        "application/json",
+        b"",
+    );
+    assert_eq!(status, 200);
+    let mut ids: Vec<String> = text
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["custom_id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(ids.len(), 60, "each item once: {text}");
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 60);
+    assert_eq!(batch["request_counts"]["completed"], 60, "{batch}");
+    // Sent twice: at most the items in flight at the kill (the runner's 16).
+    assert!(mock.request_count() <= 60 + 16, "{}", mock.request_count());
+    let _ = second.kill();
+    let _ = second.wait();
+}

@@ -12,10 +12,20 @@ use llmux::{Endpoint, RouteError};
 #[derive(Debug)]
 pub enum ApiError {
     BadRequest(String),
-    PayloadTooLarge { limit: usize },
+    PayloadTooLarge {
+        limit: usize,
+    },
     Unauthorized,
     NotFound(String),
+    /// A file or batch that does not exist (`no such …`).
+    NoSuch(String),
     Route(RouteError),
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message())
+    }
 }
 
 impl From<RouteError> for ApiError {
@@ -36,7 +46,9 @@ impl ApiError {
                 "payload_too_large",
             ),
             ApiError::Unauthorized => (S::UNAUTHORIZED, "authentication_error", "invalid_api_key"),
-            ApiError::NotFound(_) => (S::NOT_FOUND, "invalid_request_error", "not_found"),
+            ApiError::NotFound(_) | ApiError::NoSuch(_) => {
+                (S::NOT_FOUND, "invalid_request_error", "not_found")
+            }
             ApiError::Route(e) => match e {
                 RouteError::BadRequest(_) => {
                     (S::BAD_REQUEST, "invalid_request_error", "invalid_request")
@@ -77,6 +89,7 @@ impl ApiError {
             }
             ApiError::Unauthorized => RouteError::Unauthorized.to_string(),
             ApiError::NotFound(p) => format!("no route for {p}"),
+            ApiError::NoSuch(what) => format!("no such {what}"),
             ApiError::Route(e) => e.to_string(),
         }
     }

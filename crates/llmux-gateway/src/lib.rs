@@ -3,6 +3,7 @@
 //!
 //! [`app`] builds the axum `Router`; [`serve`] runs it on a listener until shutdown.
 
+mod batches;
 pub mod error;
 
 use axum::body::Body;
@@ -85,6 +86,10 @@ fn metrics_handle() -> Option<PrometheusHandle> {
 pub fn app(router: Router) -> axum::Router {
     // The recorder first: handles registered before it would record nowhere.
     let metrics = metrics_handle();
+    // Batches left running in the store (by this or another gateway) go on here.
+    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        rt.spawn(batches::resume(router.clone()));
+    }
     let state = Arc::new(AppState {
         router,
         metrics,
@@ -97,6 +102,15 @@ pub fn app(router: Router) -> axum::Router {
         .route("/v1/messages", post(messages))
         .route("/v1/responses", post(responses))
         .route("/v1/models", get(models))
+        .route(
+            "/v1/files",
+            post(batches::upload).layer(axum::extract::DefaultBodyLimit::max(100 * 1024 * 1024)),
+        )
+        .route("/v1/files/{id}", get(batches::file))
+        .route("/v1/files/{id}/content", get(batches::file_content))
+        .route("/v1/batches", post(batches::create).get(batches::list))
+        .route("/v1/batches/{id}", get(batches::get_batch))
+        .route("/v1/batches/{id}/cancel", post(batches::cancel))
         .route("/health", get(health))
         .route("/metrics", get(metrics_text))
         .fallback(not_found)

@@ -1,0 +1,80 @@
+//! The OpenAI Batch API on the gateway: the official Python SDK's files.create →
+//! batches.create → poll → files.content round trip. (A batch surviving a restart of the
+//! gateway process: `llmux-cli/tests/batch.rs`.)
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod common;
+use common::*;
+use llmux_testkit::MockUpstream;
+
+const SCRIPT: &str = r#"
+import json, sys, time, tempfile, os
+import openai
+
+client = openai.OpenAI(base_url=sys.argv[1], api_key="gk-sdk", max_retries=0)
+path = os.path.join(tempfile.mkdtemp(), "in.jsonl")
+with open(path, "w") as f:
+    for i in range(12):
+        f.write(json.dumps({"custom_id": f"req-{i}", "method": "POST", "url": "/v1/chat/completions",
+                            "body": {"model": "m", "max_tokens": 5,
+                                     "messages": [{"role": "user", "content": f"hello {i}"}]}}) + "\n")
+up = client.files.create(file=open(path, "rb"), purpose="batch")
+assert up.id.startswith("file-") and up.purpose == "batch", up
+assert client.files.retrieve(up.id).bytes == os.path.getsize(path)
+batch = client.batches.create(input_file_id=up.id, endpoint="/v1/chat/completions",
+                              completion_window="24h", metadata={"job": "sdk"})
+assert batch.status in ("validating", "in_progress"), batch
+deadline = time.time() + 30
+while batch.status not in ("completed", "failed", "cancelled", "expired"):
+    assert time.time() < deadline, batch
+    time.sleep(0.2)
+    batch = client.batches.retrieve(batch.id)
+assert batch.status == "completed", batch
+assert batch.request_counts.total == 12 and batch.request_counts.completed == 12, batch.request_counts
+assert batch.metadata == {"job": "sdk"}, batch.metadata
+lines = [json.loads(l) for l in client.files.content(batch.output_file_id).text.splitlines()]
+assert sorted(l["custom_id"] for l in lines) == sorted(f"req-{i}" for i in range(12)), lines
+assert all(l["response"]["status_code"] == 200 for l in lines), lines
+assert lines[0]["response"]["body"]["choices"][0]["message"]["content"], lines[0]
+assert batch.id in [b.id for b in client.batches.list().data]
+try:
+    client.batches.retrieve("batch_nope")
+    raise SystemExit("expected 404")
+except openai.NotFoundError:
+    pass
+try:
+    client.files.create(file=open(path, "rb"), purpose="fine-tune")
+    raise SystemExit("expected 400")
+except openai.BadRequestError:
+    pass
+print("SDK-OK")
+"#;
+
+fn config(base: &str, rps: u32) -> String {
+    format!(
+        r#"
+[store]
+kind = "sqlite"
+path = "{{DB}}"
+[providers.up]
+kind = "openai-compatible"
+base_url = "{base}"
+[[providers.up.keys]]
+id = "k1"
+secret = "sk-1"
+resources = [{{ name = "rps", value = {rps}, period = "secondly" }}]
+[models.m]
+targets = [{{ provider = "up", model = "gpt-4o-mini" }}]
+[[gateway_keys]]
+id = "sdk"
+secret = "gk-sdk"
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openai_sdk_batch_workflow_runs_against_the_gateway() {
+    let mock = MockUpstream::start().await;
+    let gw = start(&config(&mock.base_url(), 5)).await;
+    let base = format!("http://{}/v1", gw.addr);
+    run_sdk_script(&gw, "openai", SCRIPT, &[base]).await;
+}
