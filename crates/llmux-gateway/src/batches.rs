@@ -26,6 +26,14 @@ const BATCHES: &str = "batches";
 /// The largest file accepted (bytes).
 const MAX_FILE_BYTES: usize = 100 * 1024 * 1024;
 
+/// The JSON answer, or the error in the OpenAI envelope.
+fn reply(r: Result<Value, ApiError>) -> Response {
+    match r {
+        Ok(v) => axum::Json(v).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
 fn out_table(batch: &str) -> String {
     format!("batch_out:{batch}")
 }
@@ -136,10 +144,7 @@ pub(crate) async fn upload(
         save_file(&s.router, &name, &purpose, text).await
     }
     .await;
-    match r {
-        Ok(v) => axum::Json(v).into_response(),
-        Err(e) => e.into_response(),
-    }
+    reply(r)
 }
 
 /// `GET /v1/files/{id}`.
@@ -155,10 +160,7 @@ pub(crate) async fn file(
             .ok_or_else(|| not_found("file", &id))
     }
     .await;
-    match r {
-        Ok(v) => axum::Json(v).into_response(),
-        Err(e) => e.into_response(),
-    }
+    reply(r)
 }
 
 /// `GET /v1/files/{id}/content`.
@@ -236,10 +238,7 @@ pub(crate) async fn create(
         Ok(batch)
     }
     .await;
-    match r {
-        Ok(v) => axum::Json(v).into_response(),
-        Err(e) => e.into_response(),
-    }
+    reply(r)
 }
 
 /// `GET /v1/batches/{id}`.
@@ -255,10 +254,7 @@ pub(crate) async fn get_batch(
             .ok_or_else(|| not_found("batch", &id))
     }
     .await;
-    match r {
-        Ok(v) => axum::Json(v).into_response(),
-        Err(e) => e.into_response(),
-    }
+    reply(r)
 }
 
 /// `GET /v1/batches`: newest first.
@@ -285,10 +281,7 @@ pub(crate) async fn list(State(s): State<Arc<AppState>>, headers: HeaderMap) -> 
         }))
     }
     .await;
-    match r {
-        Ok(v) => axum::Json(v).into_response(),
-        Err(e) => e.into_response(),
-    }
+    reply(r)
 }
 
 /// `POST /v1/batches/{id}/cancel`: `cancelling` until its items in flight end, then
@@ -311,10 +304,7 @@ pub(crate) async fn cancel(
         Ok::<_, ApiError>(b)
     }
     .await;
-    match r {
-        Ok(v) => axum::Json(v).into_response(),
-        Err(e) => e.into_response(),
-    }
+    reply(r)
 }
 
 /// Resume the batches left `in_progress` (or `cancelling`) in the store.
