@@ -6,7 +6,7 @@ use crate::ids::{Subject, TargetId};
 use crate::store::Line;
 use crate::time::Timestamp;
 use crate::usage::Usage;
-use crate::window::window_at;
+use crate::window::{window_at, Period, Window};
 use jiff::tz::TimeZone;
 use std::sync::Arc;
 
@@ -16,14 +16,46 @@ pub struct Bound {
     pub subject: Subject,
     pub resource: Resource,
     pub timezone: TimeZone,
+    /// The last window computed for a period of an hour or longer, reused while it holds
+    /// `now`: its math reads the zone's rules, and every reserve and commit needs it.
+    last: Arc<parking_lot::Mutex<Option<Window>>>,
 }
 
 impl Bound {
+    pub fn new(subject: Subject, resource: Resource, timezone: TimeZone) -> Bound {
+        Bound {
+            subject,
+            resource,
+            timezone,
+            last: Arc::default(),
+        }
+    }
+
+    /// The window of this resource containing `now`.
+    pub fn window(&self, now: Timestamp) -> Window {
+        let period = self.resource.period;
+        if matches!(
+            period,
+            Period::Secondly | Period::Minutely | Period::Custom { .. }
+        ) {
+            return window_at(period, &self.timezone, now);
+        }
+        let mut last = self.last.lock();
+        if let Some(w) = *last {
+            if w.start <= now && now < w.end {
+                return w;
+            }
+        }
+        let w = window_at(period, &self.timezone, now);
+        *last = Some(w);
+        w
+    }
+
     pub fn line(&self, usage: &Usage, now: Timestamp) -> Line {
         Line {
             subject: self.subject.clone(),
             resource: self.resource.name.clone(),
-            window: window_at(self.resource.period, &self.timezone, now),
+            window: self.window(now),
             capacity: self.resource.stored_capacity(),
             amount: usage.amount(self.resource.measure),
         }
@@ -44,11 +76,8 @@ fn bind<'a>(
     list: &'a [Resource],
     tz: &'a TimeZone,
 ) -> impl Iterator<Item = Bound> + 'a {
-    list.iter().map(move |resource| Bound {
-        subject: subject.clone(),
-        resource: resource.clone(),
-        timezone: tz.clone(),
-    })
+    list.iter()
+        .map(move |resource| Bound::new(subject.clone(), resource.clone(), tz.clone()))
 }
 
 /// One expanded target of a model pool: a provider key serving an upstream model.

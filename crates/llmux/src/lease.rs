@@ -8,7 +8,7 @@ use crate::ledger::Ledger;
 use crate::stats::{PoolSlot, TargetStats};
 use llmux_core::config::{Health, Price};
 use llmux_core::health::HealthOp;
-use llmux_core::plan::{lines, Bound};
+use llmux_core::plan::Bound;
 use llmux_core::store::{LeaseId, Store};
 use llmux_core::time::secs_to_millis;
 use llmux_core::{Secret, StoreError, Subject, TargetId, Timestamp, Usage};
@@ -188,10 +188,10 @@ impl Lease {
             }
             None => usage,
         };
-        let mut v = lines(self.bounds.iter(), usage, now);
-        if let Some(extra) = &self.extra {
-            v.extend(lines(extra.iter(), usage, now));
-        }
+        let extra = self.extra.iter().flat_map(|e| e.iter());
+        let mut v =
+            Vec::with_capacity(self.bounds.len() + self.extra.as_ref().map_or(0, |e| e.len()));
+        v.extend(self.bounds.iter().chain(extra).map(|b| b.line(usage, now)));
         v
     }
 

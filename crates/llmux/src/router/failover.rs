@@ -21,7 +21,7 @@ use bytes::Bytes;
 use http::HeaderMap;
 use llmux_core::config::OnStoreError;
 use llmux_core::health::{GateUse, HealthOp};
-use llmux_core::plan::{lines, Bound, PlannedTarget};
+use llmux_core::plan::{Bound, PlannedTarget};
 use llmux_core::store::{Admission, Denial, DenialReason, LeaseId, Reserve, Reserved, Store};
 use llmux_core::time::secs_to_millis;
 use llmux_core::{Subject, Timestamp, Usage};
@@ -149,7 +149,7 @@ fn budget_end<'a>(
     bounds
         .filter(|b| b.resource.measure == llmux_core::Measure::CostMicroUsd)
         .find(|b| b.subject == d.subject && b.resource.name == *resource)
-        .map(|b| llmux_core::window_at(b.resource.period, &b.timezone, now).end)
+        .map(|b| b.window(now).end)
 }
 
 fn client_headers(h: &HeaderMap) -> HeaderMap {
@@ -222,10 +222,9 @@ impl Router {
         };
         let bounds = pool.bounds[i].clone();
         let extra = extra.cloned();
-        let mut ls = lines(bounds.iter(), usage, now);
-        if let Some(extra) = &extra {
-            ls.extend(lines(extra.iter(), usage, now));
-        }
+        let all = bounds.iter().chain(extra.iter().flat_map(|e| e.iter()));
+        let mut ls = Vec::with_capacity(bounds.len() + extra.as_ref().map_or(0, |e| e.len()));
+        ls.extend(all.map(|b| b.line(usage, now)));
         let ledger = &self.inner.ledger;
         // The id is ours before the store sees the call: if this future is dropped while the
         // store works, `pending` releases whatever it may have granted.
