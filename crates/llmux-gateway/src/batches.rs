@@ -23,6 +23,9 @@ use std::time::Duration;
 const FILES: &str = "files";
 const FILE_CONTENT: &str = "file_content";
 const BATCHES: &str = "batches";
+/// Cancel requests, by batch id: apart from the batch's object, which its runner rewrites
+/// every second, so that no cancel is lost between the runner's read and write.
+const CANCELS: &str = "batch_cancels";
 /// The largest file accepted (bytes).
 const MAX_FILE_BYTES: usize = 100 * 1024 * 1024;
 
@@ -297,8 +300,14 @@ pub(crate) async fn cancel(
             .await?
             .ok_or_else(|| not_found("batch", &id))?;
         if b["status"] == "in_progress" || b["status"] == "validating" {
+            let at = now_secs();
+            s.router
+                .store()
+                .put_record(CANCELS, &id, &at.to_string())
+                .await
+                .map_err(store_error)?;
             b["status"] = "cancelling".into();
-            b["cancelling_at"] = now_secs().into();
+            b["cancelling_at"] = at.into();
             put_json(&s.router, BATCHES, &id, &b).await?;
         }
         Ok::<_, ApiError>(b)
@@ -427,7 +436,8 @@ async fn run_inner(router: &Router, id: &str) -> Result<(), ApiError> {
     b["request_counts"]["failed"] = nfailed.into();
     let now = now_secs();
     b["finalizing_at"] = now.into();
-    if cancelled || b["status"] == "cancelling" {
+    let asked = store.get_record(CANCELS, id).await.map_err(store_error)?;
+    if cancelled || asked.is_some() || b["status"] == "cancelling" {
         b["status"] = "cancelled".into();
         b["cancelled_at"] = now.into();
     } else {
@@ -453,6 +463,16 @@ async fn update_counts(router: &Router, id: &str, table: &str) -> Result<String,
         .ok_or_else(|| not_found("batch", id))?;
     b["request_counts"]["completed"] = (lines.len() - failed).into();
     b["request_counts"]["failed"] = failed.into();
+    // A cancel is its own record: this write cannot undo it.
+    let cancel = router
+        .store()
+        .get_record(CANCELS, id)
+        .await
+        .map_err(store_error)?;
+    if let Some(at) = cancel {
+        b["status"] = "cancelling".into();
+        b["cancelling_at"] = at.parse::<i64>().map_or(Value::Null, Value::from);
+    }
     put_json(router, BATCHES, id, &b).await?;
     Ok(b["status"].as_str().unwrap_or_default().to_string())
 }

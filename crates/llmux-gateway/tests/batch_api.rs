@@ -78,3 +78,53 @@ async fn the_openai_sdk_batch_workflow_runs_against_the_gateway() {
     let base = format!("http://{}/v1", gw.addr);
     run_sdk_script(&gw, "openai", SCRIPT, &[base]).await;
 }
+
+/// A cancelled batch stops sending: `cancelling`, then `cancelled` with the lines finished.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_batch_stops_sending() {
+    use llmux_core::Records;
+    let mock = MockUpstream::start().await;
+    let gw = start(&config(&mock.base_url(), 2)).await;
+    let auth = [("authorization", "Bearer gk-sdk")];
+    let lines: Vec<String> = (0..30)
+        .map(|i| {
+            serde_json::json!({"custom_id": format!("c{i}"), "url": "/v1/chat/completions",
+                "body": {"model": "m", "messages": [{"role": "user", "content": "hi"}]}})
+            .to_string()
+        })
+        .collect();
+    let store = gw.router.store().clone();
+    store
+        .put_record("file_content", "file-x", &lines.join("\n"))
+        .await
+        .unwrap();
+    let r = post(
+        gw.addr,
+        "/v1/batches",
+        r#"{"input_file_id":"file-x","endpoint":"/v1/chat/completions","completion_window":"24h"}"#,
+        &auth,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    let r = post(gw.addr, &format!("/v1/batches/{id}/cancel"), "", &auth).await;
+    assert_eq!(r.json()["status"], "cancelling", "{}", r.text());
+    let started = std::time::Instant::now();
+    let b = loop {
+        let r = post(gw.addr, &format!("/v1/batches/{id}/cancel"), "", &auth).await;
+        let b = r.json();
+        if b["status"] == "cancelled" {
+            break b;
+        }
+        assert!(started.elapsed().as_secs() < 10, "{b}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    let done = b["request_counts"]["completed"].as_u64().unwrap();
+    assert!(done < 30, "{b}");
+    let sent = mock.request_count();
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert_eq!(mock.request_count(), sent, "nothing sent after the cancel");
+    let r = post(gw.addr, "/v1/batches/batch_nope/cancel", "", &auth).await;
+    assert_eq!(r.status, 404);
+}
