@@ -114,6 +114,7 @@ impl ApiError {
                     denial,
                     retry_after_secs,
                     budget,
+                    window_secs,
                     ..
                 } => {
                     let limit = denial.limit();
@@ -125,7 +126,8 @@ impl ApiError {
                     if let DenialReason::Exhausted { capacity, .. }
                     | DenialReason::NeverFits { capacity, .. } = &denial.reason
                     {
-                        extra.push(("ratelimit-policy", format!("{name};q={capacity}")));
+                        let w = window_secs.map(|w| format!(";w={w}")).unwrap_or_default();
+                        extra.push(("ratelimit-policy", format!("{name};q={capacity}{w}")));
                     }
                     let t = retry_after_secs
                         .map(|s| format!(";t={s}"))

@@ -503,3 +503,31 @@ targets = [{{ provider = "claude", model = "claude-3-5-haiku-latest" }}]
     let r = post(gw.addr, "/v1/messages", body, &[]).await;
     assert_eq!(r.status, 200, "{}", r.text());
 }
+
+/// The 429 names the limit that denied it with its window, as the IETF fields do.
+#[tokio::test]
+async fn a_429_gives_the_denying_limit_with_its_window() {
+    let mock = MockUpstream::start().await;
+    let gw = start(&one_key(
+        &mock,
+        "",
+        r#"{ name = "rpd", value = 1, period = "daily" }"#,
+    ))
+    .await;
+    assert_eq!(
+        post(gw.addr, "/v1/chat/completions", chat("m"), &[])
+            .await
+            .status,
+        200
+    );
+    let r = post(gw.addr, "/v1/chat/completions", chat("m"), &[]).await;
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert_eq!(
+        r.header("ratelimit-policy"),
+        Some(r#""up/k1:rpd";q=1;w=86400"#)
+    );
+    assert!(r
+        .header("ratelimit")
+        .unwrap()
+        .starts_with(r#""up/k1:rpd";r=0;t="#));
+}

@@ -41,6 +41,9 @@ pub enum RouteError {
         /// The limit hit is a hard USD budget: it frees up when its window ends, and
         /// `retry_after_secs` counts to then.
         budget: bool,
+        /// The length of the limit's window in seconds, when it is a configured limit (the
+        /// `w` of `RateLimit-Policy`).
+        window_secs: Option<u64>,
     },
     /// A gateway key's or team's policy refuses the request; the message names the rule.
     #[error("{0}")]

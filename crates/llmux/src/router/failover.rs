@@ -24,7 +24,7 @@ use llmux_core::health::{GateUse, HealthOp};
 use llmux_core::plan::{Bound, PlannedTarget};
 use llmux_core::store::{Admission, Denial, DenialReason, LeaseId, Reserve, Reserved, Store};
 use llmux_core::time::secs_to_millis;
-use llmux_core::{Subject, Timestamp, Usage};
+use llmux_core::{Subject, Timestamp, Usage, Window};
 use serde_json::{Map, Value};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -69,17 +69,21 @@ pub(super) struct Outcomes {
     failed_attempts: u32,
     /// The kept denial is a hard USD budget, whose window ends then.
     budget_ends: Option<Timestamp>,
+    /// The length of the kept denial's window, when it is a configured limit.
+    window_secs: Option<u64>,
     /// A policy rule that kept a target out (reported when no limit was hit either).
     policy: Option<String>,
 }
 
 impl Outcomes {
     pub(super) fn deny(&mut self, d: Denial) {
-        self.deny_budget(d, None);
+        self.deny_in(d, None);
     }
 
-    /// [`Outcomes::deny`], for a denial by a USD budget whose window ends at `ends`.
-    fn deny_budget(&mut self, d: Denial, ends: Option<Timestamp>) {
+    /// [`Outcomes::deny`], knowing the denying limit's window (and whether it is a USD budget,
+    /// which frees up only when that window ends).
+    fn deny_in(&mut self, d: Denial, limit: Option<(Window, bool)>) {
+        let ends = limit.and_then(|(w, usd)| usd.then_some(w.end));
         // A budget frees up when its window ends, whatever its reservations do.
         let at = |d: &Denial, ends: Option<Timestamp>| ends.or(d.retry_at);
         let better = match (&self.denial, at(&d, ends)) {
@@ -90,6 +94,8 @@ impl Outcomes {
         if better {
             self.denial = Some(d);
             self.budget_ends = ends;
+            self.window_secs = limit
+                .map(|(w, _)| (w.end.0.saturating_sub(w.start.0).max(0) as u64).div_ceil(1000));
         }
     }
 }
@@ -133,13 +139,13 @@ pub(super) fn priced(t: &PlannedTarget, usage: &Usage) -> Usage {
     }
 }
 
-/// When the window of the USD resource that made denial `d` ends, if it is one (of the
-/// target's, the pool's or the request's bounds).
-fn budget_end<'a>(
-    bounds: impl Iterator<Item = &'a Bound>,
+/// The window of the configured limit that made denial `d` (of the target's, the pool's or
+/// the request's bounds), and whether it counts USD.
+fn limit_window<'a>(
+    mut bounds: impl Iterator<Item = &'a Bound>,
     d: &Denial,
     now: Timestamp,
-) -> Option<Timestamp> {
+) -> Option<(Window, bool)> {
     let resource = match &d.reason {
         DenialReason::Exhausted { resource, .. } | DenialReason::NeverFits { resource, .. } => {
             resource
@@ -147,9 +153,11 @@ fn budget_end<'a>(
         _ => return None,
     };
     bounds
-        .filter(|b| b.resource.measure == llmux_core::Measure::CostMicroUsd)
         .find(|b| b.subject == d.subject && b.resource.name == *resource)
-        .map(|b| b.window(now).end)
+        .map(|b| {
+            let usd = b.resource.measure == llmux_core::Measure::CostMicroUsd;
+            (b.window(now), usd)
+        })
 }
 
 fn client_headers(h: &HeaderMap) -> HeaderMap {
@@ -342,6 +350,7 @@ impl Router {
                     .map(|t| now.secs_until_ceil(t).max(1)),
                 denial: Box::new(d),
                 budget: out.budget_ends.is_some(),
+                window_secs: out.window_secs,
             },
             None => RouteError::UnknownModel(model.to_string()),
         }
@@ -458,13 +467,13 @@ impl Router {
                         let bounds = pool.bounds[i]
                             .iter()
                             .chain(extra.into_iter().flat_map(|e| e.iter()));
-                        let ends = budget_end(bounds, &d, now);
-                        let why = match ends {
-                            Some(_) => SkipReason::Budget,
-                            None => SkipReason::of(&d),
+                        let limit = limit_window(bounds, &d, now);
+                        let why = match limit {
+                            Some((_, true)) => SkipReason::Budget,
+                            _ => SkipReason::of(&d),
                         };
                         req.decision.skipped.push((target.id.clone(), why));
-                        out.deny_budget(d, ends);
+                        out.deny_in(d, limit);
                         continue;
                     }
                 };
