@@ -4,7 +4,6 @@
 
 use crate::NotFound;
 use anyhow::{bail, Context};
-use llmux::core::config::ProviderKind;
 use llmux::core::records::GATEWAY_KEYS;
 use llmux::core::{Clock, Records, SystemClock, Timestamp};
 use llmux::keys::{hash_hex, hint_of, new_secret, parse_stored, StoredKey, SECRET_PREFIX};
@@ -91,12 +90,7 @@ pub async fn run(config: &Config, cmd: &KeysCommand) -> anyhow::Result<()> {
             if store.get_record(GATEWAY_KEYS, name).await?.is_some() {
                 bail!("a gateway key named {name:?} exists already (rotate or revoke it)");
             }
-            let secret = new_secret()?;
-            key.hash = hash_hex(&secret);
-            key.hint = hint_of(&secret);
-            store
-                .put_record(GATEWAY_KEYS, name, &serde_json::to_string(&key)?)
-                .await?;
+            let secret = store_new_secret(&store, &mut key).await?;
             print_secret(&key, &secret, *json, "created")
         }
         KeysCommand::List { json } => list(config, &store, *json).await,
@@ -123,15 +117,21 @@ pub async fn run(config: &Config, cmd: &KeysCommand) -> anyhow::Result<()> {
             if key.revoked_ms.is_some() {
                 bail!("gateway key {name:?} is revoked; create a new one");
             }
-            let secret = new_secret()?;
-            key.hash = hash_hex(&secret);
-            key.hint = hint_of(&secret);
-            store
-                .put_record(GATEWAY_KEYS, name, &serde_json::to_string(&key)?)
-                .await?;
+            let secret = store_new_secret(&store, &mut key).await?;
             print_secret(&key, &secret, *json, "rotated")
         }
     }
+}
+
+/// Give `key` a fresh secret, store it (its hash, never the secret), and return the secret.
+async fn store_new_secret(store: &AnyStore, key: &mut StoredKey) -> anyhow::Result<String> {
+    let secret = new_secret()?;
+    key.hash = hash_hex(&secret);
+    key.hint = hint_of(&secret);
+    store
+        .put_record(GATEWAY_KEYS, &key.name, &serde_json::to_string(key)?)
+        .await?;
+    Ok(secret)
 }
 
 /// The stored key `name`: one only in config cannot be changed here (exit 2), none is exit 1.
@@ -200,9 +200,8 @@ fn check(config: &Config, k: &StoredKey) -> anyhow::Result<()> {
                 continue;
             }
             for t in &pool.targets {
-                let kind = config.providers.get(&t.provider).map(|p| &p.kind);
-                let exempt = matches!(kind, Some(ProviderKind::Mock | ProviderKind::Custom(_)));
-                if t.price.is_none() && !exempt {
+                let priced = config.providers.get(&t.provider);
+                if t.price.is_none() && priced.is_some_and(|p| p.needs_price()) {
                     bail!(
                         "--budget-usd: model {name:?} has a target ({}/{}) with no price; add [prices.\"{}\"] or `default_price` to the config",
                         t.provider, t.model, t.model

@@ -37,24 +37,12 @@ impl CapacityState {
 }
 
 impl Counter {
-    /// Used in the window at `now` (0 once the stored window has ended).
-    fn used_at(&self, now: Timestamp) -> u64 {
-        if now >= self.window.end {
-            0
-        } else {
-            self.used
-        }
-    }
-
     /// The state of this counter at `now` (reservations in flight count as used).
     pub fn capacity_state(&self, now: Timestamp, thresholds: [f64; 2]) -> CapacityState {
-        let taken = self.used_at(now).saturating_add(self.reserved);
-        let left = self.capacity.saturating_sub(taken);
-        if left == 0 {
-            return CapacityState::Exhausted;
-        }
-        let frac = left as f64 / self.capacity.max(1) as f64;
-        if frac > thresholds[0] {
+        let frac = self.remaining_fraction(now);
+        if frac <= 0.0 {
+            CapacityState::Exhausted
+        } else if frac > thresholds[0] {
             CapacityState::Abundant
         } else if frac > thresholds[1] {
             CapacityState::Constrained

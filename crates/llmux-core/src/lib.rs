@@ -9,6 +9,7 @@ pub mod config;
 pub mod conformance;
 pub mod forecast;
 pub mod health;
+pub mod hex;
 pub mod ids;
 pub mod memory;
 pub mod plan;

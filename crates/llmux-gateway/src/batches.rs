@@ -74,6 +74,23 @@ async fn get_json(router: &Router, table: &str, id: &str) -> Result<Option<Value
     Ok(v.and_then(|t| serde_json::from_str(&t).ok()))
 }
 
+/// The batch `id`, or 404.
+async fn batch(router: &Router, id: &str) -> Result<Value, ApiError> {
+    get_json(router, BATCHES, id)
+        .await?
+        .ok_or_else(|| not_found("batch", id))
+}
+
+/// The text of file `id`, or 404.
+async fn file_text(router: &Router, id: &str) -> Result<String, ApiError> {
+    router
+        .store()
+        .get_record(FILE_CONTENT, id)
+        .await
+        .map_err(store_error)?
+        .ok_or_else(|| not_found("file", id))
+}
+
 async fn put_json(router: &Router, table: &str, id: &str, v: &Value) -> Result<(), ApiError> {
     router
         .store()
@@ -174,12 +191,7 @@ pub(crate) async fn file_content(
 ) -> Response {
     let r = async {
         authorized(&s, &headers).await?;
-        s.router
-            .store()
-            .get_record(FILE_CONTENT, &id)
-            .await
-            .map_err(store_error)?
-            .ok_or_else(|| not_found("file", &id))
+        file_text(&s.router, &id).await
     }
     .await;
     match r {
@@ -208,13 +220,7 @@ pub(crate) async fn create(
                 "endpoint {endpoint:?} is not one llmux serves"
             )));
         }
-        let text = s
-            .router
-            .store()
-            .get_record(FILE_CONTENT, &input)
-            .await
-            .map_err(store_error)?
-            .ok_or_else(|| not_found("file", &input))?;
+        let text = file_text(&s.router, &input).await?;
         let items = BatchItem::parse_lines(&text, None)
             .map_err(|e| ApiError::BadRequest(format!("input file {input}: {e}")))?;
         if let Some(it) = items.iter().find(|it| it.url != endpoint) {
@@ -225,7 +231,7 @@ pub(crate) async fn create(
         }
         let id = new_id("batch_");
         let now = now_secs();
-        let batch = json!({
+        let object = json!({
             "id": id, "object": "batch", "endpoint": endpoint, "errors": null,
             "input_file_id": input,
             "completion_window": field("completion_window").unwrap_or_else(|| "24h".into()),
@@ -236,9 +242,9 @@ pub(crate) async fn create(
             "request_counts": {"total": items.len(), "completed": 0, "failed": 0},
             "metadata": req.get("metadata").cloned().unwrap_or(Value::Null),
         });
-        put_json(&s.router, BATCHES, &id, &batch).await?;
+        put_json(&s.router, BATCHES, &id, &object).await?;
         tokio::spawn(run(s.router.clone(), id));
-        Ok(batch)
+        Ok(object)
     }
     .await;
     reply(r)
@@ -252,9 +258,7 @@ pub(crate) async fn get_batch(
 ) -> Response {
     let r = async {
         authorized(&s, &headers).await?;
-        get_json(&s.router, BATCHES, &id)
-            .await?
-            .ok_or_else(|| not_found("batch", &id))
+        batch(&s.router, &id).await
     }
     .await;
     reply(r)
@@ -296,9 +300,7 @@ pub(crate) async fn cancel(
 ) -> Response {
     let r = async {
         authorized(&s, &headers).await?;
-        let mut b = get_json(&s.router, BATCHES, &id)
-            .await?
-            .ok_or_else(|| not_found("batch", &id))?;
+        let mut b = batch(&s.router, &id).await?;
         if b["status"] == "in_progress" || b["status"] == "validating" {
             let at = now_secs();
             s.router
@@ -348,15 +350,9 @@ async fn run(router: Router, id: String) {
 
 async fn run_inner(router: &Router, id: &str) -> Result<(), ApiError> {
     let store = router.store().clone();
-    let b = get_json(router, BATCHES, id)
-        .await?
-        .ok_or_else(|| not_found("batch", id))?;
+    let b = batch(router, id).await?;
     let input = b["input_file_id"].as_str().unwrap_or_default().to_string();
-    let text = store
-        .get_record(FILE_CONTENT, &input)
-        .await
-        .map_err(store_error)?
-        .ok_or_else(|| not_found("file", &input))?;
+    let text = file_text(router, &input).await?;
     let items = BatchItem::parse_lines(&text, None)
         .map_err(|e| ApiError::BadRequest(format!("input file {input}: {e}")))?;
     let table = out_table(id);
@@ -414,9 +410,7 @@ async fn run_inner(router: &Router, id: &str) -> Result<(), ApiError> {
         buf.push_str(line);
         buf.push('\n');
     }
-    let mut b = get_json(router, BATCHES, id)
-        .await?
-        .ok_or_else(|| not_found("batch", id))?;
+    let mut b = batch(router, id).await?;
     let (nok, nfailed) = (ok.lines().count(), failed.lines().count());
     if !ok.is_empty() {
         let f = save_file(router, &format!("{id}_output.jsonl"), "batch_output", &ok).await?;
@@ -458,9 +452,7 @@ async fn update_counts(router: &Router, id: &str, table: &str) -> Result<String,
         .iter()
         .filter(|(_, l)| !l.contains("\"error\":null"))
         .count();
-    let mut b = get_json(router, BATCHES, id)
-        .await?
-        .ok_or_else(|| not_found("batch", id))?;
+    let mut b = batch(router, id).await?;
     b["request_counts"]["completed"] = (lines.len() - failed).into();
     b["request_counts"]["failed"] = failed.into();
     // A cancel is its own record: this write cannot undo it.

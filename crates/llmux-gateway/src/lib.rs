@@ -328,11 +328,7 @@ async fn models(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Response 
     };
     let mut names = s.router.models();
     if let Some(k) = &key {
-        // The models the key's and its team's policies allow.
-        names.retain(|m| {
-            k.policies()
-                .all(|(_, p)| p.models.as_ref().is_none_or(|ms| ms.contains(m)))
-        });
+        names.retain(|m| k.allows_model(m));
     }
     names.sort();
     let data: Vec<serde_json::Value> = names

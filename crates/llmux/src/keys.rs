@@ -8,8 +8,8 @@
 //! gateway within that time.
 
 use crate::error::RouteError;
-use crate::secrets::hex;
 use llmux_core::config::{Config, Enforce, GatewayKey, Policy, Resource, Team};
+use llmux_core::hex::encode as hex;
 use llmux_core::plan::{gateway_key_bounds, Bound};
 use llmux_core::{Measure, Period, Secret};
 use serde::{Deserialize, Serialize};
@@ -115,7 +115,7 @@ pub fn hash_hex(secret: &str) -> String {
 }
 
 fn unhex(s: &str) -> Option<[u8; 32]> {
-    crate::secrets::unhex(s)?.try_into().ok()
+    llmux_core::hex::decode(s)?.try_into().ok()
 }
 
 /// A fresh secret: `sk-llmux-` and 48 hex characters (192 random bits from the OS).
@@ -162,6 +162,15 @@ impl AuthorizedKey {
             team,
             key,
         }
+    }
+
+    /// Whether the key's and its team's `models` rules let it use `model`.
+    pub fn allows_model(&self, model: &str) -> bool {
+        self.policies().all(|(_, p)| {
+            p.models
+                .as_ref()
+                .is_none_or(|ms| ms.iter().any(|m| m == model))
+        })
     }
 
     /// The key's policy, then its team's (empty ones left out), each with who set it.

@@ -177,17 +177,7 @@ impl Lease {
     /// The lines to commit for `usage`, in the windows of `now` (costed at the target's price,
     /// when it has one).
     fn used_lines(&self, usage: &Usage, now: Timestamp) -> Vec<llmux_core::Line> {
-        let priced;
-        let usage = match &self.price {
-            Some(p) => {
-                priced = Usage {
-                    cost_micro_usd: p.cost_micro_usd(usage),
-                    ..*usage
-                };
-                &priced
-            }
-            None => usage,
-        };
+        let usage = &self.price.map_or(*usage, |p| p.priced(usage));
         let extra = self.extra.iter().flat_map(|e| e.iter());
         let mut v =
             Vec::with_capacity(self.bounds.len() + self.extra.as_ref().map_or(0, |e| e.len()));
@@ -275,7 +265,12 @@ impl Lease {
         self.report(false);
         let now = self.ledger.clock.now();
         self.stats.record_failure(now);
-        let used = self.used_lines(&usage, now);
+        self.commit_usage_detached(&usage, now);
+    }
+
+    /// Record `usage` without waiting (the store applies it in order).
+    fn commit_usage_detached(&self, usage: &Usage, now: Timestamp) {
+        let used = self.used_lines(usage, now);
         self.ledger.commit_detached(self.id, now, used, self.local);
     }
 
@@ -284,10 +279,9 @@ impl Lease {
     pub(crate) fn complete_detached(mut self, usage: Usage, latency: Duration) {
         self.settled = true;
         self.report(true);
-        self.stats.record_success(latency, self.ledger.clock.now());
         let now = self.ledger.clock.now();
-        let used = self.used_lines(&usage, now);
-        self.ledger.commit_detached(self.id, now, used, self.local);
+        self.stats.record_success(latency, now);
+        self.commit_usage_detached(&usage, now);
     }
 }
 

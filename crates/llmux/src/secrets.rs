@@ -68,8 +68,8 @@ impl MasterKey {
         let record = Record {
             v: 1,
             alg: ALG.into(),
-            nonce: hex(&nonce),
-            ct: hex(&buf),
+            nonce: llmux_core::hex::encode(&nonce),
+            ct: llmux_core::hex::encode(&buf),
         };
         serde_json::to_string(&record).map_err(|_| SecretError::Malformed(name.into()))
     }
@@ -81,10 +81,10 @@ impl MasterKey {
         if r.v != 1 || r.alg != ALG {
             return Err(malformed());
         }
-        let nonce: [u8; NONCE_LEN] = unhex(&r.nonce)
+        let nonce: [u8; NONCE_LEN] = llmux_core::hex::decode(&r.nonce)
             .and_then(|n| n.try_into().ok())
             .ok_or_else(malformed)?;
-        let mut buf = Zeroizing::new(unhex(&r.ct).ok_or_else(malformed)?);
+        let mut buf = Zeroizing::new(llmux_core::hex::decode(&r.ct).ok_or_else(malformed)?);
         let plain = self
             .aead()?
             .open_in_place(
@@ -106,27 +106,6 @@ struct Record {
     alg: String,
     nonce: String,
     ct: String,
-}
-
-/// Lowercase hex.
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes
-        .iter()
-        .fold(String::with_capacity(2 * bytes.len()), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
-}
-
-/// Bytes from hex (`None`: not hex).
-pub(crate) fn unhex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) || !s.is_ascii() {
-        return None;
-    }
-    (0..s.len() / 2)
-        .map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok())
-        .collect()
 }
 
 #[cfg(test)]

@@ -181,12 +181,7 @@ pub(super) fn check_priced(
             if t.price.is_some() {
                 continue;
             }
-            // A mock upstream costs nothing unless priced; a custom kind may cost its answers
-            // itself (`Provider::actual_cost`).
-            let Some(p) = providers
-                .get(&t.provider)
-                .filter(|p| !matches!(p.kind, ProviderKind::Mock | ProviderKind::Custom(_)))
-            else {
+            let Some(p) = providers.get(&t.provider).filter(|p| p.needs_price()) else {
                 continue;
             };
             let keyed = p

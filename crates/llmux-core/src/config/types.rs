@@ -57,6 +57,14 @@ impl Price {
     /// What `usage` costs, in micro-USD (rounded up): prompt tokens not read from or written
     /// to the cache at `input`, cache reads at `cache_read`, cache writes at `cache_write`,
     /// output at `output`.
+    /// `u` with its cost at this price.
+    pub fn priced(&self, u: &Usage) -> Usage {
+        Usage {
+            cost_micro_usd: self.cost_micro_usd(u),
+            ..*u
+        }
+    }
+
     pub fn cost_micro_usd(&self, u: &Usage) -> u64 {
         let cached = u.cache_read_tokens.saturating_add(u.cache_write_tokens);
         let plain = u.input_tokens.saturating_sub(cached) as f64;
@@ -180,6 +188,14 @@ impl ProviderKind {
     }
 }
 
+impl Provider {
+    /// Whether a USD limit over its targets needs them priced: `mock` upstreams cost nothing
+    /// unless priced, and a plug-in kind may cost its answers itself.
+    pub fn needs_price(&self) -> bool {
+        !matches!(self.kind, ProviderKind::Mock | ProviderKind::Custom(_))
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Provider {
     pub id: ProviderId,
@@ -293,17 +309,14 @@ pub const MASTER_KEY_VAR: &str = "LLMUX_MASTER_KEY";
 /// Parse a master key: 64 hex characters.
 pub fn parse_master_key(text: &str) -> Result<[u8; 32], String> {
     let t = text.trim();
-    if t.len() != 64 || !t.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(format!(
-            "${MASTER_KEY_VAR} must be 64 hex characters (32 bytes; e.g. `openssl rand -hex 32`), got {} characters",
-            t.len()
-        ));
-    }
-    let mut out = [0u8; 32];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(&t[2 * i..2 * i + 2], 16).map_err(|e| e.to_string())?;
-    }
-    Ok(out)
+    crate::hex::decode(t)
+        .and_then(|b| <[u8; 32]>::try_from(b).ok())
+        .ok_or_else(|| {
+            format!(
+                "${MASTER_KEY_VAR} must be 64 hex characters (32 bytes; e.g. `openssl rand -hex 32`), got {} characters",
+                t.len()
+            )
+        })
 }
 
 /// Added to a soft resource's capacity in the store: reservations never stop at the real

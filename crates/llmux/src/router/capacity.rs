@@ -91,10 +91,7 @@ fn publish(
     ];
     let state = c.capacity_state(now, thresholds);
     metrics::gauge!("llmux_capacity_state", &labels).set(f64::from(state.level()));
-    let used = if now >= c.window.end { 0 } else { c.used };
-    let left = c.capacity.saturating_sub(used.saturating_add(c.reserved));
-    metrics::gauge!("llmux_capacity_remaining_ratio", &labels)
-        .set(left as f64 / c.capacity.max(1) as f64);
+    metrics::gauge!("llmux_capacity_remaining_ratio", &labels).set(c.remaining_fraction(now));
     let secs = ends.map_or(-1.0, |t| (t.0 - now.0).max(0) as f64 / 1000.0);
     metrics::gauge!("llmux_capacity_exhausts_in_seconds", &labels).set(secs);
 }

@@ -130,13 +130,7 @@ fn policy_refuses(key: &AuthorizedKey, t: &PlannedTarget, estimate: &Usage) -> O
 
 /// `usage` with its cost at target `t`'s price (without a price, as it came).
 pub(super) fn priced(t: &PlannedTarget, usage: &Usage) -> Usage {
-    match &t.price {
-        Some(p) => Usage {
-            cost_micro_usd: p.cost_micro_usd(usage),
-            ..*usage
-        },
-        None => *usage,
-    }
+    t.price.map_or(*usage, |p| p.priced(usage))
 }
 
 /// The window of the configured limit that made denial `d` (of the target's, the pool's or

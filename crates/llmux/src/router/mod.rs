@@ -367,48 +367,28 @@ impl Router {
         let pool = self
             .pool(model)
             .ok_or_else(|| RouteError::UnknownModel(model.to_string()))?;
-        let until = tokio::time::Instant::from_std(deadline);
-        let max_queued = pool
-            .plan
-            .pool
-            .queue
-            .map_or(llmux_core::config::QueueConfig::DEFAULT_MAX_QUEUED, |q| {
-                q.max_queued
-            });
+        let deadline = tokio::time::Instant::from_std(deadline);
+        let wait = waiting::Wait {
+            max: deadline.saturating_duration_since(tokio::time::Instant::now()),
+            max_queued: pool
+                .plan
+                .pool
+                .queue
+                .map_or(llmux_core::config::QueueConfig::DEFAULT_MAX_QUEUED, |q| {
+                    q.max_queued
+                }),
+            rank: 0,
+            deadline: Some(deadline),
+        };
         let mut ticket = None;
-        if pool.queue.len() > 0 {
-            ticket = pool.queue.join(0, max_queued);
-        }
-        let mut retry_in = std::time::Duration::ZERO;
+        let mut waiter = waiting::Waiter::new(&pool.queue, wait, &mut ticket);
         loop {
-            if let Some(t) = &ticket {
-                if !waiting::Ticket::turn(t, retry_in, until).await {
-                    drop(ticket.take());
-                    return self.acquire_in(&pool, model, &estimate).await;
-                }
-            }
+            let last = !waiter.turn(&mut ticket).await;
             let r = self.acquire_in(&pool, model, &estimate).await;
-            let retry_at = match &r {
-                Err(RouteError::NoCapacity {
-                    denial,
-                    budget: false,
-                    ..
-                }) if tokio::time::Instant::now() < until => denial.retry_at,
-                _ => None,
-            };
-            let Some(at) = retry_at else {
-                return r;
-            };
-            if ticket.is_none() {
-                ticket = pool.queue.join(0, max_queued);
-                if ticket.is_none() {
-                    return r;
-                }
-            }
             let now = self.inner.ledger.clock.now();
-            retry_in = std::time::Duration::from_millis(
-                u64::try_from(at.0.saturating_sub(now.0)).unwrap_or(0),
-            );
+            if last || !waiter.again(&r, now, &mut ticket) {
+                return r;
+            }
         }
     }
 
@@ -451,12 +431,7 @@ impl Router {
         let parsed = RawRequest::parse(&bytes).map_err(|e| RouteError::BadRequest(e.0))?;
         let model = parsed.model.to_string();
         let key = gateway_key.as_deref();
-        let allowed = |m: &str| {
-            key.is_none_or(|k| {
-                k.policies()
-                    .all(|(_, p)| p.models.as_ref().is_none_or(|ms| ms.iter().any(|x| x == m)))
-            })
-        };
+        let allowed = |m: &str| key.is_none_or(|k| k.allows_model(m));
         if let Some(k) = key {
             for (whose, p) in k.policies() {
                 if let Some(ms) = p.models.as_ref().filter(|ms| !ms.contains(&model)) {

@@ -166,6 +166,8 @@ pub(crate) struct Wait {
     pub(crate) max_queued: usize,
     /// Its tier's rank in `tier_order` (higher goes first).
     pub(crate) rank: usize,
+    /// When the wait ends at the latest (`None`: `max` after the first refusal).
+    pub(crate) deadline: Option<tokio::time::Instant>,
 }
 
 /// The longest wait a request may ask for on a model without a `queue`.
@@ -199,66 +201,113 @@ impl Router {
                 q.max_queued
             }),
             rank,
+            deadline: None,
         })
     }
 
     /// [`Router::pass`] that waits for capacity: a refusal that capacity can end (not a
     /// budget, not one that never fits) puts the request in the model's queue, and it tries
     /// again at its turn, until admitted or `wait.max` has passed (then the last refusal).
+    /// The request holds its place in `req.ticket`, which failover gives up on admission.
     pub(super) async fn pass_waiting(
         &self,
         chain: &[Arc<Pool>],
         req: &mut Prepared<'_>,
         wait: Wait,
     ) -> Result<Response, RouteError> {
-        let queue = chain[0].queue.clone();
-        let mut until: Option<tokio::time::Instant> = None;
-        // Others wait already: queue behind them rather than pass them.
-        if queue.len() > 0 {
-            if let Some(t) = queue.join(wait.rank, wait.max_queued) {
-                until = Some(tokio::time::Instant::now() + wait.max);
-                req.ticket = Some(t);
-            }
-        }
-        let mut retry_in = Duration::ZERO;
+        let mut waiter = Waiter::new(&chain[0].queue, wait, &mut req.ticket);
         loop {
-            if let (Some(t), Some(u)) = (&req.ticket, until) {
-                if !t.turn(retry_in, u).await {
-                    req.ticket = None;
-                    // The wait is over: one last try, whose refusal is the answer.
-                    return self.pass(chain, req).await;
-                }
-            }
+            let last = !waiter.turn(&mut req.ticket).await;
             let now = self.inner.ledger.clock.now();
             let r = self.pass(chain, req).await;
-            let retry_at = match &r {
-                Err(RouteError::NoCapacity {
-                    denial,
-                    budget: false,
-                    ..
-                }) => denial.retry_at,
-                _ => None,
-            };
-            let Some(at) = retry_at else {
-                req.ticket = None;
+            let later = self.inner.ledger.clock.now();
+            if last || !waiter.again(&r, now.max(later), &mut req.ticket) {
                 return r;
-            };
-            let u = *until.get_or_insert_with(|| tokio::time::Instant::now() + wait.max);
-            if tokio::time::Instant::now() >= u {
-                req.ticket = None;
-                return r;
-            }
-            if req.ticket.is_none() {
-                match queue.join(wait.rank, wait.max_queued) {
-                    Some(t) => req.ticket = Some(t),
-                    // The queue is full: the refusal stands.
-                    None => return r,
-                }
             }
             req.decision = super::Decision::default();
-            let later = self.inner.ledger.clock.now().max(now);
-            retry_in =
-                Duration::from_millis(u64::try_from(at.0.saturating_sub(later.0)).unwrap_or(0));
         }
+    }
+}
+
+/// One caller's waiting between its tries: its place in the queue, when its wait ends, and
+/// how long until the last refusal said capacity returns. Shared by requests
+/// (`pass_waiting`) and leases (`Router::acquire_wait`).
+pub(crate) struct Waiter {
+    queue: Arc<WaitQueue>,
+    wait: Wait,
+    until: Option<tokio::time::Instant>,
+    retry_in: Duration,
+}
+
+impl Waiter {
+    /// Start waiting; while others wait already, queue behind them rather than pass them.
+    pub(crate) fn new(queue: &Arc<WaitQueue>, wait: Wait, ticket: &mut Option<Ticket>) -> Waiter {
+        let mut w = Waiter {
+            queue: queue.clone(),
+            wait,
+            until: wait.deadline,
+            retry_in: Duration::ZERO,
+        };
+        if queue.len() > 0 {
+            if let Some(t) = queue.join(wait.rank, wait.max_queued) {
+                w.until
+                    .get_or_insert_with(|| tokio::time::Instant::now() + wait.max);
+                *ticket = Some(t);
+            }
+        }
+        w
+    }
+
+    /// Before a try: wait for this caller's turn. False when the wait is over: the place is
+    /// given up, and the next try is the last (its refusal is the answer).
+    pub(crate) async fn turn(&mut self, ticket: &mut Option<Ticket>) -> bool {
+        if let (Some(t), Some(u)) = (ticket.as_ref(), self.until) {
+            if !t.turn(self.retry_in, u).await {
+                *ticket = None;
+                return false;
+            }
+        }
+        true
+    }
+
+    /// After a try that ended with `r` (at `now`): whether to try again, holding a place in
+    /// the queue. Not for an answer, an error other than `NoCapacity`, a budget, a limit
+    /// that never fits, a wait that is over, or a full queue.
+    pub(crate) fn again<T>(
+        &mut self,
+        r: &Result<T, RouteError>,
+        now: llmux_core::Timestamp,
+        ticket: &mut Option<Ticket>,
+    ) -> bool {
+        let retry_at = match r {
+            Err(RouteError::NoCapacity {
+                denial,
+                budget: false,
+                ..
+            }) => denial.retry_at,
+            _ => None,
+        };
+        let Some(at) = retry_at else {
+            *ticket = None;
+            return false;
+        };
+        let max = self.wait.max;
+        let u = *self
+            .until
+            .get_or_insert_with(|| tokio::time::Instant::now() + max);
+        if tokio::time::Instant::now() >= u {
+            *ticket = None;
+            return false;
+        }
+        if ticket.is_none() {
+            match self.queue.join(self.wait.rank, self.wait.max_queued) {
+                Some(t) => *ticket = Some(t),
+                // The queue is full: the refusal stands.
+                None => return false,
+            }
+        }
+        self.retry_in =
+            Duration::from_millis(u64::try_from(at.0.saturating_sub(now.0)).unwrap_or(0));
+        true
     }
 }
