@@ -4,6 +4,7 @@
 use super::applied::AppliedLimit;
 use super::decision::{Decision, SkipReason};
 use super::outcome::{classify, Outcome};
+use super::refusals::{limit_window, policy_refuses, priced, Outcomes};
 use super::tracked::Tracked;
 use super::{AuthorizedKey, Response, ResponseBody, Router};
 use crate::error::RouteError;
@@ -24,7 +25,7 @@ use llmux_core::health::{GateUse, HealthOp};
 use llmux_core::plan::{Bound, PlannedTarget};
 use llmux_core::store::{Admission, Denial, DenialReason, LeaseId, Reserve, Reserved, Store};
 use llmux_core::time::secs_to_millis;
-use llmux_core::{Subject, Timestamp, Usage, Window};
+use llmux_core::{Subject, Timestamp, Usage};
 use serde_json::{Map, Value};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -53,105 +54,6 @@ impl Drop for PendingGrant<'_> {
             self.ledger.release_later(self.id, false);
         }
     }
-}
-
-/// What the failover loop learned so far.
-#[derive(Default)]
-pub(super) struct Outcomes {
-    pub(super) attempts: u32,
-    /// The denial that frees up first.
-    pub(super) denial: Option<Denial>,
-    /// The last upstream failure: (message, timeout?).
-    failure: Option<(String, bool)>,
-    /// Why a target could not take the request at all (its dialect cannot express it).
-    unservable: Option<String>,
-    /// Attempts that failed upstream (for the backoff before the next).
-    failed_attempts: u32,
-    /// The kept denial is a hard USD budget, whose window ends then.
-    budget_ends: Option<Timestamp>,
-    /// The length of the kept denial's window, when it is a configured limit.
-    window_secs: Option<u64>,
-    /// A policy rule that kept a target out (reported when no limit was hit either).
-    policy: Option<String>,
-}
-
-impl Outcomes {
-    pub(super) fn deny(&mut self, d: Denial) {
-        self.deny_in(d, None);
-    }
-
-    /// [`Outcomes::deny`], knowing the denying limit's window (and whether it is a USD budget,
-    /// which frees up only when that window ends).
-    fn deny_in(&mut self, d: Denial, limit: Option<(Window, bool)>) {
-        let ends = limit.and_then(|(w, usd)| usd.then_some(w.end));
-        // A budget frees up when its window ends, whatever its reservations do.
-        let at = |d: &Denial, ends: Option<Timestamp>| ends.or(d.retry_at);
-        let better = match (&self.denial, at(&d, ends)) {
-            (None, _) => true,
-            (Some(old), Some(t)) => at(old, self.budget_ends).is_none_or(|o| t < o),
-            (Some(_), None) => false,
-        };
-        if better {
-            self.denial = Some(d);
-            self.budget_ends = ends;
-            self.window_secs = limit
-                .map(|(w, _)| (w.end.0.saturating_sub(w.start.0).max(0) as u64).div_ceil(1000));
-        }
-    }
-}
-
-/// The rule of `key`'s (or its team's) policy that keeps target `t` from a request
-/// estimated at `estimate`: `providers`, or `max_cost_usd_per_request` at the target's price.
-fn policy_refuses(key: &AuthorizedKey, t: &PlannedTarget, estimate: &Usage) -> Option<String> {
-    for (whose, p) in key.policies() {
-        if let Some(ps) = &p.providers {
-            if !ps.iter().any(|x| x == t.id.provider.as_str()) {
-                return Some(format!(
-                    "provider {:?} is not allowed by the policy of {whose} (providers: {})",
-                    t.id.provider.as_str(),
-                    ps.join(", ")
-                ));
-            }
-        }
-        if let Some(max) = p.max_cost_micro_usd {
-            let cost = priced(t, estimate).cost_micro_usd;
-            if cost > max {
-                return Some(format!(
-                    "the estimated cost ${:.6} on {} is above the limit of ${:.6} set by the policy of {whose} (max_cost_usd_per_request)",
-                    cost as f64 / 1e6,
-                    t.id,
-                    max as f64 / 1e6
-                ));
-            }
-        }
-    }
-    None
-}
-
-/// `usage` with its cost at target `t`'s price (without a price, as it came).
-pub(super) fn priced(t: &PlannedTarget, usage: &Usage) -> Usage {
-    t.price.map_or(*usage, |p| p.priced(usage))
-}
-
-/// The window of the configured limit that made denial `d` (of the target's, the pool's or
-/// the request's bounds), and whether it counts USD.
-fn limit_window<'a>(
-    mut bounds: impl Iterator<Item = &'a Bound>,
-    d: &Denial,
-    now: Timestamp,
-) -> Option<(Window, bool)> {
-    let resource = match &d.reason {
-        DenialReason::Exhausted { resource, .. } | DenialReason::NeverFits { resource, .. } => {
-            resource
-        }
-        _ => return None,
-    };
-    bounds
-        .find(|b| b.subject == d.subject && b.resource.name == *resource)
-        .map(|b| {
-            let usd = b.resource.measure == llmux_core::Measure::CostMicroUsd;
-            (b.window(now), usd)
-        })
 }
 
 fn client_headers(h: &HeaderMap) -> HeaderMap {
@@ -326,27 +228,6 @@ impl Router {
                 },
                 ledger.clone(),
             ))),
-        }
-    }
-
-    pub(super) fn no_capacity(model: &str, now: Timestamp, out: Outcomes) -> RouteError {
-        if out.denial.is_none() {
-            if let Some(rule) = out.policy {
-                return RouteError::PolicyViolation(rule);
-            }
-        }
-        match out.denial {
-            Some(d) => RouteError::NoCapacity {
-                model: model.to_string(),
-                retry_after_secs: out
-                    .budget_ends
-                    .or(d.retry_at)
-                    .map(|t| now.secs_until_ceil(t).max(1)),
-                denial: Box::new(d),
-                budget: out.budget_ends.is_some(),
-                window_secs: out.window_secs,
-            },
-            None => RouteError::UnknownModel(model.to_string()),
         }
     }
 
