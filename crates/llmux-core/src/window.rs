@@ -64,6 +64,18 @@ impl Period {
         })
     }
 
+    /// The length of every window of this period, for the periods whose windows all last
+    /// the same (up to an hour): a day can last 23 or 25 hours across a DST change.
+    pub fn fixed_secs(&self) -> Option<u64> {
+        match self {
+            Period::Secondly => Some(1),
+            Period::Minutely => Some(60),
+            Period::Hourly => Some(3600),
+            Period::Custom { ttl_secs } => Some(*ttl_secs),
+            _ => None,
+        }
+    }
+
     pub fn name(&self) -> &'static str {
         match self {
             Period::Secondly => "secondly",

@@ -130,6 +130,9 @@ struct Inner {
     /// Cache (read, write) tokens: reported by Anthropic answers (beside `input_tokens`),
     /// and as `prompt_tokens_details.cached_tokens` (included in `prompt_tokens`) by OpenAI ones.
     cache: (u64, u64),
+    /// OpenRouter's `GET /v1/key`: `None` = not served (404), `Some(None)` = a key without a
+    /// credit limit, `Some(Some(usd))` = the credit left.
+    credit: Option<Option<f64>>,
 }
 
 type Shared = Arc<Mutex<Inner>>;
@@ -163,6 +166,7 @@ impl MockUpstream {
             requests: Vec::new(),
             usage: (10, 5),
             cache: (0, 0),
+            credit: None,
         }));
         let app = Router::new()
             .route("/v1/chat/completions", post(chat))
@@ -171,6 +175,7 @@ impl MockUpstream {
             .route("/v1/models", get(models))
             .route("/v1/messages", post(messages))
             .route("/v1/responses", post(responses))
+            .route("/v1/key", get(key_info))
             .fallback(unknown)
             .with_state(shared.clone());
         let task = tokio::spawn(async move {
@@ -221,6 +226,34 @@ impl MockUpstream {
     pub fn set_cache_usage(&self, read: u64, write: u64) {
         self.shared.lock().cache = (read, write);
     }
+
+    /// Serve OpenRouter's key endpoint (`GET /v1/key`) with this credit left in USD (`None`:
+    /// a key without a limit). Until called, that path answers 404.
+    pub fn set_credit(&self, remaining: Option<f64>) {
+        self.shared.lock().credit = Some(remaining);
+    }
+}
+
+/// OpenRouter's `GET /key`: the key's limit, usage and the credit left. Recorded like every
+/// request; needs an `Authorization: Bearer` header, as OpenRouter does.
+async fn key_info(State(s): State<Shared>, req: Request) -> Response {
+    let credit = s.lock().credit;
+    if credit.is_none() || !req.headers().contains_key(AUTHORIZATION) {
+        return handle(s, None, req).await;
+    }
+    let _ = handle(s, None, req).await;
+    let remaining = credit.flatten();
+    let body = json!({"data": {
+        "label": "sk-or-v1-moc...key",
+        "limit": remaining.map(|_| 100.0),
+        "limit_remaining": remaining,
+        "usage": remaining.map_or(0.0, |r| 100.0 - r),
+        "is_free_tier": false,
+    }});
+    Response::builder()
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(Body::from(body.to_string()))
+        .unwrap_or_default()
 }
 
 impl Drop for MockUpstream {

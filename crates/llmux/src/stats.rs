@@ -4,10 +4,10 @@
 use llmux_core::config::BreakerConfig;
 use llmux_core::plan::{Bound, PlannedPool};
 use llmux_core::select::Candidate;
-use llmux_core::{Timestamp, Usage};
+use llmux_core::{Measure, Timestamp, Usage};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Live figures of one target, for strategies and health.
 #[derive(Debug)]
@@ -243,11 +243,13 @@ pub(crate) struct Pool {
     pub(crate) active: Arc<AtomicU32>,
     /// Requests waiting for capacity (see `router::waiting`).
     pub(crate) queue: Arc<crate::router::WaitQueue>,
+    /// Spaces the batch items sent to this pool (see [`Pacer`]).
+    pub(crate) pacer: Option<Pacer>,
 }
 
 impl Pool {
     pub(crate) fn new(plan: PlannedPool) -> Pool {
-        let bounds = plan
+        let bounds: Vec<Arc<[Bound]>> = plan
             .targets
             .iter()
             .map(|t| {
@@ -265,14 +267,64 @@ impl Pool {
             .iter()
             .map(|t| Arc::new(TargetStats::new(t.id.to_string(), queue.clone())))
             .collect();
+        let pacer = Pacer::for_bounds(&bounds);
         Pool {
             plan,
             bounds,
             stats,
+            pacer,
             turn: AtomicU64::new(0),
             active: Arc::new(AtomicU32::new(0)),
             queue,
         }
+    }
+}
+
+/// Spaces the starts of a pool's batch items evenly at the rate its request limits allow, so
+/// that a window's capacity is spread across it instead of spent in a burst as it opens: an
+/// upstream that counts over a sliding window (as the big APIs do) then never sees more than
+/// its limit in any stretch of that length. Only request-count limits with windows of fixed
+/// length (secondly, minutely, hourly, custom) pace; the reservations stay what keeps every
+/// limit exact.
+#[derive(Debug)]
+pub(crate) struct Pacer {
+    every: Duration,
+    next: parking_lot::Mutex<Option<Instant>>,
+}
+
+impl Pacer {
+    /// The pacer of a pool whose targets have `bounds` (each target's own and shared ones):
+    /// the pool's rate is the sum of each target's tightest request rate, and no more than
+    /// any limit that every target shares. `None` when a target has no such limit.
+    pub(crate) fn for_bounds(bounds: &[Arc<[Bound]>]) -> Option<Pacer> {
+        let rate = |b: &Bound| {
+            let secs = b.resource.period.fixed_secs()?;
+            (b.resource.measure == Measure::Requests)
+                .then(|| b.resource.capacity as f64 / secs as f64)
+        };
+        let mut total = 0.0;
+        for target in bounds {
+            total += target.iter().filter_map(rate).reduce(f64::min)?;
+        }
+        let shared = bounds.first()?.iter().filter(|b| {
+            bounds.iter().all(|t| {
+                t.iter()
+                    .any(|o| o.subject == b.subject && o.resource.name == b.resource.name)
+            })
+        });
+        let rate = shared.filter_map(rate).fold(total, f64::min);
+        (rate > 0.0).then(|| Pacer {
+            every: Duration::from_secs_f64(1.0 / rate),
+            next: parking_lot::Mutex::new(None),
+        })
+    }
+
+    /// Take the next start slot: how long to wait for it.
+    pub(crate) fn slot(&self, now: Instant) -> Duration {
+        let mut next = self.next.lock();
+        let at = next.map_or(now, |n| n.max(now));
+        *next = Some(at + self.every);
+        at - now
     }
 }
 
@@ -292,5 +344,77 @@ impl PoolSlot {
 impl Drop for PoolSlot {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use llmux_core::config::{Enforce, Resource};
+    use llmux_core::{Period, Subject};
+
+    fn bound(subject: &str, name: &str, capacity: u64, period: Period, measure: Measure) -> Bound {
+        let resource = Resource {
+            name: name.into(),
+            capacity,
+            period,
+            measure,
+            enforce: Enforce::Hard,
+        };
+        Bound::new(Subject::new(subject), resource, jiff::tz::TimeZone::UTC)
+    }
+
+    fn every(targets: Vec<Vec<Bound>>) -> Option<Duration> {
+        let bounds: Vec<Arc<[Bound]>> = targets.into_iter().map(Into::into).collect();
+        Pacer::for_bounds(&bounds).map(|p| p.every)
+    }
+
+    #[test]
+    fn pacing_follows_the_tightest_request_limit_summed_over_targets() {
+        let rpm = |s: &str, n| bound(s, "rpm", n, Period::Minutely, Measure::Requests);
+        let rps = |s: &str, n| bound(s, "rps", n, Period::Secondly, Measure::Requests);
+        let tpm = |s: &str| bound(s, "tpm", 1_000, Period::Minutely, Measure::Tokens);
+        let daily = |s: &str| bound(s, "rpd", 10, Period::Daily, Measure::Requests);
+        let ms = |ms| Some(Duration::from_millis(ms));
+        // 600 a minute and 10 a second: one every 100 ms; tokens and days do not pace.
+        assert_eq!(
+            every(vec![vec![
+                rpm("p/a", 600),
+                rps("p/a", 10),
+                tpm("p/a"),
+                daily("p/a")
+            ]]),
+            ms(100)
+        );
+        // Two keys of 10/s each: 20/s together.
+        assert_eq!(
+            every(vec![vec![rps("p/a", 10)], vec![rps("p/b", 10)]]),
+            ms(50)
+        );
+        // ... unless a limit both share allows fewer.
+        assert_eq!(
+            every(vec![
+                vec![rps("p/a", 10), rps("p", 10)],
+                vec![rps("p/b", 10), rps("p", 10)]
+            ]),
+            ms(100)
+        );
+        // A target without a request limit of fixed length: no pacing.
+        assert_eq!(every(vec![vec![rps("p/a", 10)], vec![daily("p/b")]]), None);
+        assert_eq!(every(vec![]), None);
+    }
+
+    #[test]
+    fn slots_are_evenly_spaced_and_never_saved_up() {
+        let bounds: Vec<Arc<[Bound]>> =
+            vec![vec![bound("p/a", "rps", 4, Period::Secondly, Measure::Requests)].into()];
+        let pacer = Pacer::for_bounds(&bounds).unwrap();
+        let t0 = Instant::now();
+        let waits: Vec<_> = (0..3).map(|_| pacer.slot(t0)).collect();
+        assert_eq!(waits, [0, 250, 500].map(Duration::from_millis));
+        // Idle for a while: the next item starts at once, and the one after it a slot later.
+        let later = t0 + Duration::from_secs(10);
+        assert_eq!(pacer.slot(later), Duration::ZERO);
+        assert_eq!(pacer.slot(later), Duration::from_millis(250));
     }
 }

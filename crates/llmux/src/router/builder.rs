@@ -179,6 +179,22 @@ impl RouterBuilder {
                 }
             }
         });
+        // OpenRouter keys' remaining credit (see `credit`), read now and every minute.
+        if router.tracks_credit() {
+            let weak = Arc::downgrade(&router.inner);
+            rt.spawn(async move {
+                let client = crate::provider::openai::http_client();
+                let mut tick = tokio::time::interval(super::credit::CREDIT_REFRESH);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    let Some(inner) = weak.upgrade() else { break };
+                    if let Err(e) = (Router { inner }).refresh_credit(&client).await {
+                        tracing::warn!(error = %e, "could not set the OpenRouter keys' credit");
+                    }
+                }
+            });
+        }
         // Keys created, revoked or rotated in the store reach this router within
         // `KEY_REFRESH`; the task ends with the router.
         let weak = Arc::downgrade(&router.inner);

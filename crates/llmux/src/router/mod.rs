@@ -12,6 +12,7 @@ mod applied;
 mod builder;
 mod candidates;
 mod capacity;
+mod credit;
 mod decision;
 mod failover;
 mod outcome;
@@ -47,6 +48,7 @@ use refusals::Outcomes;
 use serde_json::{Map, Value};
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 pub(crate) struct Inner {
     pub(crate) config: Arc<Config>,
@@ -312,6 +314,13 @@ impl Router {
         let ring = KeyRing::build(&self.inner.config, Some(&stored));
         self.inner.keys.store(Arc::new(ring));
         Ok(live + self.inner.config.gateway_keys.len())
+    }
+
+    /// How long a batch item for `model` waits for its start slot (see `stats::Pacer`).
+    pub(crate) fn pace(&self, model: &str) -> Duration {
+        self.pool(model)
+            .and_then(|p| p.pacer.as_ref().map(|pacer| pacer.slot(Instant::now())))
+            .unwrap_or_default()
     }
 
     fn pool(&self, model: &str) -> Option<Arc<Pool>> {
