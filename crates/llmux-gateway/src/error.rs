@@ -108,6 +108,7 @@ impl ApiError {
         let mut body = error_body(client, status.as_u16(), kind, code, &self.message());
         let openai = client.dialect() == llmux::Dialect::OpenAi;
         let mut extra: Vec<(&'static str, String)> = Vec::new();
+        let mut rate_limits: Vec<(http::HeaderName, String)> = Vec::new();
         if let ApiError::Route(e) = &self {
             match e {
                 RouteError::NoCapacity {
@@ -115,6 +116,7 @@ impl ApiError {
                     retry_after_secs,
                     budget,
                     window_secs,
+                    measure,
                     ..
                 } => {
                     let limit = denial.limit();
@@ -128,6 +130,29 @@ impl ApiError {
                     {
                         let w = window_secs.map(|w| format!(";w={w}")).unwrap_or_default();
                         extra.push(("ratelimit-policy", format!("{name};q={capacity}{w}")));
+                    }
+                    // llmux's own counters, as on every answer: here the limit that refused.
+                    let room = match &denial.reason {
+                        DenialReason::Exhausted {
+                            capacity,
+                            used,
+                            reserved,
+                            ..
+                        } => Some((
+                            *capacity,
+                            capacity.saturating_sub(used.saturating_add(*reserved)),
+                        )),
+                        DenialReason::NeverFits { capacity, .. } => Some((*capacity, *capacity)),
+                        _ => None,
+                    };
+                    if let (Some(m), Some((capacity, left))) = (measure, room) {
+                        let reset_ms = retry_after_secs.map_or(0, |s| s.saturating_mul(1000));
+                        let reset_ms = i64::try_from(reset_ms).unwrap_or(i64::MAX);
+                        for (k, v) in
+                            llmux::refusal_rate_limit_headers(*m, capacity, left, reset_ms)
+                        {
+                            rate_limits.push((k, v));
+                        }
                     }
                     let t = retry_after_secs
                         .map(|s| format!(";t={s}"))
@@ -152,6 +177,11 @@ impl ApiError {
         }
         let mut resp = (status, axum::Json(body)).into_response();
         for (k, v) in extra {
+            if let Ok(v) = HeaderValue::from_str(&v) {
+                resp.headers_mut().insert(k, v);
+            }
+        }
+        for (k, v) in rate_limits {
             if let Ok(v) = HeaderValue::from_str(&v) {
                 resp.headers_mut().insert(k, v);
             }

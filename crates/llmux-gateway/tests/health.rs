@@ -504,7 +504,8 @@ targets = [{{ provider = "claude", model = "claude-3-5-haiku-latest" }}]
     assert_eq!(r.status, 200, "{}", r.text());
 }
 
-/// The 429 names the limit that denied it with its window, as the IETF fields do.
+/// The 429 names the limit that denied it with its window, as the IETF fields do, and carries
+/// llmux's own `x-ratelimit-*` counters for it, as every answer does.
 #[tokio::test]
 async fn a_429_gives_the_denying_limit_with_its_window() {
     let mock = MockUpstream::start().await;
@@ -530,4 +531,13 @@ async fn a_429_gives_the_denying_limit_with_its_window() {
         .header("ratelimit")
         .unwrap()
         .starts_with(r#""up/k1:rpd";r=0;t="#));
+    assert_eq!(r.header("x-ratelimit-limit-requests"), Some("1"));
+    assert_eq!(r.header("x-ratelimit-remaining-requests"), Some("0"));
+    let reset = r.header("x-ratelimit-reset-requests").unwrap();
+    let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!(
+        reset.ends_with('s') && reset.contains('h') == (retry >= 3600),
+        "{reset} vs {retry}"
+    );
+    assert_eq!(r.header("x-ratelimit-limit-tokens"), None);
 }

@@ -44,6 +44,9 @@ pub enum RouteError {
         /// The length of the limit's window in seconds, when it is a configured limit (the
         /// `w` of `RateLimit-Policy`).
         window_secs: Option<u64>,
+        /// What that limit counts, when it is a configured limit (which `x-ratelimit-*`
+        /// headers name it).
+        measure: Option<llmux_core::Measure>,
     },
     /// A gateway key's or team's policy refuses the request; the message names the rule.
     #[error("{0}")]

@@ -37,7 +37,7 @@ pub use llmux_core::{self as core, Config, Secret, TargetId, Usage};
 pub use provider::{Call, Provider, Reply, ReplyBody};
 pub use provider::{Dialect, Endpoint};
 pub use router::{
-    rate_limit_headers, AppliedLimit, AuthorizedKey, Decision, ProviderFactory, Request, Response,
-    ResponseBody, Router, RouterBuilder, SkipReason,
+    rate_limit_headers, refusal_rate_limit_headers, AppliedLimit, AuthorizedKey, Decision,
+    ProviderFactory, Request, Response, ResponseBody, Router, RouterBuilder, SkipReason,
 };
 pub use store::AnyStore;

@@ -60,6 +60,29 @@ const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy")
 const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 const BUDGET_EXCEEDED: HeaderName = HeaderName::from_static("x-llmux-budget-exceeded");
 
+/// llmux's `x-ratelimit-{limit,remaining,reset}-*` for a refusal: the limit that refused (what
+/// it counts, its capacity and the room it had), resetting in `reset_ms` (when it could
+/// admit). None for a limit that counts neither requests nor tokens.
+pub fn refusal_rate_limit_headers(
+    measure: Measure,
+    capacity: u64,
+    remaining: u64,
+    reset_ms: i64,
+) -> Vec<(HeaderName, String)> {
+    let [limit, left, reset] = match measure {
+        Measure::Requests => [LIMIT_REQUESTS, REMAINING_REQUESTS, RESET_REQUESTS],
+        Measure::Tokens | Measure::InputTokens | Measure::OutputTokens => {
+            [LIMIT_TOKENS, REMAINING_TOKENS, RESET_TOKENS]
+        }
+        _ => return Vec::new(),
+    };
+    vec![
+        (limit, capacity.to_string()),
+        (left, remaining.to_string()),
+        (reset, go_duration(reset_ms)),
+    ]
+}
+
 /// The answer headers for `limits` at `now`: `(name, value)` pairs, none when no limit applied.
 /// Built on every answer, so without per-header allocations beyond the values themselves.
 pub fn rate_limit_headers(limits: &[AppliedLimit], now: Timestamp) -> Vec<(HeaderName, String)> {

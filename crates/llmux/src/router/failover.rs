@@ -344,7 +344,7 @@ impl Router {
                             .chain(extra.into_iter().flat_map(|e| e.iter()));
                         let limit = limit_window(bounds, &d, now);
                         let why = match limit {
-                            Some((_, true)) => SkipReason::Budget,
+                            Some((_, llmux_core::Measure::CostMicroUsd)) => SkipReason::Budget,
                             _ => SkipReason::of(&d),
                         };
                         req.decision.skipped.push((target.id.clone(), why));

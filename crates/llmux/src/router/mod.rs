@@ -22,7 +22,7 @@ mod waiting;
 
 pub(crate) use waiting::WaitQueue;
 
-pub use applied::{rate_limit_headers, AppliedLimit};
+pub use applied::{rate_limit_headers, refusal_rate_limit_headers, AppliedLimit};
 pub use builder::{ProviderFactory, RouterBuilder};
 pub use decision::{Decision, SkipReason};
 

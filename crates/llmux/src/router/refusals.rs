@@ -7,7 +7,7 @@ use super::{AuthorizedKey, Router};
 use crate::error::RouteError;
 use llmux_core::plan::{Bound, PlannedTarget};
 use llmux_core::store::{Denial, DenialReason};
-use llmux_core::{Timestamp, Usage, Window};
+use llmux_core::{Measure, Timestamp, Usage, Window};
 
 /// What the failover loop learned so far.
 #[derive(Default)]
@@ -25,6 +25,8 @@ pub(super) struct Outcomes {
     pub(super) budget_ends: Option<Timestamp>,
     /// The length of the kept denial's window, when it is a configured limit.
     pub(super) window_secs: Option<u64>,
+    /// What the kept denial's limit counts, when it is a configured limit.
+    pub(super) measure: Option<Measure>,
     /// A policy rule that kept a target out (reported when no limit was hit either).
     pub(super) policy: Option<String>,
 }
@@ -34,10 +36,10 @@ impl Outcomes {
         self.deny_in(d, None);
     }
 
-    /// [`Outcomes::deny`], knowing the denying limit's window (and whether it is a USD budget,
-    /// which frees up only when that window ends).
-    pub(super) fn deny_in(&mut self, d: Denial, limit: Option<(Window, bool)>) {
-        let ends = limit.and_then(|(w, usd)| usd.then_some(w.end));
+    /// [`Outcomes::deny`], knowing the denying limit's window and what it counts (a USD
+    /// budget frees up only when that window ends).
+    pub(super) fn deny_in(&mut self, d: Denial, limit: Option<(Window, Measure)>) {
+        let ends = limit.and_then(|(w, m)| (m == Measure::CostMicroUsd).then_some(w.end));
         // A budget frees up when its window ends, whatever its reservations do.
         let at = |d: &Denial, ends: Option<Timestamp>| ends.or(d.retry_at);
         let better = match (&self.denial, at(&d, ends)) {
@@ -50,6 +52,7 @@ impl Outcomes {
             self.budget_ends = ends;
             self.window_secs = limit
                 .map(|(w, _)| (w.end.0.saturating_sub(w.start.0).max(0) as u64).div_ceil(1000));
+            self.measure = limit.map(|(_, m)| m);
         }
     }
 }
@@ -97,7 +100,7 @@ pub(super) fn limit_window<'a>(
     mut bounds: impl Iterator<Item = &'a Bound>,
     d: &Denial,
     now: Timestamp,
-) -> Option<(Window, bool)> {
+) -> Option<(Window, Measure)> {
     let resource = match &d.reason {
         DenialReason::Exhausted { resource, .. } | DenialReason::NeverFits { resource, .. } => {
             resource
@@ -106,10 +109,7 @@ pub(super) fn limit_window<'a>(
     };
     bounds
         .find(|b| b.subject == d.subject && b.resource.name == *resource)
-        .map(|b| {
-            let usd = b.resource.measure == llmux_core::Measure::CostMicroUsd;
-            (b.window(now), usd)
-        })
+        .map(|b| (b.window(now), b.resource.measure))
 }
 
 impl Router {
@@ -129,6 +129,7 @@ impl Router {
                 denial: Box::new(d),
                 budget: out.budget_ends.is_some(),
                 window_secs: out.window_secs,
+                measure: out.measure,
             },
             None => RouteError::UnknownModel(model.to_string()),
         }
