@@ -1,7 +1,7 @@
 //! The writer: one thread that owns the connection and runs every transaction of the store.
 //!
 //! Callers push a [`Cmd`] on the [`Queue`] and await its oneshot reply; a push wakes the writer
-//! only when it sleeps. The writer swaps the whole queue out, applies every command in order
+//! only when it sleeps, and an idle writer sleeps until one comes (no polling). The writer swaps the whole queue out, applies every command in order
 //! inside one `BEGIN IMMEDIATE` transaction (each through [`Batch`], so each is decided on its
 //! own), answers reserves, commits, then answers the rest, and loops: commands that arrive
 //! while it works go into the next transaction. No caller thread runs SQL or waits on the
@@ -62,7 +62,8 @@ pub(crate) enum RecordOut {
     Removed(bool),
 }
 
-/// Longest a detached commit waits for a transaction when nothing else wakes the writer.
+/// Longest a detached commit waits for a transaction when nothing else wakes the writer
+/// (detached commits that follow it meanwhile share the transaction).
 const FLUSH_EVERY: Duration = Duration::from_millis(5);
 /// How often the checkpointer copies the WAL into the database file.
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
@@ -99,10 +100,11 @@ struct Turn {
 
 impl Queue {
     fn push(&self, cmd: Cmd) {
-        // A detached commit does not wake the writer: it rides with the next transaction,
-        // which the writer starts within `FLUSH_EVERY` at the latest.
-        let wake = !matches!(cmd, Cmd::Detached(..));
+        // A detached commit wakes the writer only when the queue was empty: it then waits up
+        // to `FLUSH_EVERY` for more before its transaction (see `take`). Later ones ride along.
+        let detached = matches!(cmd, Cmd::Detached(..));
         let mut s = self.state.lock();
+        let wake = !detached || s.cmds.is_empty();
         s.cmds.push(cmd);
         if wake && s.idle {
             s.idle = false;
@@ -138,10 +140,21 @@ impl Queue {
                     std::thread::yield_now();
                     s = self.state.lock();
                 }
+                // Asleep until there is work: an idle store costs no wake-ups.
                 while s.cmds.is_empty() && !s.checkpoint && !s.closed {
                     s.idle = true;
-                    // Detached commits queue without waking us: look again within the bound.
-                    self.wake.wait_for(&mut s, FLUSH_EVERY);
+                    self.wake.wait(&mut s);
+                }
+                // Only detached commits (usage nobody waits for): give the ones that follow
+                // until `FLUSH_EVERY` the same transaction, unless an awaited command comes.
+                let until = Instant::now() + FLUSH_EVERY;
+                while !s.checkpoint
+                    && !s.closed
+                    && s.cmds.iter().all(|c| matches!(c, Cmd::Detached(..)))
+                    && Instant::now() < until
+                {
+                    s.idle = true;
+                    self.wake.wait_until(&mut s, until);
                 }
             }
             Some(at) => {
