@@ -1,7 +1,7 @@
 //! The writer: one thread that owns the connection and runs every transaction of the store.
 //!
 //! Callers push a [`Cmd`] on the [`Queue`] and await its oneshot reply; a push wakes the writer
-//! only when it sleeps, and an idle writer sleeps until one comes (no polling). The writer swaps the whole queue out, applies every command in order
+//! only when it sleeps, and a writer idle for a second sleeps until one comes. The writer swaps the whole queue out, applies every command in order
 //! inside one `BEGIN IMMEDIATE` transaction (each through [`Batch`], so each is decided on its
 //! own), answers reserves, commits, then answers the rest, and loops: commands that arrive
 //! while it works go into the next transaction. No caller thread runs SQL or waits on the
@@ -62,9 +62,11 @@ pub(crate) enum RecordOut {
     Removed(bool),
 }
 
-/// Longest a detached commit waits for a transaction when nothing else wakes the writer
-/// (detached commits that follow it meanwhile share the transaction).
+/// Longest a detached commit waits for a transaction when nothing else wakes the writer.
 const FLUSH_EVERY: Duration = Duration::from_millis(5);
+/// How long after its last command the writer keeps looking for detached commits every
+/// [`FLUSH_EVERY`] before it sleeps until woken.
+const POLL_WHILE_ACTIVE: Duration = Duration::from_secs(1);
 /// How often the checkpointer copies the WAL into the database file.
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 /// Transactions a detached commit is applied in before its usage is given up (logged).
@@ -86,6 +88,11 @@ struct State {
     cmds: Vec<Cmd>,
     /// The writer sleeps on `wake`: the next push notifies it.
     idle: bool,
+    /// The writer sleeps with no deadline (the store has been idle for [`POLL_WHILE_ACTIVE`]):
+    /// a detached commit wakes it too.
+    deep: bool,
+    /// When the writer last took commands.
+    last_work: Option<Instant>,
     /// The checkpointer has copied the bulk of the WAL: the writer finishes it.
     checkpoint: bool,
     /// The last handle is gone: write what is queued, then stop.
@@ -100,11 +107,11 @@ struct Turn {
 
 impl Queue {
     fn push(&self, cmd: Cmd) {
-        // A detached commit wakes the writer only when the queue was empty: it then waits up
-        // to `FLUSH_EVERY` for more before its transaction (see `take`). Later ones ride along.
+        // A detached commit does not wake a writer that looks again within `FLUSH_EVERY`: it
+        // rides with the next transaction. Only a writer in its deep sleep needs waking.
         let detached = matches!(cmd, Cmd::Detached(..));
         let mut s = self.state.lock();
-        let wake = !detached || s.cmds.is_empty();
+        let wake = !detached || s.deep;
         s.cmds.push(cmd);
         if wake && s.idle {
             s.idle = false;
@@ -140,22 +147,20 @@ impl Queue {
                     std::thread::yield_now();
                     s = self.state.lock();
                 }
-                // Asleep until there is work: an idle store costs no wake-ups.
                 while s.cmds.is_empty() && !s.checkpoint && !s.closed {
                     s.idle = true;
-                    self.wake.wait(&mut s);
+                    // While the store is in use, detached commits queue without waking us:
+                    // look again within the bound. Idle for a while, sleep until woken (an
+                    // idle store costs no wake-ups).
+                    let active = s.last_work.is_some_and(|t| t.elapsed() < POLL_WHILE_ACTIVE);
+                    s.deep = !active;
+                    if active {
+                        self.wake.wait_for(&mut s, FLUSH_EVERY);
+                    } else {
+                        self.wake.wait(&mut s);
+                    }
                 }
-                // Only detached commits (usage nobody waits for): give the ones that follow
-                // until `FLUSH_EVERY` the same transaction, unless an awaited command comes.
-                let until = Instant::now() + FLUSH_EVERY;
-                while !s.checkpoint
-                    && !s.closed
-                    && s.cmds.iter().all(|c| matches!(c, Cmd::Detached(..)))
-                    && Instant::now() < until
-                {
-                    s.idle = true;
-                    self.wake.wait_until(&mut s, until);
-                }
+                s.deep = false;
             }
             Some(at) => {
                 while Instant::now() < at {
@@ -165,6 +170,9 @@ impl Queue {
             }
         }
         s.idle = false;
+        if !s.cmds.is_empty() {
+            s.last_work = Some(Instant::now());
+        }
         std::mem::swap(&mut s.cmds, batch);
         Turn {
             checkpoint: std::mem::take(&mut s.checkpoint),
