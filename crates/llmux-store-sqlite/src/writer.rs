@@ -64,7 +64,7 @@ pub(crate) enum RecordOut {
 
 /// Longest a detached commit waits for a transaction when nothing else wakes the writer.
 const FLUSH_EVERY: Duration = Duration::from_millis(5);
-/// How long after its last command the writer keeps looking for detached commits every
+/// How long after its last reserve or detached commit the writer keeps looking for detached commits every
 /// [`FLUSH_EVERY`] before it sleeps until woken.
 const POLL_WHILE_ACTIVE: Duration = Duration::from_secs(1);
 /// How often the checkpointer copies the WAL into the database file.
@@ -91,7 +91,7 @@ struct State {
     /// The writer sleeps with no deadline (the store has been idle for [`POLL_WHILE_ACTIVE`]):
     /// a detached commit wakes it too.
     deep: bool,
-    /// When the writer last took commands.
+    /// When the writer last took reserves or detached commits.
     last_work: Option<Instant>,
     /// The checkpointer has copied the bulk of the WAL: the writer finishes it.
     checkpoint: bool,
@@ -170,7 +170,12 @@ impl Queue {
             }
         }
         s.idle = false;
-        if !s.cmds.is_empty() {
+        // Request traffic (reserves, usage) keeps the writer looking for detached commits;
+        // the router's periodic reads (keys, capacity) do not.
+        if s.cmds
+            .iter()
+            .any(|c| matches!(c, Cmd::Reserve(..) | Cmd::Detached(..)))
+        {
             s.last_work = Some(Instant::now());
         }
         std::mem::swap(&mut s.cmds, batch);
