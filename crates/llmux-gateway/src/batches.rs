@@ -5,7 +5,8 @@
 //! the store can answer for it: `files` (a file's object) and `file_content` (its text),
 //! `batches` (a batch's object, with its counts), and `batch_out:ID` (one output line per
 //! finished `custom_id`). A gateway resumes the batches left `in_progress` when it starts,
-//! skipping the items that have a line.
+//! skipping the items that have a line. A batch still running at its `expires_at` (from its
+//! `completion_window`) ends `expired`, every unfinished item with a `batch_expired` line.
 
 use crate::error::ApiError;
 use crate::AppState;
@@ -200,6 +201,19 @@ pub(crate) async fn file_content(
     }
 }
 
+/// A `completion_window` in seconds: `24h` (OpenAI's only one), or any `Nh`, `Nm`, `Ns` with
+/// N from 1 (at most a year).
+fn completion_window_secs(w: &str) -> Option<i64> {
+    let unit = match w.chars().last()? {
+        'h' => 3600,
+        'm' => 60,
+        's' => 1,
+        _ => return None,
+    };
+    let n: i64 = w[..w.len() - 1].parse().ok().filter(|n| *n >= 1)?;
+    n.checked_mul(unit).filter(|s| *s <= 366 * 86_400)
+}
+
 /// `POST /v1/batches` (`input_file_id`, `endpoint`, `completion_window`, `metadata`).
 pub(crate) async fn create(
     State(s): State<Arc<AppState>>,
@@ -229,14 +243,21 @@ pub(crate) async fn create(
                 it.custom_id, it.url
             )));
         }
+        let window = field("completion_window").unwrap_or_else(|| "24h".into());
+        let window_secs = completion_window_secs(&window).ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "completion_window {window:?}: expected a duration such as \"24h\", \"90m\" or \"30s\""
+            ))
+        })?;
         let id = new_id("batch_");
         let now = now_secs();
         let object = json!({
             "id": id, "object": "batch", "endpoint": endpoint, "errors": null,
             "input_file_id": input,
-            "completion_window": field("completion_window").unwrap_or_else(|| "24h".into()),
+            "completion_window": window,
             "status": "in_progress", "output_file_id": null, "error_file_id": null,
-            "created_at": now, "in_progress_at": now, "expires_at": now + 86_400,
+            "created_at": now, "in_progress_at": now,
+            "expires_at": now.saturating_add(window_secs),
             "finalizing_at": null, "completed_at": null, "failed_at": null, "expired_at": null,
             "cancelling_at": null, "cancelled_at": null,
             "request_counts": {"total": items.len(), "completed": 0, "failed": 0},
@@ -378,7 +399,13 @@ async fn run_inner(router: &Router, id: &str) -> Result<(), ApiError> {
     );
     let mut last = std::time::Instant::now();
     let mut cancelled = false;
+    let expires_at = b["expires_at"].as_i64().unwrap_or(i64::MAX);
+    let mut expired = false;
     loop {
+        if now_secs() >= expires_at {
+            expired = true;
+            break;
+        }
         let next = tokio::time::timeout(Duration::from_secs(1), results.next()).await;
         match next {
             Ok(Some(r)) => {
@@ -398,8 +425,40 @@ async fn run_inner(router: &Router, id: &str) -> Result<(), ApiError> {
             }
         }
     }
-    // Cancelled: the items in flight are dropped (their leases released).
+    // Cancelled or expired: the items in flight are dropped (their leases released).
     drop(results);
+    if expired {
+        // As OpenAI does: every item not finished in the window gets a `batch_expired` line.
+        let finished: std::collections::HashSet<String> = store
+            .list_records(&table)
+            .await
+            .map_err(store_error)?
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        for item in BatchItem::parse_lines(&text, None)
+            .map_err(|e| ApiError::BadRequest(format!("input file {input}: {e}")))?
+            .iter()
+            .filter(|it| !finished.contains(&it.custom_id))
+        {
+            let line = llmux::batch::BatchResult {
+                custom_id: item.custom_id.clone(),
+                url: item.url.clone(),
+                status: None,
+                body: None,
+                request_id: String::new(),
+                error: Some((
+                    "batch_expired".into(),
+                    "This request could not be executed before the completion window expired."
+                        .into(),
+                )),
+            };
+            store
+                .put_record(&table, &item.custom_id, &line.output_line().to_string())
+                .await
+                .map_err(store_error)?;
+        }
+    }
     // Finalize: the output file (2xx lines) and the error file (the rest).
     let lines = store.list_records(&table).await.map_err(store_error)?;
     let (mut ok, mut failed) = (String::new(), String::new());
@@ -431,7 +490,10 @@ async fn run_inner(router: &Router, id: &str) -> Result<(), ApiError> {
     let now = now_secs();
     b["finalizing_at"] = now.into();
     let asked = store.get_record(CANCELS, id).await.map_err(store_error)?;
-    if cancelled || asked.is_some() || b["status"] == "cancelling" {
+    if expired {
+        b["status"] = "expired".into();
+        b["expired_at"] = now.into();
+    } else if cancelled || asked.is_some() || b["status"] == "cancelling" {
         b["status"] = "cancelled".into();
         b["cancelled_at"] = now.into();
     } else {

@@ -128,3 +128,87 @@ async fn a_cancelled_batch_stops_sending() {
     let r = post(gw.addr, "/v1/batches/batch_nope/cancel", "", &auth).await;
     assert_eq!(r.status, 404);
 }
+
+/// A batch not finished within its `completion_window` ends `expired`: the items answered keep
+/// their lines, every other item gets a `batch_expired` error line, and nothing more is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_past_its_completion_window_expires() {
+    use llmux_core::Records;
+    let mock = MockUpstream::start().await;
+    // One request a minute: the first item is answered, the other two wait past the window.
+    let cfg = config(&mock.base_url(), 1).replace(
+        r#"{ name = "rps", value = 1, period = "secondly" }"#,
+        r#"{ name = "rpm", value = 1, period = "minutely" }"#,
+    );
+    let gw = start(&cfg).await;
+    let auth = [("authorization", "Bearer gk-sdk")];
+    let lines: Vec<String> = (0..3)
+        .map(|i| {
+            serde_json::json!({"custom_id": format!("e{i}"), "url": "/v1/chat/completions",
+                "body": {"model": "m", "messages": [{"role": "user", "content": "hi"}]}})
+            .to_string()
+        })
+        .collect();
+    let store = gw.router.store().clone();
+    store
+        .put_record("file_content", "file-e", &lines.join("\n"))
+        .await
+        .unwrap();
+    let bad = post(
+        gw.addr,
+        "/v1/batches",
+        r#"{"input_file_id":"file-e","endpoint":"/v1/chat/completions","completion_window":"soon"}"#,
+        &auth,
+    )
+    .await;
+    assert_eq!(bad.status, 400, "{}", bad.text());
+    assert!(bad.text().contains("completion_window"), "{}", bad.text());
+    let r = post(
+        gw.addr,
+        "/v1/batches",
+        r#"{"input_file_id":"file-e","endpoint":"/v1/chat/completions","completion_window":"2s"}"#,
+        &auth,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let b = r.json();
+    assert_eq!(
+        b["expires_at"].as_i64().unwrap() - b["created_at"].as_i64().unwrap(),
+        2
+    );
+    let id = b["id"].as_str().unwrap().to_string();
+    let started = std::time::Instant::now();
+    let b = loop {
+        let b = get_with(gw.addr, &format!("/v1/batches/{id}"), &auth)
+            .await
+            .json();
+        if b["status"] == "expired" {
+            break b;
+        }
+        assert_eq!(b["status"], "in_progress", "{b}");
+        assert!(started.elapsed().as_secs() < 10, "{b}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    assert!(b["expired_at"].as_i64().is_some(), "{b}");
+    assert_eq!(b["request_counts"]["completed"], 1, "{b}");
+    assert_eq!(b["request_counts"]["failed"], 2, "{b}");
+    let errors = get_with(
+        gw.addr,
+        &format!("/v1/files/{}/content", b["error_file_id"].as_str().unwrap()),
+        &auth,
+    )
+    .await
+    .text();
+    let errors: Vec<serde_json::Value> = errors
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    assert!(errors
+        .iter()
+        .all(|l| l["error"]["code"] == "batch_expired" && l["response"].is_null()));
+    let sent = mock.request_count();
+    assert_eq!(sent, 1);
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    assert_eq!(mock.request_count(), sent, "nothing sent after it expired");
+}

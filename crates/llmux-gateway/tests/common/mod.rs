@@ -113,7 +113,11 @@ pub async fn post(
 }
 
 pub async fn get(addr: SocketAddr, path: &str) -> Resp {
-    let (status, headers, body) = send(addr, "GET", path, Bytes::new(), &[]).await;
+    get_with(addr, path, &[]).await
+}
+
+pub async fn get_with(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Resp {
+    let (status, headers, body) = send(addr, "GET", path, Bytes::new(), headers).await;
     let body = body.collect().await.unwrap().to_bytes();
     Resp {
         status,
