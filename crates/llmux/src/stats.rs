@@ -280,12 +280,15 @@ impl Pool {
     }
 }
 
+/// The longest window whose request limit paces batch items.
+const PACED_WINDOW_SECS: u64 = 60;
+
 /// Spaces the starts of a pool's batch items evenly at the rate its request limits allow, so
 /// that a window's capacity is spread across it instead of spent in a burst as it opens: an
 /// upstream that counts over a sliding window (as the big APIs do) then never sees more than
-/// its limit in any stretch of that length. Only request-count limits with windows of fixed
-/// length (secondly, minutely, hourly, custom) pace; the reservations stay what keeps every
-/// limit exact.
+/// its limit in any stretch of that length. Only request-count limits with windows of at most
+/// [`PACED_WINDOW_SECS`] pace (rate limits, not quotas: 100 a day must not space items 14
+/// minutes apart); the reservations stay what keeps every limit exact.
 #[derive(Debug)]
 pub(crate) struct Pacer {
     every: Duration,
@@ -298,7 +301,11 @@ impl Pacer {
     /// any limit that every target shares. `None` when a target has no such limit.
     pub(crate) fn for_bounds(bounds: &[Arc<[Bound]>]) -> Option<Pacer> {
         let rate = |b: &Bound| {
-            let secs = b.resource.period.fixed_secs()?;
+            let secs = b
+                .resource
+                .period
+                .fixed_secs()
+                .filter(|s| *s <= PACED_WINDOW_SECS)?;
             (b.resource.measure == Measure::Requests)
                 .then(|| b.resource.capacity as f64 / secs as f64)
         };
@@ -375,8 +382,9 @@ mod tests {
         let rps = |s: &str, n| bound(s, "rps", n, Period::Secondly, Measure::Requests);
         let tpm = |s: &str| bound(s, "tpm", 1_000, Period::Minutely, Measure::Tokens);
         let daily = |s: &str| bound(s, "rpd", 10, Period::Daily, Measure::Requests);
+        let hourly = |s: &str| bound(s, "rph", 10, Period::Hourly, Measure::Requests);
         let ms = |ms| Some(Duration::from_millis(ms));
-        // 600 a minute and 10 a second: one every 100 ms; tokens and days do not pace.
+        // 600 a minute and 10 a second: one every 100 ms; tokens, hours and days do not pace.
         assert_eq!(
             every(vec![vec![
                 rpm("p/a", 600),
