@@ -390,7 +390,8 @@ mod tests {
                 rpm("p/a", 600),
                 rps("p/a", 10),
                 tpm("p/a"),
-                daily("p/a")
+                daily("p/a"),
+                hourly("p/a")
             ]]),
             ms(100)
         );
@@ -407,7 +408,8 @@ mod tests {
             ]),
             ms(100)
         );
-        // A target without a request limit of fixed length: no pacing.
+        // A target without a request limit of a minute or less: no pacing.
+        assert_eq!(every(vec![vec![hourly("p/a")]]), None);
         assert_eq!(every(vec![vec![rps("p/a", 10)], vec![daily("p/b")]]), None);
         assert_eq!(every(vec![]), None);
     }
