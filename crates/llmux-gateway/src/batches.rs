@@ -377,16 +377,15 @@ async fn run_inner(router: &Router, id: &str) -> Result<(), ApiError> {
     let items = BatchItem::parse_lines(&text, None)
         .map_err(|e| ApiError::BadRequest(format!("input file {input}: {e}")))?;
     let table = out_table(id);
-    let done: std::collections::HashSet<String> = store
-        .list_records(&table)
-        .await
-        .map_err(store_error)?
-        .into_iter()
-        .map(|(n, _)| n)
-        .collect();
+    let done = finished(router, &table).await?;
     let todo: Vec<BatchItem> = items
         .into_iter()
         .filter(|it| !done.contains(&it.custom_id))
+        .collect();
+    // What an expired batch writes `batch_expired` lines for, unless finished meanwhile.
+    let unfinished: Vec<(String, String)> = todo
+        .iter()
+        .map(|it| (it.custom_id.clone(), it.url.clone()))
         .collect();
     let opts = BatchOptions::default();
     let mut results = Box::pin(
@@ -398,13 +397,10 @@ async fn run_inner(router: &Router, id: &str) -> Result<(), ApiError> {
             .buffer_unordered(opts.concurrency),
     );
     let mut last = std::time::Instant::now();
-    let mut cancelled = false;
     let expires_at = b["expires_at"].as_i64().unwrap_or(i64::MAX);
-    let mut expired = false;
-    loop {
+    let end = loop {
         if now_secs() >= expires_at {
-            expired = true;
-            break;
+            break End::Expired;
         }
         let next = tokio::time::timeout(Duration::from_secs(1), results.next()).await;
         match next {
@@ -414,53 +410,76 @@ async fn run_inner(router: &Router, id: &str) -> Result<(), ApiError> {
                     .await
                     .map_err(store_error)?;
             }
-            Ok(None) => break,
+            Ok(None) => break End::Done,
             Err(_) => {}
         }
         if last.elapsed() >= Duration::from_secs(1) {
             last = std::time::Instant::now();
             if update_counts(router, id, &table).await? == "cancelling" {
-                cancelled = true;
-                break;
+                break End::Cancelled;
             }
         }
-    }
+    };
     // Cancelled or expired: the items in flight are dropped (their leases released).
     drop(results);
-    if expired {
-        // As OpenAI does: every item not finished in the window gets a `batch_expired` line.
-        let finished: std::collections::HashSet<String> = store
-            .list_records(&table)
-            .await
-            .map_err(store_error)?
-            .into_iter()
-            .map(|(n, _)| n)
-            .collect();
-        for item in BatchItem::parse_lines(&text, None)
-            .map_err(|e| ApiError::BadRequest(format!("input file {input}: {e}")))?
-            .iter()
-            .filter(|it| !finished.contains(&it.custom_id))
-        {
-            let line = llmux::batch::BatchResult {
-                custom_id: item.custom_id.clone(),
-                url: item.url.clone(),
-                status: None,
-                body: None,
-                request_id: String::new(),
-                error: Some((
-                    "batch_expired".into(),
-                    "This request could not be executed before the completion window expired."
-                        .into(),
-                )),
-            };
-            store
-                .put_record(&table, &item.custom_id, &line.output_line().to_string())
-                .await
-                .map_err(store_error)?;
-        }
+    if end == End::Expired {
+        expire(router, &table, &unfinished).await?;
     }
-    // Finalize: the output file (2xx lines) and the error file (the rest).
-    let lines = store.list_records(&table).await.map_err(store_error)?;
+    finalize(router, id, &table, end).await
+}
+
+/// How a batch's run ended.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum End {
+    Done,
+    Cancelled,
+    Expired,
+}
+
+/// The `custom_id`s of `table` (a batch's output lines) that have a line.
+async fn finished(
+    router: &Router,
+    table: &str,
+) -> Result<std::collections::HashSet<String>, ApiError> {
+    Ok(router
+        .store()
+        .list_records(table)
+        .await
+        .map_err(store_error)?
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect())
+}
+
+/// As OpenAI does: every item (`custom_id`, `url`) not finished in the window gets a
+/// `batch_expired` line.
+async fn expire(router: &Router, table: &str, items: &[(String, String)]) -> Result<(), ApiError> {
+    let finished = finished(router, table).await?;
+    for (custom_id, url) in items.iter().filter(|(c, _)| !finished.contains(c)) {
+        let line = llmux::batch::BatchResult {
+            custom_id: custom_id.clone(),
+            url: url.clone(),
+            status: None,
+            body: None,
+            request_id: String::new(),
+            error: Some((
+                "batch_expired".into(),
+                "This request could not be executed before the completion window expired.".into(),
+            )),
+        };
+        router
+            .store()
+            .put_record(table, custom_id, &line.output_line().to_string())
+            .await
+            .map_err(store_error)?;
+    }
+    Ok(())
+}
+
+/// The output file (2xx lines), the error file (the rest), the counts and the final status.
+async fn finalize(router: &Router, id: &str, table: &str, end: End) -> Result<(), ApiError> {
+    let store = router.store();
+    let lines = store.list_records(table).await.map_err(store_error)?;
     let (mut ok, mut failed) = (String::new(), String::new());
     for (_, line) in &lines {
         let v: Value = serde_json::from_str(line).unwrap_or(Value::Null);
@@ -490,10 +509,10 @@ async fn run_inner(router: &Router, id: &str) -> Result<(), ApiError> {
     let now = now_secs();
     b["finalizing_at"] = now.into();
     let asked = store.get_record(CANCELS, id).await.map_err(store_error)?;
-    if expired {
+    if end == End::Expired {
         b["status"] = "expired".into();
         b["expired_at"] = now.into();
-    } else if cancelled || asked.is_some() || b["status"] == "cancelling" {
+    } else if end == End::Cancelled || asked.is_some() || b["status"] == "cancelling" {
         b["status"] = "cancelled".into();
         b["cancelled_at"] = now.into();
     } else {

@@ -4,7 +4,7 @@
 //! `code` doubles as the metrics label.
 
 use axum::response::{IntoResponse, Response};
-use http::{HeaderValue, StatusCode};
+use http::{HeaderName, HeaderValue, StatusCode};
 use llmux::core::store::DenialReason;
 use llmux::protocol::errors::error_body;
 use llmux::{Endpoint, RouteError};
@@ -107,8 +107,7 @@ impl ApiError {
         let (status, kind, code) = self.parts();
         let mut body = error_body(client, status.as_u16(), kind, code, &self.message());
         let openai = client.dialect() == llmux::Dialect::OpenAi;
-        let mut extra: Vec<(&'static str, String)> = Vec::new();
-        let mut rate_limits: Vec<(http::HeaderName, String)> = Vec::new();
+        let mut extra: Vec<(HeaderName, String)> = Vec::new();
         if let ApiError::Route(e) = &self {
             match e {
                 RouteError::NoCapacity {
@@ -129,7 +128,10 @@ impl ApiError {
                     | DenialReason::NeverFits { capacity, .. } = &denial.reason
                     {
                         let w = window_secs.map(|w| format!(";w={w}")).unwrap_or_default();
-                        extra.push(("ratelimit-policy", format!("{name};q={capacity}{w}")));
+                        extra.push((
+                            HeaderName::from_static("ratelimit-policy"),
+                            format!("{name};q={capacity}{w}"),
+                        ));
                     }
                     // llmux's own counters, as on every answer: here the limit that refused.
                     let room = match &denial.reason {
@@ -148,28 +150,32 @@ impl ApiError {
                     if let (Some(m), Some((capacity, left))) = (measure, room) {
                         let reset_ms = retry_after_secs.map_or(0, |s| s.saturating_mul(1000));
                         let reset_ms = i64::try_from(reset_ms).unwrap_or(i64::MAX);
-                        for (k, v) in
-                            llmux::refusal_rate_limit_headers(*m, capacity, left, reset_ms)
-                        {
-                            rate_limits.push((k, v));
-                        }
+                        extra.extend(llmux::refusal_rate_limit_headers(
+                            *m, capacity, left, reset_ms,
+                        ));
                     }
                     let t = retry_after_secs
                         .map(|s| format!(";t={s}"))
                         .unwrap_or_default();
-                    extra.push(("ratelimit", format!("{name};r=0{t}")));
-                    extra.push(("x-llmux-limit", limit));
+                    extra.push((
+                        HeaderName::from_static("ratelimit"),
+                        format!("{name};r=0{t}"),
+                    ));
+                    extra.push((HeaderName::from_static("x-llmux-limit"), limit));
                     // A hard budget frees up only when its window ends: no `retry-after`
                     // invites an earlier retry (`RateLimit`'s `t` says when).
                     if let Some(s) = retry_after_secs.filter(|_| !*budget) {
                         if openai {
                             body["error"]["retry_after"] = s.into();
                         }
-                        extra.push(("retry-after", s.to_string()));
+                        extra.push((HeaderName::from_static("retry-after"), s.to_string()));
                     }
                 }
                 RouteError::Upstream { attempts, .. } => {
-                    extra.push(("x-llmux-attempts", attempts.to_string()));
+                    extra.push((
+                        HeaderName::from_static("x-llmux-attempts"),
+                        attempts.to_string(),
+                    ));
                 }
                 RouteError::Store(err) => tracing::error!(error = %err, "store failure"),
                 _ => {}
@@ -177,11 +183,6 @@ impl ApiError {
         }
         let mut resp = (status, axum::Json(body)).into_response();
         for (k, v) in extra {
-            if let Ok(v) = HeaderValue::from_str(&v) {
-                resp.headers_mut().insert(k, v);
-            }
-        }
-        for (k, v) in rate_limits {
             if let Ok(v) = HeaderValue::from_str(&v) {
                 resp.headers_mut().insert(k, v);
             }

@@ -1,10 +1,11 @@
 //! The writer: one thread that owns the connection and runs every transaction of the store.
 //!
 //! Callers push a [`Cmd`] on the [`Queue`] and await its oneshot reply; a push wakes the writer
-//! only when it sleeps, and a writer idle for a second sleeps until one comes. The writer swaps the whole queue out, applies every command in order
-//! inside one `BEGIN IMMEDIATE` transaction (each through [`Batch`], so each is decided on its
-//! own), answers reserves, commits, then answers the rest, and loops: commands that arrive
-//! while it works go into the next transaction. No caller thread runs SQL or waits on the
+//! only when it sleeps, and a writer idle for a second sleeps until one comes. The writer swaps
+//! the whole queue out, applies every command in order inside one `BEGIN IMMEDIATE`
+//! transaction (each through [`Batch`], so each is decided on its own), answers reserves,
+//! commits, then answers the rest, and loops: commands that arrive while it works go into the
+//! next transaction. No caller thread runs SQL or waits on the
 //! file's lock; only this thread sleeps in SQLite's busy handler while another process writes.
 //!
 //! Reserves are answered before the commit: the write lock is held from `BEGIN IMMEDIATE` to
@@ -64,8 +65,8 @@ pub(crate) enum RecordOut {
 
 /// Longest a detached commit waits for a transaction when nothing else wakes the writer.
 const FLUSH_EVERY: Duration = Duration::from_millis(5);
-/// How long after its last reserve or detached commit the writer keeps looking for detached commits every
-/// [`FLUSH_EVERY`] before it sleeps until woken.
+/// How long after its last reserve or detached commit the writer keeps looking for detached
+/// commits every [`FLUSH_EVERY`] before it sleeps until woken.
 const POLL_WHILE_ACTIVE: Duration = Duration::from_secs(1);
 /// How often the checkpointer copies the WAL into the database file.
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);

@@ -179,9 +179,9 @@ impl BatchResult {
 impl Router {
     /// Send one batch item: it waits for its start slot (items of a model start evenly spaced,
     /// at the rate its request limits allow) and then for capacity up to `opts.wait` per try,
-    /// and a 429, a 5xx,
-    /// a timeout or a lost connection is tried again with full-jitter backoff (0.5 s, 1 s, 2 s,
-    /// … at most 30 s) up to `opts.max_retries` times. A 4xx other than 429 is final.
+    /// and a 429, a 5xx, a timeout or a lost connection is tried again with full-jitter backoff
+    /// (0.5 s, 1 s, 2 s, … at most 30 s) up to `opts.max_retries` times. A 4xx other than 429
+    /// is final.
     pub async fn send_item(&self, item: &BatchItem, opts: &BatchOptions) -> BatchResult {
         let body = bytes::Bytes::from(serde_json::to_vec(&item.body).unwrap_or_default());
         let mut attempt = 0u32;

@@ -60,6 +60,19 @@ const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy")
 const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 const BUDGET_EXCEEDED: HeaderName = HeaderName::from_static("x-llmux-budget-exceeded");
 
+/// The `x-ratelimit-{limit,remaining,reset}-*` trio that reports a limit counting `m`: the
+/// `-requests` one for requests, the `-tokens` one for tokens (all, input or output); none for
+/// other measures.
+fn trio(m: Measure) -> Option<[HeaderName; 3]> {
+    match m {
+        Measure::Requests => Some([LIMIT_REQUESTS, REMAINING_REQUESTS, RESET_REQUESTS]),
+        Measure::Tokens | Measure::InputTokens | Measure::OutputTokens => {
+            Some([LIMIT_TOKENS, REMAINING_TOKENS, RESET_TOKENS])
+        }
+        _ => None,
+    }
+}
+
 /// llmux's `x-ratelimit-{limit,remaining,reset}-*` for a refusal: the limit that refused (what
 /// it counts, its capacity and the room it had), resetting in `reset_ms` (when it could
 /// admit). None for a limit that counts neither requests nor tokens.
@@ -69,12 +82,8 @@ pub fn refusal_rate_limit_headers(
     remaining: u64,
     reset_ms: i64,
 ) -> Vec<(HeaderName, String)> {
-    let [limit, left, reset] = match measure {
-        Measure::Requests => [LIMIT_REQUESTS, REMAINING_REQUESTS, RESET_REQUESTS],
-        Measure::Tokens | Measure::InputTokens | Measure::OutputTokens => {
-            [LIMIT_TOKENS, REMAINING_TOKENS, RESET_TOKENS]
-        }
-        _ => return Vec::new(),
+    let Some([limit, left, reset]) = trio(measure) else {
+        return Vec::new();
     };
     vec![
         (limit, capacity.to_string()),
@@ -90,28 +99,16 @@ pub fn rate_limit_headers(limits: &[AppliedLimit], now: Timestamp) -> Vec<(Heade
         return Vec::new();
     }
     let mut out = Vec::with_capacity(8);
-    let tightest = |pick: fn(Measure) -> bool| {
-        limits
+    // The tightest request limit and the tightest token limit, each under its trio.
+    for family in [Measure::Requests, Measure::Tokens] {
+        let names = trio(family);
+        let tightest = limits
             .iter()
-            .filter(|l| pick(l.measure))
-            .min_by_key(|l| (l.remaining, l.resets_at))
-    };
-    let requests = tightest(|m| m == Measure::Requests);
-    let tokens = tightest(|m| {
-        matches!(
-            m,
-            Measure::Tokens | Measure::InputTokens | Measure::OutputTokens
-        )
-    });
-    let names = [
-        (
-            requests,
-            [LIMIT_REQUESTS, REMAINING_REQUESTS, RESET_REQUESTS],
-        ),
-        (tokens, [LIMIT_TOKENS, REMAINING_TOKENS, RESET_TOKENS]),
-    ];
-    for (l, [limit, remaining, reset]) in names {
-        let Some(l) = l else { continue };
+            .filter(|l| trio(l.measure) == names)
+            .min_by_key(|l| (l.remaining, l.resets_at));
+        let (Some(l), Some([limit, remaining, reset])) = (tightest, names) else {
+            continue;
+        };
         out.push((limit, l.capacity.to_string()));
         out.push((remaining, l.remaining.to_string()));
         out.push((reset, go_duration(l.resets_at.0.saturating_sub(now.0))));

@@ -182,8 +182,9 @@ impl RouterBuilder {
         // OpenRouter keys' remaining credit (see `credit`), read now and every minute.
         if router.tracks_credit() {
             let weak = Arc::downgrade(&router.inner);
+            // The providers' pooled client: one TLS set-up and connection pool for all.
+            let client = http.clone();
             rt.spawn(async move {
-                let client = crate::provider::openai::http_client();
                 let mut tick = tokio::time::interval(super::credit::CREDIT_REFRESH);
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {

@@ -15,7 +15,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use llmux_core::config::ProviderKind;
 use llmux_core::plan::Bound;
 use llmux_core::store::{AdminOp, StoreAdmin};
-use llmux_core::{Subject, Usage};
+use llmux_core::{Measure, Subject, Usage};
 use std::time::Duration;
 
 /// The name of the resource that follows an OpenRouter key's remaining credit.
@@ -56,12 +56,9 @@ impl Router {
                     continue;
                 };
                 let subject = Subject::key(&p.id, &key.id);
-                let secret = if key.from_store {
-                    self.inner.stored_secrets.load().get(&subject).cloned()
-                } else {
-                    Some(key.secret.clone())
+                let Some(secret) = self.key_secret(key, &subject) else {
+                    continue;
                 };
-                let Some(secret) = secret else { continue };
                 let remaining = match read_credit(client, base, secret.expose()).await {
                     Ok(Some(usd)) => usd,
                     Ok(None) => continue,
@@ -73,7 +70,7 @@ impl Router {
                 let now = self.inner.ledger.clock.now();
                 let bound = Bound::new(subject, resource.clone(), p.timezone.clone());
                 let line = bound.line(&Usage::default(), now);
-                let room = (remaining.max(0.0) * 1_000_000.0).round() as u64;
+                let room = Measure::CostMicroUsd.capacity_from_value(remaining.max(0.0));
                 let used = line.capacity.saturating_sub(room);
                 self.inner
                     .ledger

@@ -280,11 +280,20 @@ impl Router {
         &self,
         t: &llmux_core::plan::PlannedTarget,
     ) -> Option<llmux_core::Secret> {
-        let key = &t.provider.keys[t.key_index];
+        self.key_secret(&t.provider.keys[t.key_index], t.key_gate())
+    }
+
+    /// The secret of `key` (whose subject is `provider/key`): from the config, or the stored
+    /// one last read (`None` until it has been read).
+    pub(crate) fn key_secret(
+        &self,
+        key: &llmux_core::config::Key,
+        subject: &llmux_core::Subject,
+    ) -> Option<llmux_core::Secret> {
         if !key.from_store {
             return Some(key.secret.clone());
         }
-        self.inner.stored_secrets.load().get(t.key_gate()).cloned()
+        self.inner.stored_secrets.load().get(subject).cloned()
     }
 
     /// [`Router::authorize`], reading the store's gateway keys first if they have never been
