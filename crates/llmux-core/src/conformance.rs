@@ -536,4 +536,34 @@ async fn records<S: crate::records::Records>(s: &S, ns: &str) {
         s.get_record(&other, "a").await.unwrap().as_deref(),
         Some("elsewhere")
     );
+    // Compare and swap: set only over what the caller saw (absent, or that value).
+    assert!(s.swap_record(&t, "l", None, "first").await.unwrap());
+    assert!(!s.swap_record(&t, "l", None, "second").await.unwrap());
+    assert!(!s
+        .swap_record(&t, "l", Some("stale"), "second")
+        .await
+        .unwrap());
+    assert_eq!(
+        s.get_record(&t, "l").await.unwrap().as_deref(),
+        Some("first")
+    );
+    assert!(s
+        .swap_record(&t, "l", Some("first"), "second")
+        .await
+        .unwrap());
+    assert_eq!(
+        s.get_record(&t, "l").await.unwrap().as_deref(),
+        Some("second")
+    );
+    // Many over the same value seen: only the first sets it.
+    let mut won = Vec::new();
+    for i in 0..8 {
+        won.push(
+            s.swap_record(&t, "l", Some("second"), &format!("v{i}"))
+                .await
+                .unwrap(),
+        );
+    }
+    assert_eq!(won.iter().filter(|w| **w).count(), 1, "{won:?}");
+    assert_eq!(s.get_record(&t, "l").await.unwrap().as_deref(), Some("v0"));
 }

@@ -286,6 +286,21 @@ impl crate::records::Records for MemoryStore {
             .map(|((_, n), v)| (n.clone(), v.clone()))
             .collect())
     }
+    async fn swap_record(
+        &self,
+        table: &str,
+        name: &str,
+        expected: Option<&str>,
+        value: &str,
+    ) -> Result<bool, StoreError> {
+        let key = (table.to_string(), name.to_string());
+        let mut g = self.inner.lock();
+        if g.records.get(&key).map(String::as_str) != expected {
+            return Ok(false);
+        }
+        g.records.insert(key, value.to_string());
+        Ok(true)
+    }
     async fn delete_record(&self, table: &str, name: &str) -> Result<bool, StoreError> {
         let key = (table.to_string(), name.to_string());
         Ok(self.inner.lock().records.remove(&key).is_some())

@@ -36,6 +36,16 @@ pub trait Records: Send + Sync {
         &self,
         table: &str,
     ) -> impl Future<Output = Result<Vec<(String, String)>, StoreError>> + Send;
+    /// Set `name` in `table` to `value` only if it now holds `expected` (`None`: only if it
+    /// is absent), in one atomic step (compare and swap); whether it was set. Several
+    /// processes use it to take turns, e.g. a lease on a batch.
+    fn swap_record(
+        &self,
+        table: &str,
+        name: &str,
+        expected: Option<&str>,
+        value: &str,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
     /// Remove `name` from `table`; whether it was there.
     fn delete_record(
         &self,

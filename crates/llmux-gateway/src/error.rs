@@ -15,6 +15,8 @@ pub enum ApiError {
     PayloadTooLarge {
         limit: usize,
     },
+    /// An upload past `[files]` `max_file_mb` or `quota_mb_per_key`: the message names it.
+    FileTooLarge(String),
     Unauthorized,
     NotFound(String),
     /// A file or batch that does not exist (`no such …`).
@@ -44,6 +46,11 @@ impl ApiError {
                 S::PAYLOAD_TOO_LARGE,
                 "invalid_request_error",
                 "payload_too_large",
+            ),
+            ApiError::FileTooLarge(_) => (
+                S::PAYLOAD_TOO_LARGE,
+                "invalid_request_error",
+                "file_too_large",
             ),
             ApiError::Unauthorized => (S::UNAUTHORIZED, "authentication_error", "invalid_api_key"),
             ApiError::NotFound(_) | ApiError::NoSuch(_) => {
@@ -87,6 +94,7 @@ impl ApiError {
             ApiError::PayloadTooLarge { limit } => {
                 format!("request body is larger than the limit of {limit} bytes")
             }
+            ApiError::FileTooLarge(m) => m.clone(),
             ApiError::Unauthorized => RouteError::Unauthorized.to_string(),
             ApiError::NotFound(p) => format!("no route for {p}"),
             ApiError::NoSuch(what) => format!("no such {what}"),

@@ -21,6 +21,8 @@ use std::time::Instant;
 
 struct AppState {
     router: Router,
+    /// The batches this gateway runs (see `batches::Runners`).
+    runners: Arc<batches::Runners>,
     metrics: Option<PrometheusHandle>,
     /// Per endpoint (by `Endpoint::index`): the handles of the common case, registered once.
     endpoint_metrics: [EndpointMetrics; 5],
@@ -86,12 +88,20 @@ fn metrics_handle() -> Option<PrometheusHandle> {
 pub fn app(router: Router) -> axum::Router {
     // The recorder first: handles registered before it would record nowhere.
     let metrics = metrics_handle();
-    // Batches left running in the store (by this or another gateway) go on here.
+    // Batches left running in the store (by this gateway before, or by another whose lease
+    // lapsed) go on here.
+    let runners = batches::Runners::new(router.clone());
     if let Ok(rt) = tokio::runtime::Handle::try_current() {
-        rt.spawn(batches::resume(router.clone()));
+        rt.spawn(runners.clone().watch());
     }
+    // An upload is read as it streams; the body limit only stops what is far past the file
+    // limit (which `batches::upload` reports by name).
+    let upload_limit = usize::try_from(router.config().files.max_file_bytes)
+        .unwrap_or(usize::MAX)
+        .saturating_add(1 << 20);
     let state = Arc::new(AppState {
         router,
+        runners,
         metrics,
         endpoint_metrics: Endpoint::ALL.map(EndpointMetrics::new),
     });
@@ -104,9 +114,14 @@ pub fn app(router: Router) -> axum::Router {
         .route("/v1/models", get(models))
         .route(
             "/v1/files",
-            post(batches::upload).layer(axum::extract::DefaultBodyLimit::max(100 * 1024 * 1024)),
+            post(batches::upload)
+                .layer(axum::extract::DefaultBodyLimit::max(upload_limit))
+                .get(batches::list_files),
         )
-        .route("/v1/files/{id}", get(batches::file))
+        .route(
+            "/v1/files/{id}",
+            get(batches::file).delete(batches::delete_file),
+        )
         .route("/v1/files/{id}/content", get(batches::file_content))
         .route("/v1/batches", post(batches::create).get(batches::list))
         .route("/v1/batches/{id}", get(batches::get_batch))

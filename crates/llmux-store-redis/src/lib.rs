@@ -59,6 +59,7 @@ struct Scripts {
     health: Script,
     admin: Script,
     reset: Script,
+    swap_record: Script,
 }
 
 /// A [`Store`] in Redis. Cloning shares the connection and the order of detached commits.
@@ -175,6 +176,7 @@ impl RedisStore {
                     health: Script::new(include_str!("lua/health_v1.lua")),
                     admin: Script::new(include_str!("lua/admin_v2.lua")),
                     reset: Script::new(include_str!("lua/reset_v1.lua")),
+                    swap_record: Script::new(include_str!("lua/swap_record_v1.lua")),
                 },
                 linger_ms: 3_600_000,
                 done: watch::Sender::new(0),
@@ -703,6 +705,28 @@ impl llmux_core::Records for RedisStore {
             .map_err(unavailable)?;
         all.sort();
         Ok(all)
+    }
+    async fn swap_record(
+        &self,
+        table: &str,
+        name: &str,
+        expected: Option<&str>,
+        value: &str,
+    ) -> Result<bool, StoreError> {
+        let mut c = self.conn().await?;
+        let n: i64 = self
+            .inner
+            .scripts
+            .swap_record
+            .key(self.key(&format!("r:{table}")))
+            .arg(name)
+            .arg(if expected.is_some() { "1" } else { "0" })
+            .arg(expected.unwrap_or_default())
+            .arg(value)
+            .invoke_async(&mut c)
+            .await
+            .map_err(unavailable)?;
+        Ok(n == 1)
     }
     async fn delete_record(&self, table: &str, name: &str) -> Result<bool, StoreError> {
         let mut c = self.conn().await?;

@@ -171,6 +171,24 @@ impl llmux_core::Records for SqliteStore {
             _ => Err(unexpected()),
         }
     }
+    async fn swap_record(
+        &self,
+        table: &str,
+        name: &str,
+        expected: Option<&str>,
+        value: &str,
+    ) -> Result<bool, StoreError> {
+        let op = RecordOp::Swap(
+            table.into(),
+            name.into(),
+            expected.map(str::to_string),
+            value.into(),
+        );
+        match self.call(|tx| Cmd::Record(op, tx)).await? {
+            RecordOut::Removed(b) => Ok(b),
+            _ => Err(unexpected()),
+        }
+    }
     async fn delete_record(&self, table: &str, name: &str) -> Result<bool, StoreError> {
         let op = RecordOp::Delete(table.into(), name.into());
         match self.call(|tx| Cmd::Record(op, tx)).await? {

@@ -246,6 +246,21 @@ pub(crate) fn record(
             let rows = st.query_map(params![t], |r| Ok((r.get(0)?, r.get(1)?)))?;
             RecordOut::List(rows.collect::<rusqlite::Result<_>>()?)
         }
+        RecordOp::Swap(t, n, expected, v) => {
+            let now: Option<String> = tx
+                .prepare_cached("SELECT value FROM records WHERE tbl = ?1 AND name = ?2")?
+                .query_row(params![t, n], |r| r.get(0))
+                .optional()?;
+            if now != *expected {
+                return Ok(RecordOut::Removed(false));
+            }
+            tx.prepare_cached(
+                "INSERT INTO records (tbl, name, value) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (tbl, name) DO UPDATE SET value = excluded.value",
+            )?
+            .execute(params![t, n, v])?;
+            RecordOut::Removed(true)
+        }
         RecordOp::Delete(t, n) => RecordOut::Removed(
             tx.prepare_cached("DELETE FROM records WHERE tbl = ?1 AND name = ?2")?
                 .execute(params![t, n])?

@@ -53,6 +53,8 @@ pub(crate) enum RecordOp {
     Get(String, String),
     List(String),
     Delete(String, String),
+    /// `(table, name, expected, value)`: set only if it holds `expected` (`None`: absent).
+    Swap(String, String, Option<String>, String),
 }
 
 /// What a [`RecordOp`] answers.
@@ -60,6 +62,7 @@ pub(crate) enum RecordOut {
     Done,
     Value(Option<String>),
     List(Vec<(String, String)>),
+    /// Whether a delete removed, or a swap set.
     Removed(bool),
 }
 

@@ -111,6 +111,14 @@ impl BatchItem {
     }
 }
 
+/// The error of an item whose batch's gateway key was revoked: `(code, message)`.
+pub fn key_revoked(key: &str) -> (String, String) {
+    (
+        "key_revoked".into(),
+        format!("the gateway key {key:?} that created this batch was revoked"),
+    )
+}
+
 /// How items are sent.
 #[derive(Clone, Copy, Debug)]
 pub struct BatchOptions {
@@ -183,6 +191,19 @@ impl Router {
     /// (0.5 s, 1 s, 2 s, … at most 30 s) up to `opts.max_retries` times. A 4xx other than 429
     /// is final.
     pub async fn send_item(&self, item: &BatchItem, opts: &BatchOptions) -> BatchResult {
+        self.send_item_as(item, opts, None).await
+    }
+
+    /// [`Router::send_item`] under the gateway key named `key`: every try is admitted as the
+    /// same request sent directly with that key would be (its policy, limits, budgets, team
+    /// and tier), and once the key is revoked no further try is made: the item ends with
+    /// error code `key_revoked`.
+    pub async fn send_item_as(
+        &self,
+        item: &BatchItem,
+        opts: &BatchOptions,
+        key: Option<&str>,
+    ) -> BatchResult {
         let body = bytes::Bytes::from(serde_json::to_vec(&item.body).unwrap_or_default());
         let mut attempt = 0u32;
         loop {
@@ -191,8 +212,6 @@ impl Router {
             if !pace.is_zero() {
                 tokio::time::sleep(pace).await;
             }
-            let mut req = Request::from_json_bytes(item.endpoint, body.clone());
-            req.max_wait = Some(opts.wait);
             let mut result = BatchResult {
                 custom_id: item.custom_id.clone(),
                 url: item.url.clone(),
@@ -201,6 +220,22 @@ impl Router {
                 request_id: String::new(),
                 error: None,
             };
+            let mut req = Request::from_json_bytes(item.endpoint, body.clone());
+            req.max_wait = Some(opts.wait);
+            if let Some(name) = key {
+                // Read per try: a key revoked meanwhile sends nothing more.
+                match self.gateway_key_named(name).await {
+                    Ok(Some(k)) => req.gateway_key = Some(k),
+                    Ok(None) => {
+                        result.error = Some(key_revoked(name));
+                        return result;
+                    }
+                    Err(e) => {
+                        result.error = Some(("upstream_error".into(), e.to_string()));
+                        return result;
+                    }
+                }
+            }
             let retry = match self.request(req).await {
                 Ok(resp) => {
                     let status = resp.status;

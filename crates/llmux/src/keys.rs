@@ -209,6 +209,8 @@ type Bucket = Vec<([u8; 32], Arc<AuthorizedKey>)>;
 #[derive(Default)]
 pub(crate) struct KeyRing {
     by_prefix: HashMap<u64, Bucket>,
+    /// The same keys by name (`id`): whose batches run under which key.
+    by_name: HashMap<String, Arc<AuthorizedKey>>,
     /// Requests need a key: one exists (revoked ones too), or `require_keys`.
     pub(crate) required: bool,
     /// The store's keys were read at least once (until then, stored keys may exist).
@@ -255,10 +257,14 @@ impl KeyRing {
     }
 
     fn insert(&mut self, h: [u8; 32], key: AuthorizedKey) {
-        self.by_prefix
-            .entry(prefix(&h))
-            .or_default()
-            .push((h, Arc::new(key)));
+        let key = Arc::new(key);
+        self.by_name.insert(key.key.id.clone(), key.clone());
+        self.by_prefix.entry(prefix(&h)).or_default().push((h, key));
+    }
+
+    /// The live key named `name`.
+    pub(crate) fn named(&self, name: &str) -> Option<Arc<AuthorizedKey>> {
+        self.by_name.get(name).cloned()
     }
 
     /// The key whose secret is `token`.
@@ -320,12 +326,18 @@ mod tests {
         assert_eq!(found.key.resources[1].capacity, 5_000_000);
         assert!(ring.find(&b).is_none());
         assert!(ring.find("").is_none());
+        assert_eq!(ring.named("k").unwrap().key.id, "k");
+        assert!(ring.named("other").is_none());
         let revoked = StoredKey {
             revoked_ms: Some(1),
             ..stored
         };
         let ring = KeyRing::build(&config, Some(&[revoked]));
         assert!(ring.find(&a).is_none());
+        assert!(
+            ring.named("k").is_none(),
+            "a revoked key is not found by name"
+        );
         assert!(ring.required, "revoking the last key keeps keys required");
         assert!(!KeyRing::build(&config, Some(&[])).required);
     }

@@ -48,6 +48,9 @@ pub struct Lease {
     reported: bool,
     /// The limits counted, with the room left (taken by the answer's headers).
     pub(crate) applied: Vec<crate::router::AppliedLimit>,
+    /// The request has been handed to the upstream: dropped unsettled from now on (the
+    /// client hung up, the batch was cancelled), the estimate is committed, not released.
+    sent: bool,
 }
 
 /// What a granted reservation is made of (see [`Lease::granted`]).
@@ -104,7 +107,15 @@ impl Lease {
             probe: g.probe,
             reported: false,
             applied: g.applied,
+            sent: false,
         }
+    }
+
+    /// The request is about to leave for the upstream: from now on the upstream may do the
+    /// work whatever happens to the caller, so dropping the lease unsettled commits the
+    /// estimate (the unknown-usage rule) instead of releasing it.
+    pub(crate) fn mark_sent(&mut self) {
+        self.sent = true;
     }
 
     /// Count the attempt's outcome for the target's breaker, once: a failure that trips it
@@ -199,8 +210,9 @@ impl Lease {
         self.ledger.commit(self.id, now, used, self.local).await
     }
 
-    /// The upstream answered 429: release the reservation and cool the key down for the
-    /// longest of `retry_after` and the provider's growing cooldown (see
+    /// The upstream answered 429: the request counts as one request and no tokens (upstreams
+    /// count refused requests against their per-minute limits), and the key cools down for
+    /// the longest of `retry_after` and the provider's growing cooldown (see
     /// [`llmux_core::health`]).
     pub async fn rate_limited(self, retry_after: Option<Duration>) -> Result<(), StoreError> {
         self.cool_down(retry_after).await.1
@@ -220,7 +232,7 @@ impl Lease {
             hint: retry_after.map(|d| now.plus(d)),
             growth: self.health.cooldown,
         };
-        let released = self.ledger.release(self.id, self.local).await;
+        let counted = self.commit_usage(&Usage::default()).await;
         let cooled = self.ledger.store.health(self.key_subject.clone(), op).await;
         let (until, shared) = match cooled {
             Ok(f) => (f.cooldown_until.unwrap_or(now), Ok(())),
@@ -232,7 +244,7 @@ impl Lease {
             Err(e) => (cooldown_until(now, retry_after), Err(e)),
         };
         self.ledger.note_local_gate(&self.key_subject, until);
-        (until, released.and(shared))
+        (until, counted.and(shared))
     }
 
     /// The request failed upstream: it counts as one request and no tokens.
@@ -288,7 +300,14 @@ impl Lease {
 impl Drop for Lease {
     fn drop(&mut self) {
         self.stats.finish();
-        if !self.settled {
+        if self.settled {
+            return;
+        }
+        if self.sent {
+            // It left: the upstream may have done the work, so the estimate stays.
+            let now = self.ledger.clock.now();
+            self.commit_usage_detached(&self.estimate, now);
+        } else {
             self.ledger.release_later(self.id, self.local);
         }
     }

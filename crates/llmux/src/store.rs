@@ -126,6 +126,15 @@ impl llmux_core::Records for AnyStore {
     async fn list_records(&self, table: &str) -> Result<Vec<(String, String)>, StoreError> {
         dispatch!(self, s => s.list_records(table).await)
     }
+    async fn swap_record(
+        &self,
+        table: &str,
+        name: &str,
+        expected: Option<&str>,
+        value: &str,
+    ) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.swap_record(table, name, expected, value).await)
+    }
     async fn delete_record(&self, table: &str, name: &str) -> Result<bool, StoreError> {
         dispatch!(self, s => s.delete_record(table, name).await)
     }

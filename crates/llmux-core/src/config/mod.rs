@@ -88,6 +88,36 @@ impl fmt::Display for Issues {
 
 impl std::error::Error for Issues {}
 
+/// `[files]`: sizes from 1 MiB to 1 TiB, retention from 1 day to ten years.
+fn check_files(raw: Option<&RawFiles>, out: &mut Issues) -> FilesConfig {
+    let mut c = FilesConfig::default();
+    let Some(f) = raw else {
+        return c;
+    };
+    let mut within = |v: Option<u64>, name: &str, max: u64, unit: &str| -> Option<u64> {
+        let v = v?;
+        if (1..=max).contains(&v) {
+            Some(v)
+        } else {
+            out.push(
+                format!("files.{name}"),
+                format!("{v} is out of range; expected 1 to {max} {unit}"),
+            );
+            None
+        }
+    };
+    if let Some(mb) = within(f.max_file_mb, "max_file_mb", 1 << 20, "MiB") {
+        c.max_file_bytes = mb << 20;
+    }
+    if let Some(mb) = within(f.quota_mb_per_key, "quota_mb_per_key", 1 << 20, "MiB") {
+        c.quota_bytes_per_key = mb << 20;
+    }
+    if let Some(days) = within(f.retention_days, "retention_days", 3653, "days") {
+        c.retention_secs = days * 86_400;
+    }
+    c
+}
+
 /// Keys with `secret = "store"` need `$LLMUX_MASTER_KEY` to decrypt their secrets.
 fn check_master_key(c: &Config, env: &dyn Fn(&str) -> Option<String>, out: &mut Issues) {
     let Some((p, i)) = c.providers.values().find_map(|p| {
@@ -282,6 +312,7 @@ impl Config {
         let request_timeout_secs =
             check_secs(raw.request_timeout_secs, "request_timeout_secs", out).unwrap_or(600);
         let lease_ttl_secs = check_secs(raw.lease_ttl_secs, "lease_ttl_secs", out).unwrap_or(900);
+        let files = check_files(raw.files.as_ref(), out);
 
         Some(Config {
             listen,
@@ -304,6 +335,7 @@ impl Config {
             tier_resources,
             global_resources,
             capacity_thresholds,
+            files,
         })
     }
 

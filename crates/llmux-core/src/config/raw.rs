@@ -44,6 +44,17 @@ pub struct RawConfig {
     pub global: Option<RawTierLimits>,
     /// `[left fraction for "abundant", for "constrained"]` (default `[0.5, 0.2]`).
     pub capacity_thresholds: Option<Vec<RawNumber>>,
+    /// `[files]`: uploads for the Batch API.
+    pub files: Option<RawFiles>,
+}
+
+/// `[files]`: sizes in MiB, retention in days.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFiles {
+    pub max_file_mb: Option<u64>,
+    pub quota_mb_per_key: Option<u64>,
+    pub retention_days: Option<u64>,
 }
 
 /// USD per 1M tokens. `cache_read` / `cache_write` default to `input`.

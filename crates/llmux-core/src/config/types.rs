@@ -30,6 +30,29 @@ pub struct Config {
     pub global_resources: Vec<Resource>,
     /// Left fractions above which a resource is `abundant`, then `constrained`.
     pub capacity_thresholds: [f64; 2],
+    /// `[files]`: uploads for the Batch API.
+    pub files: FilesConfig,
+}
+
+/// `[files]`: how large an upload may be, how much each gateway key may keep, and for how long.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FilesConfig {
+    /// The largest file, in bytes (`max_file_mb`, default 100).
+    pub max_file_bytes: u64,
+    /// What one gateway key may keep in all, in bytes (`quota_mb_per_key`, default 1024).
+    pub quota_bytes_per_key: u64,
+    /// How long a file is kept, in seconds (`retention_days`, default 30).
+    pub retention_secs: u64,
+}
+
+impl Default for FilesConfig {
+    fn default() -> Self {
+        FilesConfig {
+            max_file_bytes: 100 << 20,
+            quota_bytes_per_key: 1024 << 20,
+            retention_secs: 30 * 86_400,
+        }
+    }
 }
 
 impl Config {

@@ -27,14 +27,56 @@ pub struct RawRequest<'a> {
     /// The pool the client names.
     pub model: Cow<'a, str>,
     pub stream: bool,
-    /// `max_tokens`, else `max_completion_tokens` (chat), else `max_output_tokens`
-    /// (Responses).
+    /// The output cap: the largest of `max_tokens`, `max_completion_tokens` (chat) and
+    /// `max_output_tokens` (Responses) given. What a policy checks, the estimate reserves and
+    /// a translated request asks for.
     pub max_tokens: Option<u64>,
+    /// An output cap to add to a body that gives none (`(field, tokens)`): set by the router
+    /// when a policy's `max_tokens` caps what is reserved, so that the upstream is asked for
+    /// no more than that.
+    pub ask_cap: Option<(&'static str, u64)>,
     /// Whether the client asked for the usage chunk itself (`stream_options.include_usage`).
     pub client_wants_usage: bool,
     /// Input tokens: text length / 4 plus a small per-message overhead (as
     /// [`llmux_core::usage::estimate_input_tokens`] counts them).
     pub input_tokens: u64,
+}
+
+/// The fields that cap a request's output tokens.
+const OUTPUT_CAPS: [&str; 3] = ["max_tokens", "max_completion_tokens", "max_output_tokens"];
+
+/// How deep a request body's JSON may nest (objects and arrays).
+pub const MAX_JSON_DEPTH: usize = 128;
+
+/// Refuse JSON nested deeper than [`MAX_JSON_DEPTH`] (strings skipped, escapes honoured).
+fn check_depth(text: &[u8]) -> Result<(), BadBody> {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &b in text {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > MAX_JSON_DEPTH {
+                    return Err(bad(format!(
+                        "the JSON body is nested deeper than {MAX_JSON_DEPTH} levels"
+                    )));
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 fn bad(msg: impl Into<String>) -> BadBody {
@@ -44,6 +86,7 @@ fn bad(msg: impl Into<String>) -> BadBody {
 impl<'a> RawRequest<'a> {
     pub fn parse(body: &'a [u8]) -> Result<RawRequest<'a>, BadBody> {
         let text = std::str::from_utf8(body).map_err(|e| bad(format!("invalid JSON body: {e}")))?;
+        check_depth(body)?;
         let members = {
             let mut de = serde_json::Deserializer::from_str(text);
             let m = de
@@ -68,9 +111,21 @@ impl<'a> RawRequest<'a> {
             },
         };
         let stream = last("stream").is_some_and(|v| v.get() == "true");
-        let max_tokens = ["max_tokens", "max_completion_tokens", "max_output_tokens"]
-            .iter()
-            .find_map(|k| last(k).and_then(|v| serde_json::from_str::<u64>(v.get()).ok()));
+        // The output cap: the larger of those given, so that a policy, the estimate and every
+        // wire read one number whichever field a client uses (`null` is no cap).
+        let mut max_tokens = None::<u64>;
+        for k in OUTPUT_CAPS {
+            let Some(v) = last(k).filter(|v| v.get() != "null") else {
+                continue;
+            };
+            let n = serde_json::from_str::<u64>(v.get()).map_err(|_| {
+                bad(format!(
+                    "`{k}` must be a whole number of tokens, not {}",
+                    v.get()
+                ))
+            })?;
+            max_tokens = Some(max_tokens.map_or(n, |m| m.max(n)));
+        }
         let client_wants_usage = last("stream_options")
             .and_then(|v| serde_json::from_str::<StreamOptions>(v.get()).ok())
             .is_some_and(|o| o.include_usage == Some(true));
@@ -92,6 +147,7 @@ impl<'a> RawRequest<'a> {
             model,
             stream,
             max_tokens,
+            ask_cap: None,
             client_wants_usage,
             input_tokens,
         })
@@ -120,7 +176,8 @@ impl<'a> RawRequest<'a> {
                 at = start + v.get().len();
             }
         }
-        if include_usage && !has_options {
+        let cap = self.ask_cap.filter(|_| self.max_tokens.is_none());
+        if (include_usage && !has_options) || cap.is_some() {
             // Before the closing brace of the top-level object.
             let close = self
                 .body
@@ -128,7 +185,12 @@ impl<'a> RawRequest<'a> {
                 .rposition(|&b| b == b'}')
                 .unwrap_or(self.body.len());
             out.extend_from_slice(&self.body[at..close]);
-            out.extend_from_slice(br#","stream_options":{"include_usage":true}"#);
+            if include_usage && !has_options {
+                out.extend_from_slice(br#","stream_options":{"include_usage":true}"#);
+            }
+            if let Some((field, n)) = cap {
+                out.extend_from_slice(format!(",\"{field}\":{n}").as_bytes());
+            }
             at = close;
         }
         out.extend_from_slice(&self.body[at..]);
@@ -333,6 +395,24 @@ mod tests {
     }
 
     #[test]
+    fn bodies_nested_deeper_than_the_limit_are_refused() {
+        let deep = |n: usize| format!(r#"{{"model":"m","x":{}{}}}"#, "[".repeat(n), "]".repeat(n));
+        assert!(RawRequest::parse(deep(MAX_JSON_DEPTH - 1).as_bytes()).is_ok());
+        let e = RawRequest::parse(deep(MAX_JSON_DEPTH).as_bytes())
+            .err()
+            .unwrap();
+        assert!(e.0.contains("deeper than 128 levels"), "{}", e.0);
+        assert!(RawRequest::parse(deep(5000).as_bytes()).is_err());
+        // Brackets inside strings (escaped quotes too) are text, not nesting.
+        let s = format!(
+            r#"{{"model":"m","x":"{}\"{}"}}"#,
+            "[".repeat(500),
+            "{".repeat(500)
+        );
+        assert!(RawRequest::parse(s.as_bytes()).is_ok());
+    }
+
+    #[test]
     fn reads_the_fields_the_router_needs() {
         let r = parse(
             &json!({"model": "fast", "stream": true, "max_completion_tokens": 9,
@@ -342,11 +422,21 @@ mod tests {
             (&*r.model, r.stream, r.max_tokens, r.client_wants_usage),
             ("fast", true, Some(9), true)
         );
+        // Both caps given: the larger is the one policy, estimate and translation use.
         let r = parse(&json!({"model": "m\u{e9}", "max_tokens": 3, "max_completion_tokens": 9}));
         assert_eq!(
             (&*r.model, r.stream, r.max_tokens, r.client_wants_usage),
-            ("m\u{e9}", false, Some(3), false)
+            ("m\u{e9}", false, Some(9), false)
         );
+        let r = parse(&json!({"model": "m", "max_tokens": null, "max_completion_tokens": 4}));
+        assert_eq!(r.max_tokens, Some(4));
+        for bad in [
+            r#"{"model":"m","max_tokens":1e9}"#,
+            r#"{"model":"m","max_completion_tokens":"5"}"#,
+        ] {
+            let e = RawRequest::parse(bad.as_bytes()).err().unwrap();
+            assert!(e.0.contains("whole number of tokens"), "{}", e.0);
+        }
     }
 
     #[test]

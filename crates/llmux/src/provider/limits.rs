@@ -33,7 +33,7 @@ pub fn announced_limits(headers: &HeaderMap, now: Timestamp) -> [Option<Learned>
                 out[m.index()] = Some(Learned {
                     limit,
                     remaining,
-                    reset_at,
+                    reset_at: super::capped_reset(now, reset_at),
                 });
             }
         }
@@ -174,5 +174,28 @@ mod tests {
         assert_eq!(l[0], None);
         assert!(!worth_learning(&l));
         assert_eq!(announced_limits(&HeaderMap::new(), now), [None; 4]);
+    }
+
+    #[test]
+    fn a_reset_decades_ahead_is_capped_at_a_day() {
+        let now = Timestamp(1_700_000_000_000);
+        let day = now.plus(crate::provider::MAX_HINT);
+        let a = headers(&[
+            ("anthropic-ratelimit-requests-limit", "50"),
+            ("anthropic-ratelimit-requests-remaining", "0"),
+            ("anthropic-ratelimit-requests-reset", "2099-01-01T00:00:00Z"),
+            ("x-ratelimit-limit-tokens", "1000"),
+            ("x-ratelimit-remaining-tokens", "0"),
+            ("x-ratelimit-reset-tokens", "900000h"),
+        ]);
+        let l = announced_limits(&a, now);
+        assert_eq!(
+            l[LearnedMeasure::Requests.index()].map(|x| x.reset_at),
+            Some(day)
+        );
+        assert_eq!(
+            l[LearnedMeasure::Tokens.index()].map(|x| x.reset_at),
+            Some(day)
+        );
     }
 }

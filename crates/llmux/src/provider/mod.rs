@@ -200,9 +200,19 @@ pub fn retry_after_at(headers: &HeaderMap, now: std::time::SystemTime) -> Option
     [ms, header, openai, anthropic].into_iter().flatten().max()
 }
 
-/// Longest wait an upstream hint can impose (a day); NaN, infinite and negative hints are
-/// ignored rather than trusted.
-const MAX_HINT_SECS: f64 = 86_400.0;
+/// Longest wait an upstream hint can impose (a day): every hinted or learned wait
+/// (`retry-after(-ms)`, the `x-ratelimit-reset-*` durations, the `anthropic-ratelimit-*-reset`
+/// instants) is capped here. NaN, infinite and negative hints are ignored rather than trusted.
+pub const MAX_HINT: Duration = Duration::from_secs(86_400);
+const MAX_HINT_SECS: f64 = MAX_HINT.as_secs() as f64;
+
+/// An announced reset instant, at most [`MAX_HINT`] after `now`.
+pub(crate) fn capped_reset(
+    now: llmux_core::Timestamp,
+    at: llmux_core::Timestamp,
+) -> llmux_core::Timestamp {
+    at.min(now.plus(MAX_HINT))
+}
 
 fn secs(s: f64) -> Option<Duration> {
     (s.is_finite() && s >= 0.0).then(|| Duration::from_secs_f64(s.min(MAX_HINT_SECS)))

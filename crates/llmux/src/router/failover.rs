@@ -289,12 +289,13 @@ impl Router {
                         continue;
                     }
                 };
+                // A translated request asks for the output reserved: one number on every wire.
                 let body = wire.request_body(
                     req.endpoint,
                     &req.body,
                     &mut req.map,
                     &target.id.model,
-                    pool.plan.pool.default_max_tokens,
+                    req.estimate.output_tokens,
                 );
                 let payload = match body {
                     Ok(p) => p,
@@ -415,7 +416,7 @@ impl Router {
         let Sent {
             wire,
             payload,
-            lease,
+            mut lease,
             left,
             deadline,
         } = sent;
@@ -448,6 +449,8 @@ impl Router {
         let started = Instant::now();
         let label = &stats.label;
         let fallback_on = &pool.plan.pool.fallback_on;
+        // From here the upstream may see it: a caller that goes away now still counts it.
+        lease.mark_sent();
         let mut result = provider.send(call).await;
         if let (Some(within), Ok(reply)) = (first_byte, &mut result) {
             // No byte of a streamed answer by `first_token_timeout_secs`: the next target

@@ -308,6 +308,19 @@ impl Router {
         self.authorize(bearer)
     }
 
+    /// The live gateway key named `name` (of config or of the store), reading the store's keys
+    /// first if they have never been read. `None`: there is no such key, or it was revoked.
+    /// (A batch runs under the key that created it: this is how its runner checks the key.)
+    pub async fn gateway_key_named(
+        &self,
+        name: &str,
+    ) -> Result<Option<Arc<AuthorizedKey>>, RouteError> {
+        if !self.inner.keys.load().loaded {
+            self.refresh_keys().await?;
+        }
+        Ok(self.inner.keys.load().named(name))
+    }
+
     /// Read the store's gateway keys now and use them with config's (the router also does
     /// this every [`crate::keys::KEY_REFRESH`] by itself). Returns how many keys are live.
     pub async fn refresh_keys(&self) -> Result<usize, RouteError> {
@@ -448,7 +461,7 @@ impl Router {
                 Err(e) => return Err(RouteError::BadRequest(e.to_string())),
             },
         };
-        let parsed = RawRequest::parse(&bytes).map_err(|e| RouteError::BadRequest(e.0))?;
+        let mut parsed = RawRequest::parse(&bytes).map_err(|e| RouteError::BadRequest(e.0))?;
         let model = parsed.model.to_string();
         let key = gateway_key.as_deref();
         let allowed = |m: &str| key.is_none_or(|k| k.allows_model(m));
@@ -490,6 +503,15 @@ impl Router {
             )));
         }
         let estimate = Usage::new(parsed.input_tokens, max_out);
+        if parsed.max_tokens.is_none() && policy_max.is_some() {
+            // The policy capped what is reserved: the upstream is asked for no more.
+            parsed.ask_cap = match endpoint {
+                Endpoint::ChatCompletions => Some(("max_completion_tokens", max_out)),
+                Endpoint::Completions | Endpoint::Messages => Some(("max_tokens", max_out)),
+                Endpoint::Responses => Some(("max_output_tokens", max_out)),
+                Endpoint::Embeddings => None,
+            };
+        }
 
         let mut chain = vec![pool.clone()];
         for f in &pool.plan.pool.fallback_models {

@@ -9,15 +9,15 @@ pub fn chat_to_messages(
     default_max_tokens: u64,
 ) -> Result<Value, Untranslatable> {
     check_allowed(req, CHAT_TOP, "", TO_ANTHROPIC)?;
-    let max_key = if get(req, "max_completion_tokens").is_some() {
-        "max_completion_tokens"
-    } else {
-        "max_tokens"
-    };
-    let max_tokens = match get(req, max_key) {
-        None => default_max_tokens,
-        Some(v) => v.as_u64().ok_or_else(|| refuse_a(max_key))?,
-    };
+    // The larger of the two caps given (as the router reads them), else the default.
+    let mut max_tokens = None::<u64>;
+    for key in ["max_tokens", "max_completion_tokens"] {
+        if let Some(v) = get(req, key) {
+            let n = v.as_u64().ok_or_else(|| refuse_a(key))?;
+            max_tokens = Some(max_tokens.map_or(n, |m| m.max(n)));
+        }
+    }
+    let max_tokens = max_tokens.unwrap_or(default_max_tokens);
     let (system, messages) = chat_messages_to_anthropic(get(req, "messages"))?;
     let mut out = Map::new();
     out.insert("model".into(), json!(upstream_model));
