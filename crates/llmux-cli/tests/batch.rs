@@ -360,3 +360,141 @@ fn a_gateway_batch_survives_kill_9_of_its_gateway() {
     let _ = second.kill();
     let _ = second.wait();
 }
+
+/// `llmux serve` on `cfg` with `listen` set to a free port: (child, port).
+fn serve_on_free_port(cfg: &Path, name: &str) -> (std::process::Child, u16) {
+    let port = common_free_port();
+    let text = std::fs::read_to_string(cfg).unwrap();
+    let path = cfg.with_file_name(format!("{name}.toml"));
+    std::fs::write(&path, format!("listen = \"127.0.0.1:{port}\"\n{text}")).unwrap();
+    let child = Command::new(assert_cmd::cargo::cargo_bin("llmux"))
+        .args(["serve", "--config"])
+        .arg(&path)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(started.elapsed() < Duration::from_secs(20), "no gateway");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (child, port)
+}
+
+fn common_free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The `custom_id`s the upstream was sent, with how many times each.
+fn sent_counts(mock: &MockUpstream) -> HashMap<String, usize> {
+    let mut out = HashMap::new();
+    for r in mock.requests() {
+        if let Some(n) = r.body["messages"][0]["content"].as_str() {
+            *out.entry(n.to_string()).or_default() += 1;
+        }
+    }
+    out
+}
+
+/// Two gateways serve one sqlite file. A batch made on the first runs there alone (the second
+/// sends nothing of it); after `kill -9` of the first, the second takes it over once its lease
+/// lapses and finishes it: every `custom_id` once in the output, and only the items in flight
+/// at the kill sent twice.
+#[test]
+fn a_batch_runs_on_one_of_two_gateways_and_the_other_takes_it_over_after_kill_9() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mock = rt.block_on(MockUpstream::start());
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &mock.base_url());
+    let (mut first, port_a) = serve_on_free_port(&cfg, "a");
+    let (mut second, port_b) = serve_on_free_port(&cfg, "b");
+    // 80 items at 20 a second: 4 s of work.
+    let jsonl = std::fs::read_to_string(input(dir.path(), 80, "m")).unwrap();
+    let mut body = Vec::new();
+    body.extend_from_slice(b"--XyZ\r\ncontent-disposition: form-data; name=\"purpose\"\r\n\r\nbatch\r\n--XyZ\r\ncontent-disposition: form-data; name=\"file\"; filename=\"in.jsonl\"\r\ncontent-type: application/jsonl\r\n\r\n");
+    body.extend_from_slice(jsonl.as_bytes());
+    body.extend_from_slice(b"\r\n--XyZ--\r\n");
+    let (status, file) = http(
+        port_a,
+        "POST",
+        "/v1/files",
+        "multipart/form-data; boundary=XyZ",
+        &body,
+    );
+    assert_eq!(status, 200, "{file}");
+    let file: serde_json::Value = serde_json::from_str(&file).unwrap();
+    let req = serde_json::json!({"input_file_id": file["id"], "endpoint": "/v1/chat/completions"});
+    let (status, batch) = http(
+        port_a,
+        "POST",
+        "/v1/batches",
+        "application/json",
+        req.to_string().as_bytes(),
+    );
+    assert_eq!(status, 200, "{batch}");
+    let id = serde_json::from_str::<serde_json::Value>(&batch).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // Past the second gateway's first looks (at start and every 2 s), before the end.
+    let started = Instant::now();
+    while mock.request_count() < 50 {
+        assert!(started.elapsed() < Duration::from_secs(20), "no progress");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let twice: Vec<_> = sent_counts(&mock)
+        .into_iter()
+        .filter(|(_, n)| *n > 1)
+        .collect();
+    assert!(twice.is_empty(), "sent twice while both ran: {twice:?}");
+    first.kill().unwrap();
+    let _ = first.wait();
+    let at_kill = mock.request_count();
+    assert!(at_kill < 80, "killed before the end ({at_kill} sent)");
+    let started = Instant::now();
+    let batch = loop {
+        let (_, b) = http(
+            port_b,
+            "GET",
+            &format!("/v1/batches/{id}"),
+            "application/json",
+            b"",
+        );
+        let b: serde_json::Value = serde_json::from_str(&b).unwrap();
+        if b["status"] == "completed" {
+            break b;
+        }
+        assert!(started.elapsed() < Duration::from_secs(40), "{b}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let out = batch["output_file_id"].as_str().unwrap();
+    let (status, text) = http(
+        port_b,
+        "GET",
+        &format!("/v1/files/{out}/content"),
+        "application/json",
+        b"",
+    );
+    assert_eq!(status, 200);
+    let mut ids: Vec<String> = text
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["custom_id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(ids.len(), 80, "each item once: {text}");
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 80);
+    // Sent twice: at most the items in flight at the kill (the runner's 16).
+    assert!(mock.request_count() <= 80 + 16, "{}", mock.request_count());
+    let _ = second.kill();
+    let _ = second.wait();
+}

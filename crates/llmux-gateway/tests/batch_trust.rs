@@ -430,3 +430,85 @@ async fn a_batch_runs_on_one_gateway_of_a_redis() {
     );
     one_runner_per_batch(&store).await;
 }
+
+/// A key with a hard budget for 20 requests submits a 60-item batch while 60 direct requests
+/// with the same key arrive at once (spread over the gateways): what is spent in all never
+/// passes the budget by more than one request's estimate error, and the stored counter is
+/// exactly what was spent.
+async fn budget_holds_across_batch_and_direct(store: &str, gateways: usize) {
+    let mock = MockUpstream::start().await;
+    mock.set_usage(10, 10);
+    let cfg = config(&mock.base_url(), store).replace("value = 0.2,", "value = 0.4,");
+    let first = start(&cfg).await;
+    let db = first.dir.path().join("llmux.db");
+    let mut gws = vec![first];
+    for _ in 1..gateways {
+        gws.push(start(&cfg.replace("{DB}", db.to_str().unwrap())).await);
+    }
+    let (_, id) = submit(gws[0].addr, "gk-budget", &lines("b", 60, "m")).await;
+    let direct: Vec<_> = (0..60)
+        .map(|i| {
+            let addr = gws[i % gws.len()].addr;
+            tokio::spawn(async move {
+                let body = json!({"model": "m", "max_tokens": 10,
+                    "messages": [{"role": "user", "content": format!("direct {i}")}]});
+                post(
+                    addr,
+                    "/v1/chat/completions",
+                    body.to_string(),
+                    &[("authorization", "Bearer gk-budget")],
+                )
+                .await
+                .status
+            })
+        })
+        .collect();
+    let mut direct_ok = 0u64;
+    for t in direct {
+        match t.await.unwrap() {
+            200 => direct_ok += 1,
+            429 => {}
+            s => panic!("direct request answered {s}"),
+        }
+    }
+    let b = finished(gws[0].addr, "gk-budget", &id, 60).await;
+    let out = output(gws[0].addr, "gk-budget", &b).await;
+    assert_eq!(out.len(), 60);
+    let batch_ok = out.iter().filter(|l| l["error"].is_null()).count() as u64;
+    for l in out.iter().filter(|l| !l["error"].is_null()) {
+        assert_eq!(l["error"]["code"], "budget_exceeded", "{l}");
+    }
+    let served = batch_ok + direct_ok;
+    assert_eq!(mock.request_count() as u64, served);
+    let spent = served * 20_000;
+    assert!(
+        spent <= 400_000 + 20_000,
+        "spent ${} of $0.40 ({batch_ok} batch items, {direct_ok} direct)",
+        spent as f64 / 1e6
+    );
+    assert!(served >= 10, "{served} served");
+    let router = gws[0].router.clone();
+    eventually(|| {
+        let router = router.clone();
+        async move { counter(&router, "gateway-key:budget", "budget").await == (spent, 0) }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_budget_holds_across_a_batch_and_direct_requests_on_sqlite() {
+    budget_holds_across_batch_and_direct(SQLITE, 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_budget_holds_across_a_batch_and_direct_requests_on_two_redis_replicas() {
+    let Some(redis) = llmux_testkit::redis::RedisServer::start() else {
+        return;
+    };
+    let prefix = format!("bb{:x}", rand::random::<u32>());
+    let store = format!(
+        "kind = \"redis\"\nurl = \"{}\"\nprefix = \"{prefix}\"",
+        redis.url()
+    );
+    budget_holds_across_batch_and_direct(&store, 2).await;
+}
