@@ -132,6 +132,9 @@ pub enum DenialReason {
     BreakerOpen,
     /// The model pool's `max_concurrent` requests are in flight.
     Concurrency { max_concurrent: u32 },
+    /// The model's wait queue holds `max_queued` waiters already: a newcomer does not try
+    /// ahead of them.
+    QueueFull { max_queued: usize },
 }
 
 impl Denial {
@@ -145,6 +148,7 @@ impl Denial {
             DenialReason::Disabled => format!("{}:disabled", self.subject),
             DenialReason::BreakerOpen => format!("{}:breaker", self.subject),
             DenialReason::Concurrency { .. } => format!("{}:max_concurrent", self.subject),
+            DenialReason::QueueFull { .. } => format!("{}:queue", self.subject),
         }
     }
 }

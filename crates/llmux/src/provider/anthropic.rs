@@ -35,7 +35,7 @@ impl Provider for Anthropic {
     }
 
     fn send(&self, call: Call) -> BoxFuture<'static, Result<Reply, UpstreamError>> {
-        let key = secret_header(call.secret.expose().to_string());
+        let key = secret_header("", call.secret.expose());
         let req = match (call.endpoint, &self.messages, &self.version, key) {
             (Endpoint::Messages, Some(uri), Some(version), Some(key)) => {
                 http::Request::post(uri.clone())

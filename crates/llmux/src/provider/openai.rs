@@ -56,10 +56,24 @@ pub(crate) fn endpoint_uri(base_url: &str, e: Endpoint) -> Option<http::Uri> {
 }
 
 /// A header value that holds a secret: marked sensitive, so it never prints.
-pub(crate) fn secret_header(value: String) -> Option<http::HeaderValue> {
-    let mut v = http::HeaderValue::try_from(value).ok()?;
+pub(crate) fn secret_header(prefix: &str, secret: &str) -> Option<http::HeaderValue> {
+    let mut text = zeroize::Zeroizing::new(Vec::with_capacity(prefix.len() + secret.len()));
+    text.extend_from_slice(prefix.as_bytes());
+    text.extend_from_slice(secret.as_bytes());
+    // The header holds these very bytes (no copy) and zeroes them when the request is done.
+    let mut v =
+        http::HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(ZeroedOnDrop(text))).ok()?;
     v.set_sensitive(true);
     Some(v)
+}
+
+/// Bytes that are zeroed when the last header holding them is dropped.
+struct ZeroedOnDrop(zeroize::Zeroizing<Vec<u8>>);
+
+impl AsRef<[u8]> for ZeroedOnDrop {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
 }
 
 impl Provider for OpenAiCompatible {
@@ -68,7 +82,7 @@ impl Provider for OpenAiCompatible {
     }
 
     fn send(&self, call: Call) -> BoxFuture<'static, Result<Reply, UpstreamError>> {
-        let auth = secret_header(format!("Bearer {}", call.secret.expose()));
+        let auth = secret_header("Bearer ", call.secret.expose());
         let req = match (&self.uris[call.endpoint.index()], auth) {
             (Some(uri), Some(auth)) => http::Request::post(uri.clone())
                 .header(http::header::CONTENT_TYPE, "application/json")
@@ -168,4 +182,18 @@ fn describe(e: &hyper_util::client::legacy::Error) -> String {
         src = s.source();
     }
     msg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_secret_header_is_sensitive_and_holds_the_prefixed_secret() {
+        let h = secret_header("Bearer ", "sk-abc").unwrap();
+        assert!(h.is_sensitive());
+        assert_eq!(h.as_bytes(), b"Bearer sk-abc");
+        assert_eq!(format!("{h:?}"), "Sensitive");
+        assert!(secret_header("", "bad\nvalue").is_none());
+    }
 }

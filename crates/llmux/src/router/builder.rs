@@ -164,6 +164,7 @@ impl RouterBuilder {
                 stored_secrets: arc_swap::ArcSwap::from_pointee(HashMap::new()),
                 auto_models: self.auto_models,
                 auto_pools: Mutex::new(HashMap::new()),
+                credit_set: Mutex::new(HashMap::new()),
             }),
         };
         // Capacity states, forecasts and the targets that will not last their window.

@@ -5,7 +5,9 @@
 //! resource's `value`). Requests reserve their estimated cost on it as on any budget, so the
 //! key is passed over before OpenRouter would refuse it for want of credit, and the spend of
 //! every other client of the key counts too. A key without a credit limit (`limit_remaining`
-//! null) keeps what it counted itself.
+//! null) keeps what it counted itself. OpenRouter reports spend with a delay, so spend counted
+//! here since the last read that the report has not grown by yet stays counted
+//! (`with_unreported`).
 
 use super::Router;
 use crate::error::RouteError;
@@ -68,19 +70,50 @@ impl Router {
                     }
                 };
                 let now = self.inner.ledger.clock.now();
-                let bound = Bound::new(subject, resource.clone(), p.timezone.clone());
+                let bound = Bound::new(subject.clone(), resource.clone(), p.timezone.clone());
                 let line = bound.line(&Usage::default(), now);
                 let room = Measure::CostMicroUsd.capacity_from_value(remaining.max(0.0));
-                let used = line.capacity.saturating_sub(room);
+                let reported = line.capacity.saturating_sub(room);
+                let last = self.inner.credit_set.lock().get(&subject).copied();
+                let used = match last {
+                    None => reported,
+                    Some(last) => {
+                        let counted = self.counted(&subject, &resource.name).await?;
+                        with_unreported(reported, last, counted)
+                    }
+                };
                 self.inner
                     .ledger
                     .store
                     .update(line, AdminOp::SetUsed(used), now)
                     .await?;
+                self.inner.credit_set.lock().insert(subject, used);
                 set += 1;
             }
         }
         Ok(set)
+    }
+}
+
+/// The `used` to set a credit resource to: what OpenRouter reports used (`reported`), plus
+/// what was spent here since the last read (`counted - last`) beyond what the report grew by
+/// (OpenRouter reports spend with a delay: spend it has not reported yet is not forgotten). A
+/// credit top-up lowers `reported`; the spend since still counts on top of it.
+fn with_unreported(reported: u64, last: u64, counted: u64) -> u64 {
+    let spent_here = counted.saturating_sub(last);
+    let grew = reported.saturating_sub(last);
+    reported.saturating_add(spent_here.saturating_sub(grew))
+}
+
+impl Router {
+    /// The `used` of `resource` on `subject` now.
+    async fn counted(&self, subject: &Subject, resource: &str) -> Result<u64, RouteError> {
+        let states = self.inner.ledger.store.snapshot(subject.as_str()).await?;
+        Ok(states
+            .iter()
+            .find(|s| s.subject == subject.as_str())
+            .and_then(|s| s.resources.iter().find(|(n, _)| n == resource))
+            .map_or(0, |(_, c)| c.used))
     }
 }
 
@@ -92,8 +125,7 @@ async fn read_credit(client: &HttpClient, base: &str, secret: &str) -> Result<Op
     let mut req = http::Request::get(uri)
         .body(Full::new(Bytes::new()))
         .map_err(|e| e.to_string())?;
-    let auth =
-        secret_header(format!("Bearer {secret}")).ok_or("the secret is not a header value")?;
+    let auth = secret_header("Bearer ", secret).ok_or("the secret is not a header value")?;
     req.headers_mut().insert(http::header::AUTHORIZATION, auth);
     let read = async {
         let resp = client.request(req).await.map_err(|e| e.to_string())?;
@@ -131,7 +163,7 @@ fn parse_credit(body: &[u8]) -> Result<Option<f64>, String> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_credit;
+    use super::{parse_credit, with_unreported};
 
     #[test]
     fn credit_is_read_from_the_key_endpoint_answer() {
@@ -144,5 +176,17 @@ mod tests {
             .unwrap_err()
             .contains("not a number"));
         assert!(parse_credit(b"<html>").unwrap_err().contains("not JSON"));
+    }
+
+    #[test]
+    fn spend_not_yet_reported_is_kept() {
+        // Spent 30 here since the last read, and OpenRouter's report did not move yet.
+        assert_eq!(with_unreported(100, 100, 130), 130);
+        // The report caught up with all of it (and 5 spent by another client).
+        assert_eq!(with_unreported(135, 100, 130), 135);
+        // It reports 10 of the 30 so far.
+        assert_eq!(with_unreported(110, 100, 130), 130);
+        // A top-up: 50 more credit, and the 30 spent here since still count.
+        assert_eq!(with_unreported(50, 100, 130), 80);
     }
 }

@@ -36,6 +36,7 @@ impl SkipReason {
             DenialReason::Disabled => SkipReason::Disabled,
             DenialReason::BreakerOpen => SkipReason::BreakerOpen,
             DenialReason::Concurrency { .. } => SkipReason::Limit(Arc::from("max_concurrent")),
+            DenialReason::QueueFull { .. } => SkipReason::Limit(Arc::from("queue")),
         }
     }
 }

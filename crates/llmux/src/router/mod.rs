@@ -66,6 +66,9 @@ pub(crate) struct Inner {
     /// Model names not in config map to providers by prefix (`Router::from_env`).
     auto_models: bool,
     auto_pools: Mutex<HashMap<String, Arc<Pool>>>,
+    /// Per OpenRouter key: the `used` its credit resource was last set to, from the credit
+    /// reported then (see `credit.rs`).
+    credit_set: Mutex<HashMap<llmux_core::Subject, u64>>,
 }
 
 pub use crate::keys::AuthorizedKey;
@@ -415,6 +418,9 @@ impl Router {
         };
         let mut ticket = None;
         let mut waiter = waiting::Waiter::new(&pool.queue, wait, &mut ticket);
+        if waiter.full {
+            return Err(waiter.queue_full(model, self.inner.ledger.clock.now()));
+        }
         loop {
             let last = !waiter.turn(&mut ticket).await;
             let r = self.acquire_in(&pool, model, &estimate).await;

@@ -216,6 +216,9 @@ impl Router {
         wait: Wait,
     ) -> Result<Response, RouteError> {
         let mut waiter = Waiter::new(&chain[0].queue, wait, &mut req.ticket);
+        if waiter.full {
+            return Err(waiter.queue_full(&req.model, self.inner.ledger.clock.now()));
+        }
         loop {
             let last = !waiter.turn(&mut req.ticket).await;
             let now = self.inner.ledger.clock.now();
@@ -237,6 +240,8 @@ pub(crate) struct Waiter {
     wait: Wait,
     until: Option<tokio::time::Instant>,
     retry_in: Duration,
+    /// Others wait and the queue had no room: this caller does not try ahead of them.
+    pub(crate) full: bool,
 }
 
 impl Waiter {
@@ -247,15 +252,32 @@ impl Waiter {
             wait,
             until: wait.deadline,
             retry_in: Duration::ZERO,
+            full: false,
         };
         if queue.len() > 0 {
-            if let Some(t) = queue.join(wait.rank, wait.max_queued) {
-                w.until
-                    .get_or_insert_with(|| tokio::time::Instant::now() + wait.max);
-                *ticket = Some(t);
+            match queue.join(wait.rank, wait.max_queued) {
+                Some(t) => {
+                    w.until
+                        .get_or_insert_with(|| tokio::time::Instant::now() + wait.max);
+                    *ticket = Some(t);
+                }
+                None => w.full = true,
             }
         }
         w
+    }
+
+    /// The refusal of a caller that found the queue of `model` full (see [`Waiter::full`]).
+    pub(crate) fn queue_full(&self, model: &str, now: llmux_core::Timestamp) -> RouteError {
+        let mut out = super::refusals::Outcomes::default();
+        out.deny(llmux_core::store::Denial {
+            subject: llmux_core::Subject::model(model),
+            reason: llmux_core::store::DenialReason::QueueFull {
+                max_queued: self.wait.max_queued,
+            },
+            retry_at: Some(now.plus(POLL)),
+        });
+        Router::no_capacity(model, now, out)
     }
 
     /// Before a try: wait for this caller's turn. False when the wait is over: the place is
