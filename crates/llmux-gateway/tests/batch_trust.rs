@@ -512,3 +512,42 @@ async fn a_budget_holds_across_a_batch_and_direct_requests_on_two_redis_replicas
     );
     budget_holds_across_batch_and_direct(&store, 2).await;
 }
+
+/// A batch cancelled while items are with the upstream: those items still count (their
+/// estimate is committed, not released), so the key's counter equals what the upstream saw.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_batchs_items_in_flight_still_count() {
+    let mock = MockUpstream::start().await;
+    mock.set_default(Behavior::Delay(Duration::from_secs(3)));
+    let cfg = config(&mock.base_url(), SQLITE).replace(
+        "secret = \"sk-1\"\n",
+        "secret = \"sk-1\"\nresources = [{ name = \"requests\", value = 1000, period = \"hourly\" }]\n",
+    );
+    let gw = start(&cfg).await;
+    let (_, id) = submit(gw.addr, "gk-a", &lines("c", 40, "m")).await;
+    let started = Instant::now();
+    while mock.request_count() < 16 {
+        assert!(started.elapsed().as_secs() < 10, "the batch did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let path = format!("/v1/batches/{id}/cancel");
+    let r = request(
+        gw.addr,
+        "POST",
+        &path,
+        "gk-a",
+        "application/json",
+        Vec::new(),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let b = finished(gw.addr, "gk-a", &id, 10).await;
+    assert_eq!(b["status"], "cancelled", "{b}");
+    let seen = mock.request_count() as u64;
+    let router = gw.router.clone();
+    eventually(|| {
+        let router = router.clone();
+        async move { counter(&router, "up/k1", "requests").await == (seen, 0) }
+    })
+    .await;
+}

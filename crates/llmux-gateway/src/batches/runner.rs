@@ -400,3 +400,21 @@ async fn update_counts(router: &Router, id: &str, counts: Counts) -> Result<Stri
     put_json(router, BATCHES, id, &b).await?;
     Ok(b["status"].as_str().unwrap_or_default().to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_read_the_error_field_not_the_text() {
+        let ok = json!({"custom_id": "a", "response": {"status_code": 200,
+            "body": {"note": "\"error\":null"}}, "error": null})
+        .to_string();
+        // An answer whose text contains `"error":null` but that failed.
+        let failed = json!({"custom_id": "b", "response": {"status_code": 500,
+            "body": {"echo": "\"error\":null"}}, "error": {"code": "http_500", "message": "x"}})
+        .to_string();
+        let c = Counts::of([ok.as_str(), failed.as_str(), "not json"].into_iter());
+        assert_eq!((c.ok, c.failed), (1, 2));
+    }
+}
