@@ -1,6 +1,6 @@
 //! Upstream health as stored state: cooldowns that grow on repeated 429s, circuit breakers and
 //! the limits an upstream announced in its headers (learned limits). Pure arithmetic on a
-//! subject's [`Flags`](crate::store::Flags), shared by every store so they cannot disagree
+//! subject's [`Flags`], shared by every store so they cannot disagree
 //! (the Redis store's Lua scripts follow these functions line by line).
 //!
 //! - **Cooldown**: a 429 cools the key for the longest of the upstream's hint and a growing
@@ -151,7 +151,30 @@ impl Default for GateUse {
     }
 }
 
-/// A change to a subject's health flags (see [`crate::store::Store::health`]).
+/// Per-subject flags a reservation checks (the rules are this module's).
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
+pub struct Flags {
+    /// Cooling down until this instant.
+    pub cooldown_until: Option<Timestamp>,
+    pub disabled: bool,
+    /// An operator's score override (see `set-score`).
+    pub score: Option<f64>,
+    /// 429s in a row: how long the next cooldown lasts.
+    pub strikes: u32,
+    /// The circuit breaker (targets).
+    pub breaker: Breaker,
+    /// Limits the upstream announced (keys), by [`LearnedMeasure::index`].
+    pub learned: [Option<Learned>; 4],
+}
+
+impl Flags {
+    /// Whether any health state is set (a store may skip writing default flags).
+    pub fn is_default(&self) -> bool {
+        *self == Flags::default()
+    }
+}
+
+/// A change to a subject's health flags (see `Store::health`).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum HealthOp {
     /// The upstream answered 429 at `now`, hinting it may serve again at `hint` (if it said).
@@ -184,11 +207,7 @@ pub(crate) enum GateCheck {
     },
 }
 
-pub(crate) fn check_gate(
-    flags: &mut crate::store::Flags,
-    now: Timestamp,
-    u: &GateUse,
-) -> GateCheck {
+pub(crate) fn check_gate(flags: &mut Flags, now: Timestamp, u: &GateUse) -> GateCheck {
     if flags.disabled {
         return GateCheck::Disabled;
     }
@@ -241,7 +260,7 @@ pub(crate) fn check_gate(
     GateCheck::Pass { changed, probe }
 }
 
-impl crate::store::Flags {
+impl Flags {
     /// Apply `op`; returns the cooldown's end after a [`HealthOp::RateLimited`].
     pub fn apply_health(&mut self, op: &HealthOp) -> Option<Timestamp> {
         match *op {

@@ -10,7 +10,8 @@
 //! window when its stored one has ended (never moving a window back), and
 //! `used + reserved + amount <= capacity` must hold on every line.
 
-use crate::health::{check_gate, Breaker, GateCheck, GateUse, HealthOp, Learned};
+pub use crate::health::Flags;
+use crate::health::{check_gate, GateCheck, GateUse, HealthOp};
 use crate::ids::Subject;
 use crate::time::Timestamp;
 use crate::window::Window;
@@ -196,29 +197,6 @@ impl Counter {
         self.roll(line.window, now);
         self.reserved = self.reserved.saturating_sub(reserved);
         self.used = self.used.saturating_add(line.amount);
-    }
-}
-
-/// Per-subject flags a reservation checks (see [`crate::health`] for their rules).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
-pub struct Flags {
-    /// Cooling down until this instant.
-    pub cooldown_until: Option<Timestamp>,
-    pub disabled: bool,
-    /// An operator's score override (see `set-score`).
-    pub score: Option<f64>,
-    /// 429s in a row: how long the next cooldown lasts.
-    pub strikes: u32,
-    /// The circuit breaker (targets).
-    pub breaker: Breaker,
-    /// Limits the upstream announced (keys), by [`crate::health::LearnedMeasure::index`].
-    pub learned: [Option<Learned>; 4],
-}
-
-impl Flags {
-    /// Whether any health state is set (a store may skip writing default flags).
-    pub fn is_default(&self) -> bool {
-        *self == Flags::default()
     }
 }
 

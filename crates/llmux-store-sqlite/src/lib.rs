@@ -39,11 +39,12 @@ use llmux_core::store::{
     AdminOp, Counter, LeaseId, Line, Reserve, Reserved, Store, StoreAdmin, StoreError, SubjectState,
 };
 use llmux_core::{Subject, Timestamp};
+use rows::{RecordOp, RecordOut};
 use schema::open_conn;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::sync::oneshot;
-use writer::{Cmd, Handle, RecordOp, RecordOut, Reply};
+use writer::{Cmd, Handle, Reply};
 
 /// A [`Store`] on one SQLite file. Cloning shares the connection and its writer thread.
 #[derive(Clone)]

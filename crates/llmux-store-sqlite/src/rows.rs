@@ -1,5 +1,5 @@
 //! Rows of the file: counters, subject flags and lease lines, read and written with cached
-//! statements. Nothing here caches or decides; it is the SQL under [`crate::cache::Batch`].
+//! statements. Nothing here caches or decides; it is the SQL under the writer's cache (`cache::Batch`).
 
 use llmux_core::health::{Breaker, Learned};
 use llmux_core::ids::at_or_below;
@@ -220,12 +220,27 @@ pub(crate) fn snapshot(tx: &Connection, subject: &str) -> rusqlite::Result<Vec<S
     Ok(SubjectState::collect(counters, flags))
 }
 
+/// A call on the records table (`llmux_core::records`): `(table, name, value)`.
+pub(crate) enum RecordOp {
+    Put(String, String, String),
+    Get(String, String),
+    List(String),
+    Delete(String, String),
+    /// `(table, name, expected, value)`: set only if it holds `expected` (`None`: absent).
+    Swap(String, String, Option<String>, String),
+}
+
+/// What a [`RecordOp`] answers.
+pub(crate) enum RecordOut {
+    Done,
+    Value(Option<String>),
+    List(Vec<(String, String)>),
+    /// Whether a delete removed, or a swap set.
+    Removed(bool),
+}
+
 /// Run one call on the records table.
-pub(crate) fn record(
-    tx: &Connection,
-    op: &crate::writer::RecordOp,
-) -> rusqlite::Result<crate::writer::RecordOut> {
-    use crate::writer::{RecordOp, RecordOut};
+pub(crate) fn record(tx: &Connection, op: &RecordOp) -> rusqlite::Result<RecordOut> {
     Ok(match op {
         RecordOp::Put(t, n, v) => {
             tx.prepare_cached(

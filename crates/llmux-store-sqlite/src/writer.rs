@@ -13,6 +13,7 @@
 //! reservations of requests dying with the process. A second thread checkpoints the WAL.
 
 use crate::cache::{Batch, Cache};
+use crate::rows::{RecordOp, RecordOut};
 use llmux_core::health::HealthOp;
 use llmux_core::store::Flags;
 use llmux_core::store::{
@@ -45,25 +46,6 @@ pub(crate) enum Cmd {
     Reset(String, Reply<usize>),
     Scores(Timestamp, Vec<(Subject, Vec<Line>)>, Reply<Vec<f64>>),
     Record(RecordOp, Reply<RecordOut>),
-}
-
-/// A call on the records table (`llmux_core::records`): `(table, name, value)`.
-pub(crate) enum RecordOp {
-    Put(String, String, String),
-    Get(String, String),
-    List(String),
-    Delete(String, String),
-    /// `(table, name, expected, value)`: set only if it holds `expected` (`None`: absent).
-    Swap(String, String, Option<String>, String),
-}
-
-/// What a [`RecordOp`] answers.
-pub(crate) enum RecordOut {
-    Done,
-    Value(Option<String>),
-    List(Vec<(String, String)>),
-    /// Whether a delete removed, or a swap set.
-    Removed(bool),
 }
 
 /// Longest a detached commit waits for a transaction when nothing else wakes the writer.

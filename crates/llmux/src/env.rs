@@ -1,7 +1,6 @@
-//! Config from files and from the environment alone.
+//! Config from files and from the environment (`Router::from_path` / `from_env` build on it,
+//! in `router/builder.rs`).
 
-use crate::error::RouteError;
-use crate::router::Router;
 use llmux_core::config::ResourcesFile;
 use llmux_core::{Config, Issues};
 use std::path::{Path, PathBuf};
@@ -66,45 +65,11 @@ pub fn load_config_with(
     })
 }
 
-impl Router {
-    /// A router on the config file at `path`.
-    pub fn from_path(path: impl AsRef<Path>) -> Result<Router, RouteError> {
-        let config =
-            load_config(path.as_ref()).map_err(|e| RouteError::BadRequest(e.to_string()))?;
-        Router::from_config(config)
-    }
-
-    /// A router with no config file: providers come from `OPENAI_API_KEY`,
-    /// `ANTHROPIC_API_KEY` and `OPENROUTER_API_KEY`, state lives in memory, and a model name
-    /// picks its provider (`gpt-*`, `o1…`, `text-embedding-*` → openai; `claude-*` →
-    /// anthropic; `vendor/model` → openrouter).
-    pub fn from_env() -> Result<Router, RouteError> {
-        Router::from_env_with(&process_env)
-    }
-
-    /// [`Router::from_env`] with the environment as a parameter.
-    pub fn from_env_with(env: &dyn Fn(&str) -> Option<String>) -> Result<Router, RouteError> {
-        let mut text = String::from("[store]\nkind = \"memory\"\n");
-        for (name, var) in [
-            ("openai", "OPENAI_API_KEY"),
-            ("anthropic", "ANTHROPIC_API_KEY"),
-            ("openrouter", "OPENROUTER_API_KEY"),
-        ] {
-            if env(var).is_some_and(|v| !v.is_empty()) {
-                text.push_str(&format!(
-                    "[providers.{name}]\nkind = \"{name}\"\n[[providers.{name}.keys]]\nid = \"env\"\nsecret = \"${{{var}}}\"\n"
-                ));
-            }
-        }
-        let config = Config::from_toml_str(&text, env)
-            .map_err(|issues| RouteError::BadRequest(issues.to_string()))?;
-        Router::builder(config).auto_models(true).build()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::RouteError;
+    use crate::router::Router;
 
     #[test]
     fn resources_file_is_read_beside_the_config_or_from_the_env() {

@@ -46,8 +46,6 @@ pub struct Lease {
     probe: bool,
     /// The outcome has been counted for the breaker.
     reported: bool,
-    /// The limits counted, with the room left (taken by the answer's headers).
-    pub(crate) applied: Vec<crate::router::AppliedLimit>,
     /// The request has been handed to the upstream: dropped unsettled from now on (the
     /// client hung up, the batch was cancelled), the estimate is committed, not released.
     sent: bool,
@@ -71,7 +69,6 @@ pub(crate) struct Grant {
     pub(crate) target_gate: Subject,
     pub(crate) health: Health,
     pub(crate) probe: bool,
-    pub(crate) applied: Vec<crate::router::AppliedLimit>,
 }
 
 impl std::fmt::Debug for Lease {
@@ -106,7 +103,6 @@ impl Lease {
             health: g.health,
             probe: g.probe,
             reported: false,
-            applied: g.applied,
             sent: false,
         }
     }

@@ -24,6 +24,7 @@ mod lease;
 mod ledger;
 pub mod protocol;
 pub mod provider;
+mod queue;
 mod router;
 pub mod secrets;
 pub mod sse;

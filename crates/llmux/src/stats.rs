@@ -40,7 +40,7 @@ pub struct TargetStats {
     /// (`Router::refresh_capacity`): routing tries the targets that last first.
     pub(crate) short: std::sync::atomic::AtomicBool,
     /// The pool's waiters, woken when a lease on this target ends.
-    queue: Arc<crate::router::WaitQueue>,
+    queue: Arc<crate::queue::WaitQueue>,
 }
 
 /// How fast the EWMAs forget an idle target: after this long without a sample, what they
@@ -58,7 +58,7 @@ struct Failures {
 }
 
 impl TargetStats {
-    pub(crate) fn new(label: String, queue: Arc<crate::router::WaitQueue>) -> Self {
+    pub(crate) fn new(label: String, queue: Arc<crate::queue::WaitQueue>) -> Self {
         TargetStats {
             header: http::HeaderValue::from_str(&label)
                 .unwrap_or_else(|_| http::HeaderValue::from_static("invalid")),
@@ -242,7 +242,7 @@ pub(crate) struct Pool {
     /// Requests in flight, for `max_concurrent`.
     pub(crate) active: Arc<AtomicU32>,
     /// Requests waiting for capacity (see `router::waiting`).
-    pub(crate) queue: Arc<crate::router::WaitQueue>,
+    pub(crate) queue: Arc<crate::queue::WaitQueue>,
     /// Spaces the batch items sent to this pool (see [`Pacer`]).
     pub(crate) pacer: Option<Pacer>,
 }
@@ -261,7 +261,7 @@ impl Pool {
                     .into()
             })
             .collect();
-        let queue = Arc::new(crate::router::WaitQueue::default());
+        let queue = Arc::new(crate::queue::WaitQueue::default());
         let stats = plan
             .targets
             .iter()

@@ -17,6 +17,7 @@ use llmux_core::plan::{plan_pool, tier_bounds};
 use llmux_core::{Clock, ProviderId, SystemClock};
 use parking_lot::Mutex;
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::Arc;
 
 /// Makes the provider of a registered kind from its config.
@@ -216,5 +217,41 @@ impl RouterBuilder {
             }
         });
         Ok(router)
+    }
+}
+
+impl Router {
+    /// A router on the config file at `path`.
+    pub fn from_path(path: impl AsRef<Path>) -> Result<Router, RouteError> {
+        let config = crate::env::load_config(path.as_ref())
+            .map_err(|e| RouteError::BadRequest(e.to_string()))?;
+        Router::from_config(config)
+    }
+
+    /// A router with no config file: providers come from `OPENAI_API_KEY`,
+    /// `ANTHROPIC_API_KEY` and `OPENROUTER_API_KEY`, state lives in memory, and a model name
+    /// picks its provider (`gpt-*`, `o1…`, `text-embedding-*` → openai; `claude-*` →
+    /// anthropic; `vendor/model` → openrouter).
+    pub fn from_env() -> Result<Router, RouteError> {
+        Router::from_env_with(&crate::env::process_env)
+    }
+
+    /// [`Router::from_env`] with the environment as a parameter.
+    pub fn from_env_with(env: &dyn Fn(&str) -> Option<String>) -> Result<Router, RouteError> {
+        let mut text = String::from("[store]\nkind = \"memory\"\n");
+        for (name, var) in [
+            ("openai", "OPENAI_API_KEY"),
+            ("anthropic", "ANTHROPIC_API_KEY"),
+            ("openrouter", "OPENROUTER_API_KEY"),
+        ] {
+            if env(var).is_some_and(|v| !v.is_empty()) {
+                text.push_str(&format!(
+                    "[providers.{name}]\nkind = \"{name}\"\n[[providers.{name}.keys]]\nid = \"env\"\nsecret = \"${{{var}}}\"\n"
+                ));
+            }
+        }
+        let config = Config::from_toml_str(&text, env)
+            .map_err(|issues| RouteError::BadRequest(issues.to_string()))?;
+        Router::builder(config).auto_models(true).build()
     }
 }

@@ -8,7 +8,9 @@
 //! `outcome` is the pure rule for settling an attempt, `tracked` the stream that settles its
 //! lease when it ends.
 
+mod answer;
 mod applied;
+mod attempt;
 mod builder;
 mod candidates;
 mod capacity;
@@ -16,11 +18,11 @@ mod credit;
 mod decision;
 mod failover;
 mod outcome;
+mod prepared;
 mod refusals;
+mod reserve;
 mod tracked;
 mod waiting;
-
-pub(crate) use waiting::WaitQueue;
 
 pub use applied::{rate_limit_headers, refusal_rate_limit_headers, AppliedLimit};
 pub use builder::{ProviderFactory, RouterBuilder};
@@ -37,13 +39,13 @@ use crate::provider::{Endpoint, Provider};
 use crate::stats::Pool;
 use crate::store::AnyStore;
 use bytes::Bytes;
-use failover::Prepared;
 use futures_util::StreamExt;
 use http::HeaderMap;
 use llmux_core::config::{Config, MAX_OUTPUT_TOKENS};
 use llmux_core::plan::{plan_pool, Bound};
 use llmux_core::{ProviderId, TargetId, Usage};
 use parking_lot::Mutex;
+use prepared::Prepared;
 use refusals::Outcomes;
 use serde_json::{Map, Value};
 use std::collections::HashMap;
@@ -384,7 +386,7 @@ impl Router {
         let mut out = Outcomes::default();
         for i in self.candidates(pool, None, now, estimate).await? {
             match self.try_target(pool, i, estimate, now, None).await? {
-                Ok(lease) => return Ok(lease),
+                Ok((lease, _)) => return Ok(lease),
                 Err(d) => out.deny(d),
             }
         }
