@@ -218,3 +218,53 @@ async fn a_reset_decades_ahead_holds_a_key_back_a_day_at_most() {
     let secs: u64 = r.header("retry-after").unwrap().parse().unwrap();
     assert!(secs <= 86_400, "retry-after: {secs}");
 }
+
+/// A translated answer that is not the shape expected is a 502 `upstream_error` in the
+/// client's envelope, chosen by the gateway like every other error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_that_cannot_be_translated_is_a_502_in_the_clients_envelope() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // An "Anthropic" upstream whose 200 is JSON of no Messages shape.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut c, _)) = listener.accept().await {
+            let mut buf = vec![0u8; 65536];
+            let _ = c.read(&mut buf).await;
+            let body = r#"{"weird":true}"#;
+            let head = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = c.write_all(head.as_bytes()).await;
+            let _ = c.write_all(body.as_bytes()).await;
+        }
+    });
+    let cfg = format!(
+        r#"
+[store]
+kind = "memory"
+[providers.claude]
+kind = "anthropic"
+base_url = "http://{addr}/v1"
+[[providers.claude.keys]]
+id = "k1"
+secret = "sk-ant-1"
+[models.claude]
+targets = [{{ provider = "claude", model = "claude-sonnet-4-5" }}]
+"#
+    );
+    let gw = start(&cfg).await;
+    let r = post(gw.addr, "/v1/chat/completions", chat("claude"), &[]).await;
+    assert_eq!(r.status, 502, "{}", r.text());
+    let e = r.json();
+    assert_eq!(e["error"]["code"], "upstream_error", "{e}");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("could not be translated"),
+        "{e}"
+    );
+    assert_eq!(r.header("x-llmux-attempts"), Some("1"));
+}

@@ -5,14 +5,12 @@
 use super::tracked::Tracked;
 use super::ResponseBody;
 use crate::lease::Lease;
-use crate::protocol::errors::error_body;
 use crate::protocol::translate::{AnthropicToChatStream, ChatToAnthropicStream};
 use crate::protocol::usage::{usage_of_body, UsageShape};
 use crate::protocol::Wire;
 use crate::provider::{Endpoint, Provider, ReplyBody};
 use crate::sse::{Translator, UsageScanner};
 use crate::stats::TargetStats;
-use bytes::Bytes;
 use http::HeaderMap;
 use std::time::{Duration, Instant};
 
@@ -53,7 +51,7 @@ pub(super) fn settle_success(
     started: Instant,
     (idle, deadline): (Duration, Option<tokio::time::Instant>),
     to: &Answering<'_>,
-) -> (u16, ResponseBody) {
+) -> Result<ResponseBody, String> {
     let shape = UsageShape::of(to.wire.upstream(to.client));
     match body {
         ReplyBody::Full(bytes) => {
@@ -64,13 +62,11 @@ pub(super) fn settle_success(
                 .or_else(|| usage_of_body(shape, &bytes));
             let usage = stats.observe_usage(reported, lease.estimate());
             lease.complete_detached(usage, latency);
+            // An answer that cannot be translated is an upstream failure; the gateway gives
+            // it its status and envelope.
             match to.wire.answer_body(&bytes, to.created) {
-                Some(b) => (200, ResponseBody::Full(b)),
-                None => {
-                    let msg = "the upstream's answer could not be translated to this API";
-                    let e = error_body(to.client, 502, "upstream_error", "upstream_error", msg);
-                    (502, ResponseBody::Full(Bytes::from(e.to_string())))
-                }
+                Some(b) => Ok(ResponseBody::Full(b)),
+                None => Err("the upstream's answer could not be translated to this API".into()),
             }
         }
         ReplyBody::Stream(s) => {
@@ -88,7 +84,7 @@ pub(super) fn settle_success(
                 }
             }
             let tracked = Tracked::new(s, scanner, lease, idle, to.client).until(deadline);
-            (200, ResponseBody::Stream(Box::pin(tracked)))
+            Ok(ResponseBody::Stream(Box::pin(tracked)))
         }
     }
 }

@@ -273,7 +273,7 @@ impl Router {
             created: u64::try_from(now.0 / 1000).unwrap_or(0),
             client_wants_usage: req.body.client_wants_usage,
         };
-        let (status, body) = settle_success(
+        let settled = settle_success(
             reply.body,
             provider.as_ref(),
             stats,
@@ -282,7 +282,14 @@ impl Router {
             (Duration::from_secs(idle), deadline),
             &answer_to,
         );
-        Ok(answer(status, headers, body, out))
+        match settled {
+            Ok(body) => Ok(answer(200, headers, body, out)),
+            Err(message) => Err(RouteError::Upstream {
+                attempts: out.attempts,
+                timeout: false,
+                message: format!("{label}: {message}"),
+            }),
+        }
     }
 
     /// Learn the limits the upstream announced on its answer (`discover_limits`): written to
