@@ -33,7 +33,7 @@ pub enum RouteError {
     UnknownModel(String),
     /// No target had capacity. `denial` is the limit that frees up last among those hit on the
     /// best candidate, so waiting `retry_after_secs` is enough for it.
-    #[error("no capacity for model {model:?}: limit {limit} reached", limit = denial.limit())]
+    #[error("{}", no_capacity_message(model, denial, *retry_after_secs, *budget))]
     NoCapacity {
         model: String,
         denial: Box<Denial>,
@@ -60,4 +60,106 @@ pub enum RouteError {
     },
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// What a `NoCapacity` says: the limit, and when to try again, or that it never fits.
+fn no_capacity_message(
+    model: &str,
+    denial: &Denial,
+    retry_after_secs: Option<u64>,
+    budget: bool,
+) -> String {
+    use llmux_core::store::DenialReason;
+    let limit = denial.limit();
+    if let DenialReason::NeverFits {
+        capacity, amount, ..
+    } = &denial.reason
+    {
+        return format!(
+            "model {model:?}: the request needs {amount} of limit {limit}, which holds {capacity} in all: it can never fit"
+        );
+    }
+    match (retry_after_secs, budget) {
+        (Some(s), true) => format!(
+            "no capacity for model {model:?}: budget {limit} is spent until its window ends in {s} s"
+        ),
+        (Some(s), false) => {
+            format!("no capacity for model {model:?}: limit {limit} reached; retry in {s} s")
+        }
+        (None, _) => format!("no capacity for model {model:?}: limit {limit} reached"),
+    }
+}
+
+impl RouteError {
+    /// How long until capacity returns, for a `NoCapacity` that says (`None` otherwise, and
+    /// for a request that can never fit).
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            RouteError::NoCapacity {
+                retry_after_secs: Some(s),
+                ..
+            } => Some(std::time::Duration::from_secs(*s)),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use llmux_core::store::DenialReason;
+    use llmux_core::Subject;
+
+    fn refusal(reason: DenialReason, retry: Option<u64>, budget: bool) -> RouteError {
+        RouteError::NoCapacity {
+            model: "m".into(),
+            denial: Box::new(Denial {
+                subject: Subject::key(
+                    &llmux_core::ProviderId::new("p"),
+                    &llmux_core::KeyId::new("k"),
+                ),
+                reason,
+                retry_at: None,
+            }),
+            retry_after_secs: retry,
+            budget,
+            window_secs: None,
+            measure: None,
+        }
+    }
+
+    #[test]
+    fn a_refusal_says_when_to_retry_or_that_it_never_fits() {
+        let exhausted = DenialReason::Exhausted {
+            resource: "rpm".into(),
+            capacity: 10,
+            used: 10,
+            reserved: 0,
+            amount: 1,
+        };
+        let e = refusal(exhausted.clone(), Some(7), false);
+        assert_eq!(
+            e.to_string(),
+            "no capacity for model \"m\": limit p/k:rpm reached; retry in 7 s"
+        );
+        assert_eq!(e.retry_after(), Some(std::time::Duration::from_secs(7)));
+        let e = refusal(exhausted, Some(30), true);
+        assert!(
+            e.to_string()
+                .contains("is spent until its window ends in 30 s"),
+            "{e}"
+        );
+        let never = DenialReason::NeverFits {
+            resource: "tpm".into(),
+            capacity: 100,
+            amount: 500,
+        };
+        let e = refusal(never, None, false);
+        assert!(
+            e.to_string()
+                .contains("needs 500 of limit p/k:tpm, which holds 100 in all: it can never fit"),
+            "{e}"
+        );
+        assert_eq!(e.retry_after(), None);
+    }
 }

@@ -88,6 +88,49 @@ impl fmt::Display for Issues {
 
 impl std::error::Error for Issues {}
 
+/// The field a serde ``unknown field `NAME`, expected …`` error names.
+fn unknown_field(message: &str) -> Option<String> {
+    let rest = message.strip_prefix("unknown field `")?;
+    Some(rest[..rest.find('`')?].to_string())
+}
+
+/// Remove `field` from the table at `path` (`a.b[0].c`, or the field's own path) in `tree`;
+/// whether it was there.
+fn remove_field(tree: &mut toml::Value, path: &str, field: &str) -> bool {
+    let mut segments = Vec::new();
+    for part in path.split('.').filter(|p| !p.is_empty()) {
+        let mut pieces = part.split('[');
+        if let Some(name) = pieces.next().filter(|n| !n.is_empty()) {
+            segments.push(Err(name.to_string()));
+        }
+        for idx in pieces {
+            match idx.trim_end_matches(']').parse::<usize>() {
+                Ok(i) => segments.push(Ok(i)),
+                Err(_) => return false,
+            }
+        }
+    }
+    if segments.last() == Some(&Err(field.to_string())) {
+        segments.pop();
+    }
+    let mut at = tree;
+    for s in segments {
+        let next = match (s, at) {
+            (Err(name), toml::Value::Table(t)) => t.get_mut(&name),
+            (Ok(i), toml::Value::Array(a)) => a.get_mut(i),
+            _ => None,
+        };
+        match next {
+            Some(v) => at = v,
+            None => return false,
+        }
+    }
+    match at {
+        toml::Value::Table(t) => t.remove(field).is_some(),
+        _ => false,
+    }
+}
+
 /// `[files]`: sizes from 1 MiB to 1 TiB, retention from 1 day to ten years.
 fn check_files(raw: Option<&RawFiles>, out: &mut Issues) -> FilesConfig {
     let mut c = FilesConfig::default();
@@ -176,15 +219,28 @@ impl Config {
             }
         };
         env::interpolate(&mut tree, "", env, &mut issues);
-        let raw: RawConfig = match serde_path_to_error::deserialize(tree) {
-            Ok(r) => r,
-            Err(e) => {
-                let path = e.path().to_string();
-                let path = if path == "." { String::new() } else { path };
-                issues.push(path, e.into_inner().to_string());
-                return Err(issues);
+        // Each unknown field is reported with its path and taken out, so that every one is
+        // listed, not only the first; any other shape error stops here.
+        let mut removed = 0;
+        let raw: RawConfig = loop {
+            match serde_path_to_error::deserialize(tree.clone()) {
+                Ok(r) => break r,
+                Err(e) => {
+                    let path = e.path().to_string();
+                    let path = if path == "." { String::new() } else { path };
+                    let message = e.into_inner().to_string();
+                    let field = unknown_field(&message);
+                    issues.push(path.clone(), message);
+                    match field {
+                        Some(f) if removed < 100 && remove_field(&mut tree, &path, &f) => {
+                            removed += 1;
+                        }
+                        _ => return Err(issues),
+                    }
+                }
             }
         };
+
         let built = Config::from_raw_with(
             raw,
             file.as_ref().map(|(n, r)| (*n, r)),

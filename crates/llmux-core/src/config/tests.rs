@@ -84,6 +84,26 @@ fn unknown_fields_name_their_path() {
 }
 
 #[test]
+fn every_unknown_field_is_reported_with_its_path() {
+    let text = "lisen = \"x\"\n[providers.a]\nkind = \"mock\"\nbogus = 1\n[[providers.a.keys]]\nid = \"k\"\nweigth = 2\n[models.m]\ntargets = [{ provider = \"a\", model = \"x\", wieght = 1 }]\n";
+    let e = Config::from_toml_str(text, &|_| None).unwrap_err();
+    let s = e.to_string();
+    assert_eq!(e.len(), 4, "{s}");
+    for (path, field) in [
+        ("", "lisen"),
+        ("providers.a", "bogus"),
+        ("providers.a.keys[0]", "weigth"),
+        ("models.m.targets[0]", "wieght"),
+    ] {
+        assert!(
+            e.0.iter()
+                .any(|i| i.path.starts_with(path) && i.message.contains(field)),
+            "{path} {field}: {s}"
+        );
+    }
+}
+
+#[test]
 fn resources_files_merge_and_conflicts_name_both_places() {
     let file = ResourcesFile {
         name: "limits.json".into(),
