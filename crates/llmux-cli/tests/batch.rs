@@ -276,33 +276,7 @@ fn a_gateway_batch_survives_kill_9_of_its_gateway() {
     let mut first = serve();
     // 60 items at 20 a second: 3 s of work.
     let jsonl = std::fs::read_to_string(input(dir.path(), 60, "m")).unwrap();
-    let mut body = Vec::new();
-    body.extend_from_slice(b"--XyZ\r\ncontent-disposition: form-data; name=\"purpose\"\r\n\r\nbatch\r\n--XyZ\r\ncontent-disposition: form-data; name=\"file\"; filename=\"in.jsonl\"\r\ncontent-type: application/jsonl\r\n\r\n");
-    body.extend_from_slice(jsonl.as_bytes());
-    body.extend_from_slice(b"\r\n--XyZ--\r\n");
-    let (status, file) = http(
-        port,
-        "POST",
-        "/v1/files",
-        "multipart/form-data; boundary=XyZ",
-        &body,
-    );
-    assert_eq!(status, 200, "{file}");
-    let file: serde_json::Value = serde_json::from_str(&file).unwrap();
-    let req = serde_json::json!({"input_file_id": file["id"], "endpoint": "/v1/chat/completions",
-        "completion_window": "24h"});
-    let (status, batch) = http(
-        port,
-        "POST",
-        "/v1/batches",
-        "application/json",
-        req.to_string().as_bytes(),
-    );
-    assert_eq!(status, 200, "{batch}");
-    let id = serde_json::from_str::<serde_json::Value>(&batch).unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = create_batch(port, &jsonl);
     let started = Instant::now();
     while mock.request_count() < 25 {
         assert!(
@@ -316,44 +290,9 @@ fn a_gateway_batch_survives_kill_9_of_its_gateway() {
     let at_kill = mock.request_count();
     assert!(at_kill < 60, "killed half way ({at_kill} sent)");
     let mut second = serve();
-    let started = Instant::now();
-    let batch = loop {
-        let (_, b) = http(
-            port,
-            "GET",
-            &format!("/v1/batches/{id}"),
-            "application/json",
-            b"",
-        );
-        let b: serde_json::Value = serde_json::from_str(&b).unwrap();
-        if b["status"] == "completed" {
-            break b;
-        }
-        assert!(started.elapsed() < Duration::from_secs(30), "{b}");
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    let out = batch["output_file_id"].as_str().unwrap();
-    let (status, text) = http(
-        port,
-        "GET",
-        &format!("/v1/files/{out}/content"),
-        "application/json",
-        b"",
-    );
-    assert_eq!(status, 200);
-    let mut ids: Vec<String> = text
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["custom_id"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        })
-        .collect();
-    assert_eq!(ids.len(), 60, "each item once: {text}");
-    ids.sort();
-    ids.dedup();
-    assert_eq!(ids.len(), 60);
+    let batch = wait_completed(port, &id, 30);
+    let ids = output_ids(port, &batch);
+    assert_eq!(ids.len(), 60, "each item once");
     assert_eq!(batch["request_counts"]["completed"], 60, "{batch}");
     // Sent twice: at most the items in flight at the kill (the runner's 16).
     assert!(mock.request_count() <= 60 + 16, "{}", mock.request_count());
@@ -414,32 +353,7 @@ fn a_batch_runs_on_one_of_two_gateways_and_the_other_takes_it_over_after_kill_9(
     let (mut second, port_b) = serve_on_free_port(&cfg, "b");
     // 80 items at 20 a second: 4 s of work.
     let jsonl = std::fs::read_to_string(input(dir.path(), 80, "m")).unwrap();
-    let mut body = Vec::new();
-    body.extend_from_slice(b"--XyZ\r\ncontent-disposition: form-data; name=\"purpose\"\r\n\r\nbatch\r\n--XyZ\r\ncontent-disposition: form-data; name=\"file\"; filename=\"in.jsonl\"\r\ncontent-type: application/jsonl\r\n\r\n");
-    body.extend_from_slice(jsonl.as_bytes());
-    body.extend_from_slice(b"\r\n--XyZ--\r\n");
-    let (status, file) = http(
-        port_a,
-        "POST",
-        "/v1/files",
-        "multipart/form-data; boundary=XyZ",
-        &body,
-    );
-    assert_eq!(status, 200, "{file}");
-    let file: serde_json::Value = serde_json::from_str(&file).unwrap();
-    let req = serde_json::json!({"input_file_id": file["id"], "endpoint": "/v1/chat/completions"});
-    let (status, batch) = http(
-        port_a,
-        "POST",
-        "/v1/batches",
-        "application/json",
-        req.to_string().as_bytes(),
-    );
-    assert_eq!(status, 200, "{batch}");
-    let id = serde_json::from_str::<serde_json::Value>(&batch).unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = create_batch(port_a, &jsonl);
     // Past the second gateway's first looks (at start and every 2 s), before the end.
     let started = Instant::now();
     while mock.request_count() < 50 {
@@ -455,10 +369,52 @@ fn a_batch_runs_on_one_of_two_gateways_and_the_other_takes_it_over_after_kill_9(
     let _ = first.wait();
     let at_kill = mock.request_count();
     assert!(at_kill < 80, "killed before the end ({at_kill} sent)");
+    let batch = wait_completed(port_b, &id, 40);
+    let ids = output_ids(port_b, &batch);
+    assert_eq!(ids.len(), 80, "each item once");
+    // Sent twice: at most the items in flight at the kill (the runner's 16).
+    assert!(mock.request_count() <= 80 + 16, "{}", mock.request_count());
+    let _ = second.kill();
+    let _ = second.wait();
+}
+
+/// Upload `jsonl` to the gateway on `port` and start a batch on it; the batch's id.
+fn create_batch(port: u16, jsonl: &str) -> String {
+    let mut body = Vec::new();
+    body.extend_from_slice(b"--XyZ\r\ncontent-disposition: form-data; name=\"purpose\"\r\n\r\nbatch\r\n--XyZ\r\ncontent-disposition: form-data; name=\"file\"; filename=\"in.jsonl\"\r\ncontent-type: application/jsonl\r\n\r\n");
+    body.extend_from_slice(jsonl.as_bytes());
+    body.extend_from_slice(b"\r\n--XyZ--\r\n");
+    let (status, file) = http(
+        port,
+        "POST",
+        "/v1/files",
+        "multipart/form-data; boundary=XyZ",
+        &body,
+    );
+    assert_eq!(status, 200, "{file}");
+    let file: serde_json::Value = serde_json::from_str(&file).unwrap();
+    let req = serde_json::json!({"input_file_id": file["id"], "endpoint": "/v1/chat/completions",
+        "completion_window": "24h"});
+    let (status, batch) = http(
+        port,
+        "POST",
+        "/v1/batches",
+        "application/json",
+        req.to_string().as_bytes(),
+    );
+    assert_eq!(status, 200, "{batch}");
+    serde_json::from_str::<serde_json::Value>(&batch).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// Poll batch `id` on `port` until it is `completed` (within `secs`).
+fn wait_completed(port: u16, id: &str, secs: u64) -> serde_json::Value {
     let started = Instant::now();
-    let batch = loop {
+    loop {
         let (_, b) = http(
-            port_b,
+            port,
             "GET",
             &format!("/v1/batches/{id}"),
             "application/json",
@@ -466,14 +422,18 @@ fn a_batch_runs_on_one_of_two_gateways_and_the_other_takes_it_over_after_kill_9(
         );
         let b: serde_json::Value = serde_json::from_str(&b).unwrap();
         if b["status"] == "completed" {
-            break b;
+            return b;
         }
-        assert!(started.elapsed() < Duration::from_secs(40), "{b}");
+        assert!(started.elapsed() < Duration::from_secs(secs), "{b}");
         std::thread::sleep(Duration::from_millis(200));
-    };
+    }
+}
+
+/// The `custom_id`s of a finished batch's output file, sorted; an id answered twice fails.
+fn output_ids(port: u16, batch: &serde_json::Value) -> Vec<String> {
     let out = batch["output_file_id"].as_str().unwrap();
     let (status, text) = http(
-        port_b,
+        port,
         "GET",
         &format!("/v1/files/{out}/content"),
         "application/json",
@@ -489,12 +449,9 @@ fn a_batch_runs_on_one_of_two_gateways_and_the_other_takes_it_over_after_kill_9(
                 .to_string()
         })
         .collect();
-    assert_eq!(ids.len(), 80, "each item once: {text}");
     ids.sort();
+    let n = ids.len();
     ids.dedup();
-    assert_eq!(ids.len(), 80);
-    // Sent twice: at most the items in flight at the kill (the runner's 16).
-    assert!(mock.request_count() <= 80 + 16, "{}", mock.request_count());
-    let _ = second.kill();
-    let _ = second.wait();
+    assert_eq!(ids.len(), n, "an item answered twice: {text}");
+    ids
 }

@@ -192,35 +192,39 @@ pub(super) async fn remove(router: &Router, id: &str, f: &Value) -> Result<(), A
     Ok(())
 }
 
-/// Bytes `caller` keeps in live files.
-pub(super) async fn kept_bytes(router: &Router, caller: Caller<'_>) -> Result<u64, ApiError> {
-    let now = now_secs();
-    let all = router
+/// Every file object in the store, by id (unreadable ones left out).
+async fn all(router: &Router) -> Result<Vec<(String, Value)>, ApiError> {
+    let records = router
         .store()
         .list_records(FILES)
         .await
         .map_err(store_error)?;
-    Ok(all
-        .iter()
-        .filter_map(|(_, v)| serde_json::from_str::<Value>(v).ok())
+    Ok(records
+        .into_iter()
+        .filter_map(|(id, v)| Some((id, serde_json::from_str::<Value>(&v).ok()?)))
+        .collect())
+}
+
+/// `caller`'s live files.
+async fn owned_by(router: &Router, caller: Caller<'_>) -> Result<Vec<Value>, ApiError> {
+    let now = now_secs();
+    Ok(all(router)
+        .await?
+        .into_iter()
+        .map(|(_, f)| f)
         .filter(|f| owner_of(f) == caller && live(f, now))
-        .map(|f| f["bytes"].as_u64().unwrap_or(0))
-        .sum())
+        .collect())
+}
+
+/// Bytes `caller` keeps in live files.
+pub(super) async fn kept_bytes(router: &Router, caller: Caller<'_>) -> Result<u64, ApiError> {
+    let files = owned_by(router, caller).await?;
+    Ok(files.iter().map(|f| f["bytes"].as_u64().unwrap_or(0)).sum())
 }
 
 /// `caller`'s live files, newest first.
 pub(super) async fn list(router: &Router, caller: Caller<'_>) -> Result<Vec<Value>, ApiError> {
-    let now = now_secs();
-    let all = router
-        .store()
-        .list_records(FILES)
-        .await
-        .map_err(store_error)?;
-    let mut data: Vec<Value> = all
-        .iter()
-        .filter_map(|(_, v)| serde_json::from_str::<Value>(v).ok())
-        .filter(|f| owner_of(f) == caller && live(f, now))
-        .collect();
+    let mut data = owned_by(router, caller).await?;
     data.sort_by_key(|f| std::cmp::Reverse(f["created_at"].as_i64().unwrap_or(0)));
     Ok(data)
 }
@@ -228,16 +232,8 @@ pub(super) async fn list(router: &Router, caller: Caller<'_>) -> Result<Vec<Valu
 /// Remove every file past its retention; how many.
 pub(super) async fn sweep(router: &Router) -> Result<usize, ApiError> {
     let now = now_secs();
-    let all = router
-        .store()
-        .list_records(FILES)
-        .await
-        .map_err(store_error)?;
     let mut n = 0;
-    for (id, v) in all {
-        let Ok(f) = serde_json::from_str::<Value>(&v) else {
-            continue;
-        };
+    for (id, f) in all(router).await? {
         if !live(&f, now) {
             remove(router, &id, &f).await?;
             n += 1;

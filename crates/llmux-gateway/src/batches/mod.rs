@@ -183,14 +183,13 @@ async fn receive(
             .map_err(|e| ApiError::BadRequest(format!("cannot read the file: {e}")))?
         {
             received += bytes.len() as u64;
-            let total = received;
-            if total > limits.max_file_bytes {
+            if received > limits.max_file_bytes {
                 return Err(ApiError::FileTooLarge(format!(
                     "the file is larger than the limit of {} MiB ([files] max_file_mb)",
                     limits.max_file_bytes >> 20
                 )));
             }
-            if kept + total > limits.quota_bytes_per_key {
+            if kept + received > limits.quota_bytes_per_key {
                 return Err(ApiError::FileTooLarge(format!(
                     "the file would take this key past its quota of {} MiB of files ([files] quota_mb_per_key; {} bytes kept now)",
                     limits.quota_bytes_per_key >> 20,

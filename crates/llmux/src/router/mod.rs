@@ -307,10 +307,16 @@ impl Router {
         &self,
         bearer: Option<&str>,
     ) -> Result<Option<Arc<AuthorizedKey>>, RouteError> {
+        self.keys_read().await?;
+        self.authorize(bearer)
+    }
+
+    /// Read the store's gateway keys if they have never been read.
+    async fn keys_read(&self) -> Result<(), RouteError> {
         if !self.inner.keys.load().loaded {
             self.refresh_keys().await?;
         }
-        self.authorize(bearer)
+        Ok(())
     }
 
     /// The live gateway key named `name` (of config or of the store), reading the store's keys
@@ -320,9 +326,7 @@ impl Router {
         &self,
         name: &str,
     ) -> Result<Option<Arc<AuthorizedKey>>, RouteError> {
-        if !self.inner.keys.load().loaded {
-            self.refresh_keys().await?;
-        }
+        self.keys_read().await?;
         Ok(self.inner.keys.load().named(name))
     }
 
